@@ -1,0 +1,124 @@
+"""Requests and answers as the proxy understands them, independent of any wire format."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from domain.errors import InvalidRequest
+
+MAX_OUTPUT_TOKENS = 262_144
+MAX_INPUT_CHARS = 1_000_000
+
+
+class Role(enum.Enum):
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+class FinishReason(enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    CONTENT_FILTER = "content_filter"
+    OTHER = "other"
+
+
+class CacheStatus(enum.Enum):
+    MISS = "miss"
+    EXACT = "exact"
+    SEMANTIC = "semantic"
+    BYPASS = "bypass"
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class CacheControl:
+    skip_lookup: bool = False
+    skip_store: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceRequest:
+    model: str
+    messages: tuple[Message, ...]
+    temperature: float | None = None
+    max_tokens: int | None = None
+    cache: CacheControl = field(default_factory=CacheControl)
+
+    def __post_init__(self) -> None:
+        if not self.model.strip():
+            raise InvalidRequest('model is required, e.g. "gpt-4o-mini" or "gemini-2.0-flash"')
+        if not self.messages:
+            raise InvalidRequest("give a prompt or at least one message")
+        for i, message in enumerate(self.messages):
+            if not message.content.strip():
+                raise InvalidRequest(f"messages[{i}] has empty content")
+        if self.messages[-1].role is not Role.USER:
+            raise InvalidRequest("the last message must have role user")
+        size = sum(len(m.content) for m in self.messages)
+        if size > MAX_INPUT_CHARS:
+            raise InvalidRequest(f"input is {size} characters; the limit is {MAX_INPUT_CHARS}")
+        if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
+            raise InvalidRequest(f"temperature must be within [0, 2], got {self.temperature:g}")
+        if self.max_tokens is not None and not 0 < self.max_tokens <= MAX_OUTPUT_TOKENS:
+            raise InvalidRequest(
+                f"max_tokens must be within [1, {MAX_OUTPUT_TOKENS}] (or 0 for the provider's "
+                f"default), got {self.max_tokens}"
+            )
+
+    @property
+    def system(self) -> str | None:
+        parts = [m.content for m in self.messages if m.role is Role.SYSTEM]
+        return "\n\n".join(parts) if parts else None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    content: str
+    model: str
+    provider: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInfo:
+    status: CacheStatus
+    similarity: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    completion: Completion
+    cache: CacheInfo
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A piece of a streamed answer."""
+
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """The end of a streamed answer from a provider."""
+
+    model: str
+    finish_reason: FinishReason
+    usage: Usage
+
+
+StreamEvent = Delta | StreamEnd
