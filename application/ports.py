@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Protocol
 
 from domain.circuit_breaker import BreakerState
@@ -22,7 +22,7 @@ class Provider(Protocol):
 
     async def complete(self, request: InferenceRequest, key: ApiKey) -> Completion: ...
 
-    def stream(self, request: InferenceRequest, key: ApiKey) -> AsyncIterator[StreamEvent]:
+    def stream(self, request: InferenceRequest, key: ApiKey) -> AsyncGenerator[StreamEvent, None]:
         """Deltas, then exactly one StreamEnd. Closing the iterator aborts the upstream call."""
         ...
 

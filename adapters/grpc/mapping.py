@@ -1,0 +1,142 @@
+"""Protobuf messages <-> domain objects, and domain errors -> gRPC status: the one table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from adapters.grpc.generated import proxy_pb2 as pb
+from domain.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    InvalidRequest,
+    KeyRejected,
+    NoUsableKey,
+    ProxyError,
+    RateLimited,
+    Unauthenticated,
+    UnknownModel,
+    UpstreamFault,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from domain.model import (
+    Answer,
+    CacheControl,
+    CacheInfo,
+    CacheStatus,
+    FinishReason,
+    InferenceRequest,
+    Message,
+    Role,
+    Usage,
+)
+
+_ROLES = {pb.ROLE_SYSTEM: Role.SYSTEM, pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT}
+_FINISH = {
+    FinishReason.STOP: pb.FINISH_REASON_STOP,
+    FinishReason.LENGTH: pb.FINISH_REASON_LENGTH,
+    FinishReason.CONTENT_FILTER: pb.FINISH_REASON_CONTENT_FILTER,
+    FinishReason.OTHER: pb.FINISH_REASON_OTHER,
+}
+_CACHE = {
+    CacheStatus.MISS: pb.CACHE_STATUS_MISS,
+    CacheStatus.EXACT: pb.CACHE_STATUS_EXACT,
+    CacheStatus.SEMANTIC: pb.CACHE_STATUS_SEMANTIC,
+    CacheStatus.BYPASS: pb.CACHE_STATUS_BYPASS,
+}
+
+
+def to_domain(request: pb.InferenceRequest) -> InferenceRequest:
+    if request.prompt and request.messages:
+        raise InvalidRequest("give either prompt or messages, not both")
+    if request.prompt:
+        messages: tuple[Message, ...] = (Message(Role.USER, request.prompt),)
+    else:
+        messages = tuple(_message(i, m) for i, m in enumerate(request.messages))
+    if request.max_tokens < 0:
+        raise InvalidRequest(f"max_tokens must not be negative, got {request.max_tokens}")
+    return InferenceRequest(
+        model=request.model,
+        messages=messages,
+        temperature=request.temperature if request.HasField("temperature") else None,
+        max_tokens=request.max_tokens or None,
+        cache=CacheControl(request.cache.skip_lookup, request.cache.skip_store),
+    )
+
+
+def _message(index: int, message: pb.Message) -> Message:
+    role = _ROLES.get(message.role)
+    if role is None:
+        raise InvalidRequest(
+            f"messages[{index}].role must be ROLE_SYSTEM, ROLE_USER or ROLE_ASSISTANT"
+        )
+    return Message(role, message.content)
+
+
+def usage(value: Usage) -> pb.Usage:
+    return pb.Usage(input_tokens=value.input_tokens, output_tokens=value.output_tokens)
+
+
+def cache_info(value: CacheInfo) -> pb.CacheInfo:
+    return pb.CacheInfo(status=_CACHE[value.status], similarity=value.similarity)
+
+
+def response(answer: Answer) -> pb.InferenceResponse:
+    c = answer.completion
+    return pb.InferenceResponse(
+        content=c.content,
+        model=c.model,
+        provider=c.provider,
+        finish_reason=_FINISH[c.finish_reason],
+        usage=usage(c.usage),
+        cache=cache_info(answer.cache),
+    )
+
+
+def last_chunk(answer: Answer) -> pb.StreamChunk:
+    c = answer.completion
+    return pb.StreamChunk(
+        done=True,
+        finish_reason=_FINISH[c.finish_reason],
+        usage=usage(c.usage),
+        cache=cache_info(answer.cache),
+        model=c.model,
+        provider=c.provider,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    code: grpc.StatusCode
+    details: str
+    retry_after: float | None = None
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        if self.retry_after is None:
+            return ()
+        return (("retry-after-ms", str(max(0, round(self.retry_after * 1000)))),)
+
+
+def status_of(error: ProxyError) -> Status:
+    """DESIGN §2's error -> status table. Messages are the domain's own, never upstream bodies."""
+    message = str(error)
+    match error:
+        case InvalidRequest() | UpstreamRejected():
+            return Status(grpc.StatusCode.INVALID_ARGUMENT, message)
+        case UnknownModel():
+            return Status(grpc.StatusCode.NOT_FOUND, message)
+        case NoUsableKey(retry_after=None):
+            return Status(grpc.StatusCode.UNAVAILABLE, message)
+        case NoUsableKey(retry_after=seconds) | RateLimited(retry_after=seconds):
+            return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, seconds)
+        case CircuitOpen(retry_after=seconds):
+            return Status(grpc.StatusCode.UNAVAILABLE, message, seconds)
+        case UpstreamUnavailable() | UpstreamFault() | KeyRejected():
+            return Status(grpc.StatusCode.UNAVAILABLE, message)
+        case DeadlineExceeded():
+            return Status(grpc.StatusCode.DEADLINE_EXCEEDED, message)
+        case Unauthenticated():
+            return Status(grpc.StatusCode.UNAUTHENTICATED, message)
+    return Status(grpc.StatusCode.INTERNAL, "internal error")

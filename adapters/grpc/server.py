@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.grpc.interceptor import ErrorBoundary
+from adapters.grpc.servicer import InferenceServicer
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
+
+
+class GrpcServer:
+    """The gRPC server with reflection and grpc.health.v1; `port` is known after `start`."""
+
+    def __init__(
+        self, servicer: InferenceServicer, host: str, port: int, max_message_bytes: int
+    ) -> None:
+        self._address = f"{host}:{port}"
+        self.health = health_aio.HealthServicer()
+        self._server = grpc.aio.server(
+            interceptors=[ErrorBoundary()],
+            options=[
+                ("grpc.max_receive_message_length", max_message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        pb_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self._server,
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        self.port = self._server.add_insecure_port(self._address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._address}")
+        await self._server.start()
+        await self._set_serving(True)
+        return self.port
+
+    async def stop(self, grace: float) -> None:
+        """Reports NOT_SERVING, takes no new calls, lets in-flight ones finish within `grace`."""
+        await self._set_serving(False)
+        await self._server.stop(grace)
+
+    async def wait(self) -> None:
+        await self._server.wait_for_termination()
+
+    async def _set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)

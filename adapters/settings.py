@@ -1,0 +1,123 @@
+"""Configuration from the environment, with the predecessor's names and defaults."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from domain.routing import Route
+
+PROVIDERS = ("openai", "gemini")
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Go's time.ParseDuration syntax ("1h", "30s", "500ms", "1m30s") to seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    text = str(value).strip()
+    if text == "0":
+        return 0.0
+    pos, total = 0, 0.0
+    while pos < len(text):
+        match = _DURATION_PART.match(text, pos)
+        if match is None:
+            raise ValueError(
+                f"{text!r} is not a duration; use Go syntax like 30s, 500ms, 1h, 1m30s"
+            )
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    if not text:
+        raise ValueError("empty duration; use Go syntax like 30s, 500ms, 1h")
+    return total
+
+
+def _split(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _parse_routes(value: object) -> object:
+    """MODEL_ROUTES="fast=openai:gpt-4o-mini,llama3=openai" (name=provider[:upstream model])."""
+    if not isinstance(value, str):
+        return value
+    routes: dict[str, Route] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, target = item.partition("=")
+        provider, _, model = target.partition(":")
+        if not sep or not name.strip() or provider.strip() not in PROVIDERS:
+            raise ValueError(
+                f"{item!r} is not name=provider[:model] with provider one of {', '.join(PROVIDERS)}"
+            )
+        routes[name.strip()] = Route(provider.strip(), model.strip() or name.strip())
+    return routes
+
+
+def _distinct(keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+    values = [k.get_secret_value() for k in keys]
+    if len(set(values)) != len(values):
+        raise ValueError("the same API key is listed twice")
+    return keys
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
+PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Keys = Annotated[
+    tuple[SecretStr, ...], NoDecode, BeforeValidator(_split), AfterValidator(_distinct)
+]
+Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    grpc_host: str = "0.0.0.0"
+    grpc_port: Port = 50051
+    metrics_port: Port = 9090
+    redis_addr: str = "localhost:6379"
+    qdrant_url: str = "http://localhost:6333"
+    qdrant_collection: str = "llm_cache"
+    similarity_threshold: float = Field(0.95, ge=0.0, le=1.0)
+    cache_ttl: PositiveDuration = 3600.0
+    request_timeout: PositiveDuration = 30.0
+    max_retries: int = Field(3, ge=0, le=20)
+    cb_failure_threshold: int = Field(5, ge=1)
+    cb_cooldown: Duration = 30.0
+    cb_half_open_probes: int = Field(1, ge=1)
+    embedding_api_key: SecretStr | None = None
+    openai_api_keys: Keys = ()
+    gemini_api_keys: Keys = ()
+    retry_wait_initial: Duration = 0.2
+    retry_wait_max: Duration = 5.0
+    key_cooldown_default: Duration = 30.0
+    cache_timeout: PositiveDuration = 0.25
+    model_routes: Annotated[dict[str, Route], NoDecode, BeforeValidator(_parse_routes)] = Field(
+        default_factory=dict
+    )
+    max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    shutdown_grace: Duration = 10.0
+    log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
+
+    def api_keys(self, provider: str) -> tuple[str, ...]:
+        keys = {"openai": self.openai_api_keys, "gemini": self.gemini_api_keys}[provider]
+        return tuple(k.get_secret_value() for k in keys)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names each variable and what is wrong with it."""
+
+
+def load_settings(**overrides: Any) -> Settings:
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = [
+            f"{'.'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
+            for e in error.errors(include_input=False, include_url=False)
+        ]
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None

@@ -1,0 +1,139 @@
+"""One request's walk through breaker, key pool and backoff, shared by unary and streaming calls."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from application.ports import Clock, Metrics, Provider, RandomSource
+from domain.backoff import BackoffPolicy
+from domain.circuit_breaker import CircuitBreaker, Verdict
+from domain.errors import (
+    DeadlineExceeded,
+    KeyRejected,
+    NoUsableKey,
+    ProviderFailure,
+    RateLimited,
+    UpstreamFault,
+    UpstreamUnavailable,
+)
+from domain.key_pool import ApiKey, KeyPool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """A provider with its own key pool and breaker (both singletons per provider)."""
+
+    provider: Provider
+    keys: KeyPool
+    breaker: CircuitBreaker
+
+    @property
+    def name(self) -> str:
+        return self.provider.name
+
+
+class Attempts:
+    """Bookkeeping for the attempts of one request. Every started attempt ends exactly once:
+    `succeeded`, `aborted` (cancelled, deadline), or `failed` (returns the wait before the next
+    attempt, or raises the error that ends the request)."""
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        backoff: BackoffPolicy,
+        clock: Clock,
+        random: RandomSource,
+        metrics: Metrics,
+        deadline: float,
+    ) -> None:
+        self._up = upstream
+        self._backoff = backoff
+        self._clock = clock
+        self._random = random
+        self._metrics = metrics
+        self.deadline = deadline
+        self.count = 0
+        self._retries = 0
+        self._switches = 0
+
+    def start(self) -> ApiKey:
+        now = self._clock.now()
+        breaker = self._up.breaker
+        breaker.admit(now)
+        try:
+            key = self._up.keys.acquire(now)
+        except NoUsableKey:
+            breaker.record(Verdict.NEUTRAL, now)
+            raise
+        self.count += 1
+        self._publish_breaker()
+        return key
+
+    def succeeded(self) -> None:
+        self._end(Verdict.SUCCESS, "success")
+
+    def aborted(self) -> None:
+        self._end(Verdict.NEUTRAL, "aborted")
+
+    def settle(self, key: ApiKey, failure: ProviderFailure) -> None:
+        """Records what a failed attempt says about the provider and the key."""
+        now = self._clock.now()
+        if isinstance(failure, RateLimited):
+            self._end(Verdict.NEUTRAL, "rate_limited")
+            self._up.keys.cool_down(key, now, failure.retry_after)
+        elif isinstance(failure, KeyRejected):
+            self._end(Verdict.NEUTRAL, "key_rejected")
+            self._up.keys.disable(key)
+            log.warning(
+                "provider rejected an API key; disabled it",
+                extra={"provider": self._up.name, "key": key.fingerprint},
+            )
+        elif isinstance(failure, UpstreamFault):
+            self._end(Verdict.FAILURE, "upstream_fault")
+        else:
+            self._end(Verdict.NEUTRAL, "rejected")
+
+    def failed(self, key: ApiKey, failure: ProviderFailure) -> float:
+        """Settles the attempt; returns the wait before the next one or raises the final error."""
+        self.settle(key, failure)
+        now = self._clock.now()
+        if isinstance(failure, RateLimited | KeyRejected):
+            if self._switch_key(now):
+                return 0.0
+            floor = self._up.keys.earliest_reset(now)
+            if floor is None:
+                raise NoUsableKey(self._up.name, None) from failure
+        elif isinstance(failure, UpstreamFault):
+            floor = failure.retry_after
+        else:
+            raise failure
+        wait = self._backoff.delay(self._retries, self._random.random(), now, self.deadline, floor)
+        if wait is None:
+            if isinstance(failure, RateLimited | KeyRejected):
+                raise NoUsableKey(self._up.name, floor) from failure
+            if self._retries >= self._backoff.max_retries:
+                raise UpstreamUnavailable(self._up.name, self.count, failure) from failure
+            raise DeadlineExceeded(
+                f"deadline reached after {self.count} attempt(s) to {self._up.name}; "
+                f"last error: {failure}"
+            ) from failure
+        self._retries += 1
+        return wait
+
+    def _switch_key(self, now: float) -> bool:
+        """A limited or rejected key is replaced at once by another usable one (no backoff)."""
+        if self._switches < len(self._up.keys) and self._up.keys.usable(now):
+            self._switches += 1
+            return True
+        return False
+
+    def _end(self, verdict: Verdict, outcome: str) -> None:
+        self._up.breaker.record(verdict, self._clock.now())
+        self._metrics.attempt(self._up.name, outcome)
+        self._publish_breaker()
+
+    def _publish_breaker(self) -> None:
+        self._metrics.breaker_state(self._up.name, self._up.breaker.state(self._clock.now()))
