@@ -95,6 +95,7 @@ class Container(containers.DeclarativeContainer):
         host=settings.provided.grpc_host,
         port=settings.provided.grpc_port,
         max_message_bytes=settings.provided.max_request_bytes,
+        auth_tokens=settings.provided.client_tokens.call(),
     )
 
 

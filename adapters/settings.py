@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     embedding_api_key: SecretStr | None = None
     openai_api_keys: Keys = ()
     gemini_api_keys: Keys = ()
+    auth_tokens: Keys = ()
     retry_wait_initial: Duration = 0.2
     retry_wait_max: Duration = 5.0
     key_cooldown_default: Duration = 30.0
@@ -102,6 +103,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     shutdown_grace: Duration = 10.0
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
+
+    def client_tokens(self) -> tuple[str, ...]:
+        return tuple(t.get_secret_value() for t in self.auth_tokens)
 
     def api_keys(self, provider: str) -> tuple[str, ...]:
         keys = {"openai": self.openai_api_keys, "gemini": self.gemini_api_keys}[provider]

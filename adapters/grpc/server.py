@@ -5,6 +5,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from adapters.grpc.auth import BearerAuth
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.grpc.interceptor import ErrorBoundary
@@ -17,12 +18,20 @@ class GrpcServer:
     """The gRPC server with reflection and grpc.health.v1; `port` is known after `start`."""
 
     def __init__(
-        self, servicer: InferenceServicer, host: str, port: int, max_message_bytes: int
+        self,
+        servicer: InferenceServicer,
+        host: str,
+        port: int,
+        max_message_bytes: int,
+        auth_tokens: tuple[str, ...] = (),
     ) -> None:
         self._address = f"{host}:{port}"
         self.health = health_aio.HealthServicer()
+        interceptors: list[grpc.aio.ServerInterceptor] = [ErrorBoundary()]
+        if auth_tokens:
+            interceptors.insert(0, BearerAuth(auth_tokens))
         self._server = grpc.aio.server(
-            interceptors=[ErrorBoundary()],
+            interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
                 ("grpc.so_reuseport", 0),
