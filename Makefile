@@ -1,0 +1,51 @@
+# Two commands do all set-up on a fresh clone (only python3 >= 3.11 and make needed):
+#   make serve   start the proxy
+#   make test    run every check and the whole test suite
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+UV := .uv/bin/uv
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+export UV_PYTHON_DOWNLOADS := never
+
+.PHONY: setup serve test check lint typecheck proto proto-check bench clean
+
+setup: $(VENV)/.synced
+
+$(UV):
+	$(PYTHON) -m venv .uv
+	.uv/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: $(UV) pyproject.toml uv.lock
+	$(UV) sync --frozen --python $(PYTHON)
+	touch $@
+
+serve: setup
+	llm-proxy serve
+
+check: setup lint typecheck proto-check
+
+lint:
+	ruff check .
+	ruff format --check .
+	lint-imports
+	buf lint
+
+typecheck:
+	mypy
+
+proto: setup
+	scripts/gen_proto.sh
+
+proto-check:
+	scripts/gen_proto.sh --check
+
+test: check
+	pytest
+
+bench: setup
+	python benchmarks/roundtrip.py
+
+clean:
+	rm -rf .uv $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

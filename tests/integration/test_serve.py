@@ -1,0 +1,113 @@
+"""`llm-proxy serve` as a process: startup, configuration errors, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import grpc
+import pytest
+from dependency_injector import providers
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.settings import load_settings
+from container import Container, serve
+from tests.fakes import FakeProvider
+from tests.integration.conftest import FAST
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_proxy(**env: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "container", "serve",
+        cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "GRPC_HOST": "127.0.0.1", **env},
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def read_until(process: asyncio.subprocess.Process, text: str) -> str:
+    assert process.stderr is not None
+    seen = ""
+    async with asyncio.timeout(20):
+        while text not in seen:
+            line = await process.stderr.readline()
+            if not line:
+                raise AssertionError(f"process ended before printing {text!r}:\n{seen}")
+            seen += line.decode()
+    return seen
+
+
+async def test_serve_answers_health_and_exits_cleanly_on_sigterm() -> None:
+    port = free_port()
+    process = await start_proxy(GRPC_PORT=str(port), OPENAI_API_KEYS="sk-never-logged-1")
+    try:
+        log = await read_until(process, "serving inferenceproxy.InferenceService")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            code = await process.wait()
+        assert process.stderr is not None
+        log += (await process.stderr.read()).decode()
+        assert code == 0
+        assert "shutting down" in log
+        assert "sk-never-logged" not in log
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_invalid_configuration_fails_at_startup_naming_the_variable() -> None:
+    process = await start_proxy(CACHE_TTL="an hour", CB_FAILURE_THRESHOLD="0")
+    async with asyncio.timeout(20):
+        code = await process.wait()
+    assert process.stderr is not None
+    err = (await process.stderr.read()).decode()
+    assert code == 2
+    assert "CACHE_TTL" in err
+    assert "CB_FAILURE_THRESHOLD" in err
+    assert "Traceback" not in err
+
+
+async def test_shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() -> None:
+    container = Container(settings=load_settings(**FAST))
+    fake = FakeProvider("openai")
+    fake.gate = asyncio.Event()
+    container.provider_adapters.override(providers.Object({"openai": fake}))
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(container, stop))
+    server = container.grpc_server()
+    for _ in range(200):
+        if server.port:
+            break
+        await asyncio.sleep(0.01)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.InferenceServiceStub(channel)
+        in_flight = stub.Infer(pb.InferenceRequest(model="gpt-4o", prompt="slow one"))
+        await asyncio.wait_for(fake.entered.wait(), 5)
+        stop.set()
+        await asyncio.sleep(0.1)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Infer(pb.InferenceRequest(model="gpt-4o", prompt="late"), timeout=2)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        fake.gate.set()
+        assert (await in_flight).content == "echo: slow one"
+    await asyncio.wait_for(serving, 5)
