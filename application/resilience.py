@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from application.ports import Clock, Metrics, Provider, RandomSource
 from domain.backoff import BackoffPolicy
-from domain.circuit_breaker import CircuitBreaker, Verdict
+from domain.circuit_breaker import CircuitBreaker, Permit, Verdict
 from domain.errors import (
     DeadlineExceeded,
     KeyRejected,
@@ -58,15 +58,16 @@ class Attempts:
         self.count = 0
         self._retries = 0
         self._switches = 0
+        self._permit = Permit()
 
     def start(self) -> ApiKey:
         now = self._clock.now()
         breaker = self._up.breaker
-        breaker.admit(now)
+        self._permit = breaker.admit(now)
         try:
             key = self._up.keys.acquire(now)
         except NoUsableKey:
-            breaker.record(Verdict.NEUTRAL, now)
+            breaker.record(self._permit, Verdict.NEUTRAL, now)
             raise
         self.count += 1
         self._publish_breaker()
@@ -131,7 +132,7 @@ class Attempts:
         return False
 
     def _end(self, verdict: Verdict, outcome: str) -> None:
-        self._up.breaker.record(verdict, self._clock.now())
+        self._up.breaker.record(self._permit, verdict, self._clock.now())
         self._metrics.attempt(self._up.name, outcome)
         self._publish_breaker()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from domain.errors import CircuitOpen
 
@@ -23,6 +24,17 @@ class Verdict(enum.Enum):
     NEUTRAL = "neutral"
 
 
+@dataclass(frozen=True, slots=True)
+class Permit:
+    """Proof of admission; `probe_of` is the half-open period the call probes (None: not a probe).
+
+    A call admitted before the breaker opened may end during a later half-open period: its
+    permit tells the breaker it is no probe, so it neither frees a probe slot nor decides.
+    """
+
+    probe_of: int | None = None
+
+
 class CircuitBreaker:
     def __init__(
         self, provider: str, failure_threshold: int, cooldown: float, half_open_probes: int = 1
@@ -37,15 +49,17 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probes_in_flight = 0
+        self._half_open_period = 0
 
     def state(self, now: float) -> BreakerState:
         if self._state is BreakerState.OPEN and now >= self._opened_at + self.cooldown:
             self._state = BreakerState.HALF_OPEN
             self._probes_in_flight = 0
+            self._half_open_period += 1
         return self._state
 
-    def admit(self, now: float) -> None:
-        """Lets a call through or raises CircuitOpen. Every admitted call must be recorded once."""
+    def admit(self, now: float) -> Permit:
+        """Lets a call through or raises CircuitOpen. Every permit must be recorded once."""
         state = self.state(now)
         if state is BreakerState.OPEN:
             raise CircuitOpen(self.provider, self._opened_at + self.cooldown - now)
@@ -53,11 +67,15 @@ class CircuitBreaker:
             if self._probes_in_flight >= self.half_open_probes:
                 raise CircuitOpen(self.provider, 0.0)
             self._probes_in_flight += 1
+            return Permit(self._half_open_period)
+        return Permit()
 
-    def record(self, verdict: Verdict, now: float) -> None:
+    def record(self, permit: Permit, verdict: Verdict, now: float) -> None:
         state = self.state(now)
         if state is BreakerState.HALF_OPEN:
-            self._probes_in_flight = max(0, self._probes_in_flight - 1)
+            if permit.probe_of != self._half_open_period:
+                return  # not a probe of this period: its outcome is stale
+            self._probes_in_flight -= 1
         if verdict is Verdict.SUCCESS:
             if state is not BreakerState.OPEN:
                 self._close()
