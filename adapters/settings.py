@@ -2,38 +2,19 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from adapters.durations import parse_duration
 from domain.routing import Route
 
 PROVIDERS = ("openai", "gemini")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNIT_SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 
-def parse_duration(value: object) -> float:
-    """Go's time.ParseDuration syntax ("1h", "30s", "500ms", "1m30s") to seconds."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    text = str(value).strip()
-    if text == "0":
-        return 0.0
-    pos, total = 0, 0.0
-    while pos < len(text):
-        match = _DURATION_PART.match(text, pos)
-        if match is None:
-            raise ValueError(
-                f"{text!r} is not a duration; use Go syntax like 30s, 500ms, 1h, 1m30s"
-            )
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not text:
-        raise ValueError("empty duration; use Go syntax like 30s, 500ms, 1h")
-    return total
+def _duration(value: object) -> object:
+    return parse_duration(value) if isinstance(value, str) else value
 
 
 def _split(value: object) -> object:
@@ -65,8 +46,8 @@ def _distinct(keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
     return keys
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration), Field(ge=0)]
-PositiveDuration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
+PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Keys = Annotated[
     tuple[SecretStr, ...], NoDecode, BeforeValidator(_split), AfterValidator(_distinct)
 ]

@@ -1,0 +1,267 @@
+"""Google Gemini (Generative Language API, v1beta): generateContent and streamGenerateContent.
+
+A prompt Gemini blocks (`promptFeedback.blockReason`, no candidates) is answered, not raised: a
+completion with empty content and finish reason CONTENT_FILTER, as OpenAI reports its filter.
+It is not a fault of the provider nor of the key, and it is never cached (not STOP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AsyncExitStack, aclosing
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from adapters.providers import HttpSettings, http_client
+from adapters.providers.errors import (
+    MAX_ANSWER_BYTES,
+    classify_stream_error,
+    json_or_none,
+    malformed,
+    raise_for_outcome,
+    read_limited,
+    transport_failure,
+    utcnow,
+)
+from adapters.providers.sse import SSEError, StreamStalled, aiter_events
+from application.ports import Provider
+from domain.errors import UpstreamFault
+from domain.key_pool import ApiKey
+from domain.model import (
+    Completion,
+    Delta,
+    FinishReason,
+    InferenceRequest,
+    Role,
+    StreamEnd,
+    StreamEvent,
+    Usage,
+)
+
+DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+
+_FINISH = {
+    "STOP": FinishReason.STOP,
+    "MAX_TOKENS": FinishReason.LENGTH,
+    "SAFETY": FinishReason.CONTENT_FILTER,
+    "RECITATION": FinishReason.CONTENT_FILTER,
+    "BLOCKLIST": FinishReason.CONTENT_FILTER,
+    "PROHIBITED_CONTENT": FinishReason.CONTENT_FILTER,
+    "SPII": FinishReason.CONTENT_FILTER,
+    "IMAGE_SAFETY": FinishReason.CONTENT_FILTER,
+}
+
+
+def gemini_client(
+    base_url: str = DEFAULT_BASE_URL, settings: HttpSettings | None = None
+) -> httpx.AsyncClient:
+    return http_client(base_url, settings)
+
+
+def finish_reason(value: object) -> FinishReason:
+    return _FINISH.get(value, FinishReason.OTHER) if isinstance(value, str) else FinishReason.OTHER
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_of(value: object) -> Usage:
+    """Thinking tokens are output tokens too (billed as such; OpenAI counts them in
+    `completion_tokens`), so output = candidatesTokenCount + thoughtsTokenCount."""
+    if not isinstance(value, dict):
+        return Usage()
+    output = _count(value.get("candidatesTokenCount")) + _count(value.get("thoughtsTokenCount"))
+    return Usage(_count(value.get("promptTokenCount")), output)
+
+
+@dataclass(slots=True)
+class _Progress:
+    model: str
+    finish: FinishReason | None = None
+    usage: Usage = field(default_factory=Usage)
+
+
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """What one GenerateContentResponse says."""
+
+    text: str
+    finish: FinishReason | None
+    model: str | None
+    usage: Usage | None
+
+
+class GeminiProvider(Provider):
+    """The key travels in the `x-goog-api-key` header, never in the URL (URLs get logged)."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        stream_idle_timeout: float = 30.0,
+        name: str = "gemini",
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if stream_idle_timeout <= 0:
+            raise ValueError("stream_idle_timeout must be positive")
+        self.name = name
+        self._client = client
+        self._base = base_url.rstrip("/") + "/v1beta/models/"
+        self._idle = stream_idle_timeout
+        self._now = now
+
+    def __repr__(self) -> str:
+        return f"GeminiProvider(name={self.name!r}, url={self._base!r})"
+
+    def url(self, model: str, *, stream: bool) -> str:
+        model = quote(model.removeprefix("models/"), safe="")
+        if stream:
+            return f"{self._base}{model}:streamGenerateContent?alt=sse"
+        return f"{self._base}{model}:generateContent"
+
+    @staticmethod
+    def body(request: InferenceRequest) -> dict[str, Any]:
+        contents: list[dict[str, Any]] = []
+        for message in request.messages:
+            if message.role is Role.SYSTEM:
+                continue
+            role = "model" if message.role is Role.ASSISTANT else "user"
+            if contents and contents[-1]["role"] == role:
+                contents[-1]["parts"].append({"text": message.content})
+            else:
+                contents.append({"role": role, "parts": [{"text": message.content}]})
+        body: dict[str, Any] = {"contents": contents}
+        if request.system is not None:
+            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        config: dict[str, Any] = {}
+        if request.temperature is not None:
+            config["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            config["maxOutputTokens"] = request.max_tokens
+        if config:
+            body["generationConfig"] = config
+        return body
+
+    @staticmethod
+    def _headers(key: ApiKey) -> dict[str, str]:
+        return {"x-goog-api-key": key.value}
+
+    async def complete(self, request: InferenceRequest, key: ApiKey) -> Completion:
+        url = self.url(request.model, stream=False)
+        try:
+            async with self._client.stream(
+                "POST", url, json=self.body(request), headers=self._headers(key)
+            ) as response:
+                await raise_for_outcome(response, provider=self.name, key=key, now=self._now())
+                raw = await read_limited(response, MAX_ANSWER_BYTES)
+        except httpx.HTTPError as exc:
+            raise transport_failure(exc, provider=self.name, key=key) from None
+        if raw is None:
+            raise malformed(self.name, f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
+        payload = json_or_none(raw)
+        chunk = self._read(payload, key)
+        if chunk.finish is not None:
+            finish = chunk.finish
+        elif self._blocked(payload):
+            finish = FinishReason.CONTENT_FILTER
+        elif self._has_candidates(payload):
+            finish = FinishReason.OTHER
+        else:
+            raise malformed(self.name, "no candidates and no block reason")
+        return Completion(
+            content=chunk.text,
+            model=chunk.model or request.model,
+            provider=self.name,
+            finish_reason=finish,
+            usage=chunk.usage or Usage(),
+        )
+
+    async def stream(
+        self, request: InferenceRequest, key: ApiKey
+    ) -> AsyncGenerator[StreamEvent, None]:
+        url = self.url(request.model, stream=True)
+        progress = _Progress(model=request.model)
+        try:
+            async with AsyncExitStack() as stack:
+                try:
+                    async with asyncio.timeout(self._idle):
+                        response = await stack.enter_async_context(
+                            self._client.stream(
+                                "POST", url, json=self.body(request), headers=self._headers(key)
+                            )
+                        )
+                except TimeoutError:
+                    raise StreamStalled(self._idle) from None
+                await raise_for_outcome(response, provider=self.name, key=key, now=self._now())
+                events = await stack.enter_async_context(
+                    aclosing(aiter_events(response.aiter_bytes(), self._idle))
+                )
+                async for event in events:
+                    payload = json_or_none(event.data)
+                    if event.event == "error":
+                        raise classify_stream_error(
+                            payload, provider=self.name, key=key, now=self._now()
+                        )
+                    chunk = self._read(payload, key)
+                    progress.model = chunk.model or progress.model
+                    progress.usage = chunk.usage or progress.usage
+                    if self._blocked(payload):
+                        progress.finish = FinishReason.CONTENT_FILTER
+                    progress.finish = chunk.finish or progress.finish
+                    if chunk.text:
+                        yield Delta(chunk.text)
+        except (httpx.HTTPError, SSEError, StreamStalled) as exc:
+            raise transport_failure(exc, provider=self.name, key=key) from None
+        if progress.finish is None:
+            raise UpstreamFault(f"{self.name} stream ended without a finishReason (truncated)")
+        yield StreamEnd(progress.model, progress.finish, progress.usage)
+
+    def _read(self, payload: Any, key: ApiKey) -> _Chunk:
+        if isinstance(payload, dict) and "error" in payload:
+            raise classify_stream_error(payload, provider=self.name, key=key, now=self._now())
+        if not isinstance(payload, dict):
+            raise malformed(self.name, "the answer is not a JSON object")
+        candidates = payload.get("candidates")
+        if candidates is not None and not isinstance(candidates, list):
+            raise malformed(self.name, "candidates is not a list")
+        candidate = candidates[0] if candidates else {}
+        if not isinstance(candidate, dict):
+            raise malformed(self.name, "a candidate is not an object")
+        version = payload.get("modelVersion")
+        usage = payload.get("usageMetadata")
+        raw_finish = candidate.get("finishReason")
+        return _Chunk(
+            text=self._text(candidate),
+            finish=finish_reason(raw_finish) if raw_finish else None,
+            model=version if isinstance(version, str) and version else None,
+            usage=usage_of(usage) if isinstance(usage, dict) else None,
+        )
+
+    def _text(self, candidate: dict[str, Any]) -> str:
+        content = candidate.get("content")
+        parts = content.get("parts") if isinstance(content, dict) else None
+        if parts is None:
+            return ""
+        if not isinstance(parts, list):
+            raise malformed(self.name, "content.parts is not a list")
+        # Thought summaries (`thought: true`) are the model's reasoning, not its answer.
+        texts = [
+            part.get("text") for part in parts if isinstance(part, dict) and not part.get("thought")
+        ]
+        return "".join(text for text in texts if isinstance(text, str))
+
+    @staticmethod
+    def _blocked(payload: Any) -> bool:
+        feedback = payload.get("promptFeedback") if isinstance(payload, dict) else None
+        return isinstance(feedback, dict) and bool(feedback.get("blockReason"))
+
+    @staticmethod
+    def _has_candidates(payload: Any) -> bool:
+        return isinstance(payload, dict) and bool(payload.get("candidates"))

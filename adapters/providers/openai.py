@@ -1,0 +1,228 @@
+"""OpenAI Chat Completions, and every server that speaks it (vLLM, Ollama, LM Studio, ...)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, Callable
+from contextlib import AsyncExitStack, aclosing
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+import httpx
+
+from adapters.providers import HttpSettings, http_client
+from adapters.providers.errors import (
+    MAX_ANSWER_BYTES,
+    classify_stream_error,
+    json_or_none,
+    malformed,
+    raise_for_outcome,
+    read_limited,
+    transport_failure,
+    utcnow,
+)
+from adapters.providers.sse import SSEError, StreamStalled, aiter_events
+from application.ports import Provider
+from domain.errors import UpstreamFault
+from domain.key_pool import ApiKey
+from domain.model import (
+    Completion,
+    Delta,
+    FinishReason,
+    InferenceRequest,
+    StreamEnd,
+    StreamEvent,
+    Usage,
+)
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+
+_FINISH = {
+    "stop": FinishReason.STOP,
+    "length": FinishReason.LENGTH,
+    "content_filter": FinishReason.CONTENT_FILTER,
+}
+
+MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
+
+
+def openai_client(
+    base_url: str = DEFAULT_BASE_URL, settings: HttpSettings | None = None
+) -> httpx.AsyncClient:
+    return http_client(base_url, settings)
+
+
+def finish_reason(value: object) -> FinishReason:
+    return _FINISH.get(value, FinishReason.OTHER) if isinstance(value, str) else FinishReason.OTHER
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def usage_of(value: object) -> Usage:
+    """OpenAI-compatible servers may leave `usage` out or null: zero tokens then."""
+    if not isinstance(value, dict):
+        return Usage()
+    return Usage(_count(value.get("prompt_tokens")), _count(value.get("completion_tokens")))
+
+
+def _model_of(payload: dict[str, Any], fallback: str) -> str:
+    model = payload.get("model")
+    return model if isinstance(model, str) and model else fallback
+
+
+@dataclass(slots=True)
+class _Progress:
+    model: str
+    finish: FinishReason | None = None
+    usage: Usage = field(default_factory=Usage)
+    done: bool = False
+
+
+class OpenAIProvider(Provider):
+    """`POST {base_url}/chat/completions`; `base_url` includes the version, as in the OpenAI SDK
+    (`https://api.openai.com/v1`, vLLM `http://host:8000/v1`, Ollama `http://host:11434/v1`).
+
+    `max_tokens_field`: OpenAI's reasoning models (o-series, gpt-5) accept only
+    `max_completion_tokens`; compatible servers know `max_tokens` best.
+    """
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        stream_idle_timeout: float = 30.0,
+        name: str = "openai",
+        max_tokens_field: MaxTokensField = "max_tokens",
+        now: Callable[[], datetime] = utcnow,
+    ) -> None:
+        if stream_idle_timeout <= 0:
+            raise ValueError("stream_idle_timeout must be positive")
+        self.name = name
+        self._client = client
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._idle = stream_idle_timeout
+        self._max_tokens_field = max_tokens_field
+        self._now = now
+
+    def __repr__(self) -> str:
+        return f"OpenAIProvider(name={self.name!r}, url={self._url!r})"
+
+    def body(self, request: InferenceRequest, *, stream: bool) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": [{"role": m.role.value, "content": m.content} for m in request.messages],
+        }
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body[self._max_tokens_field] = request.max_tokens
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        return body
+
+    @staticmethod
+    def _headers(key: ApiKey) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key.value}"}
+
+    async def complete(self, request: InferenceRequest, key: ApiKey) -> Completion:
+        body = self.body(request, stream=False)
+        try:
+            async with self._client.stream(
+                "POST", self._url, json=body, headers=self._headers(key)
+            ) as response:
+                await raise_for_outcome(response, provider=self.name, key=key, now=self._now())
+                raw = await read_limited(response, MAX_ANSWER_BYTES)
+        except httpx.HTTPError as exc:
+            raise transport_failure(exc, provider=self.name, key=key) from None
+        if raw is None:
+            raise malformed(self.name, f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
+        return self._completion(json_or_none(raw), request.model)
+
+    def _completion(self, payload: Any, requested_model: str) -> Completion:
+        if not isinstance(payload, dict):
+            raise malformed(self.name, "the body is not a JSON object")
+        choices = payload.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            raise malformed(self.name, "no choices")
+        message = choices[0].get("message")
+        content = message.get("content") if isinstance(message, dict) else None
+        if content is not None and not isinstance(content, str):
+            raise malformed(self.name, "the message content is not text")
+        return Completion(
+            content=content or "",
+            model=_model_of(payload, requested_model),
+            provider=self.name,
+            finish_reason=finish_reason(choices[0].get("finish_reason")),
+            usage=usage_of(payload.get("usage")),
+        )
+
+    async def stream(
+        self, request: InferenceRequest, key: ApiKey
+    ) -> AsyncGenerator[StreamEvent, None]:
+        body = self.body(request, stream=True)
+        progress = _Progress(model=request.model)
+        try:
+            async with AsyncExitStack() as stack:
+                try:
+                    async with asyncio.timeout(self._idle):
+                        response = await stack.enter_async_context(
+                            self._client.stream(
+                                "POST", self._url, json=body, headers=self._headers(key)
+                            )
+                        )
+                except TimeoutError:
+                    raise StreamStalled(self._idle) from None
+                await raise_for_outcome(response, provider=self.name, key=key, now=self._now())
+                events = await stack.enter_async_context(
+                    aclosing(aiter_events(response.aiter_bytes(), self._idle))
+                )
+                async for event in events:
+                    if event.data.strip() == "[DONE]":
+                        progress.done = True
+                        break
+                    text = self._read_chunk(event.event, event.data, progress, key)
+                    if text:
+                        yield Delta(text)
+        except (httpx.HTTPError, SSEError, StreamStalled) as exc:
+            raise transport_failure(exc, provider=self.name, key=key) from None
+        # The response is closed before the end is reported: a consumer that stops here leaks
+        # nothing.
+        yield self._end(progress)
+
+    def _read_chunk(self, event: str, data: str, progress: _Progress, key: ApiKey) -> str:
+        chunk = json_or_none(data)
+        if event == "error" or (
+            isinstance(chunk, dict) and ("error" in chunk or chunk.get("object") == "error")
+        ):
+            raise classify_stream_error(chunk, provider=self.name, key=key, now=self._now())
+        if not isinstance(chunk, dict):
+            raise malformed(self.name, "a stream event is not a JSON object")
+        progress.model = _model_of(chunk, progress.model)
+        if chunk.get("usage") is not None:
+            progress.usage = usage_of(chunk["usage"])
+        choices = chunk.get("choices") or []
+        if not isinstance(choices, list):
+            raise malformed(self.name, "a stream event's choices are not a list")
+        text = ""
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta")
+            content = delta.get("content") if isinstance(delta, dict) else None
+            if isinstance(content, str):
+                text += content
+            if choice.get("finish_reason"):
+                progress.finish = finish_reason(choice["finish_reason"])
+        return text
+
+    def _end(self, progress: _Progress) -> StreamEnd:
+        if not progress.done:
+            raise UpstreamFault(f"{self.name} stream ended before [DONE] (truncated)")
+        if progress.finish is None:
+            raise UpstreamFault(f"{self.name} stream ended without a finish_reason (truncated)")
+        return StreamEnd(progress.model, progress.finish, progress.usage)
