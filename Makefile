@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh clone (only python3 >= 3.11 and make needed):
-#   make serve   start the proxy
+#   make serve   start the proxy, answering through the built-in upstream simulator
 #   make test    run every check and the whole test suite
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -22,7 +22,7 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 	touch $@
 
 serve: setup
-	llm-proxy serve
+	llm-proxy serve --simulator
 
 check: setup lint typecheck proto-check
 

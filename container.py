@@ -8,13 +8,19 @@ import logging
 import signal
 import sys
 from collections.abc import Mapping
+from contextlib import AsyncExitStack
 
 from dependency_injector import containers, providers
 
 from adapters.grpc.server import GrpcServer
 from adapters.grpc.servicer import InferenceServicer
 from adapters.null_metrics import NullMetrics
+from adapters.providers import HttpSettings, http_client
+from adapters.providers.gemini import GeminiProvider
+from adapters.providers.openai import OpenAIProvider
 from adapters.settings import ConfigError, Settings, load_settings
+from adapters.simulator import RunningSimulator, SimulatorConfig, running_simulator
+from adapters.simulator import cli as simulator_cli
 from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
 from application.inference import InferenceService, Timing
 from application.ports import Provider, ResponseCache
@@ -47,6 +53,13 @@ def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dic
     return upstreams
 
 
+def openai_max_tokens_field(base_url: str) -> str:
+    """OpenAI itself wants `max_completion_tokens` (its reasoning models refuse `max_tokens`);
+    OpenAI-compatible servers (vLLM, Ollama, LM Studio) know `max_tokens` best."""
+    official = base_url.rstrip("/").startswith("https://api.openai.com")
+    return "max_completion_tokens" if official else "max_tokens"
+
+
 def build_router(settings: Settings, upstreams: Mapping[str, Upstream]) -> ModelRouter:
     return ModelRouter(upstreams.keys(), settings.model_routes)
 
@@ -59,8 +72,44 @@ class Container(containers.DeclarativeContainer):
     random = providers.Singleton(SystemRandom)
     metrics = providers.Singleton(NullMetrics)
 
-    # Provider adapters by name; the real OpenAI and Gemini adapters come with their issue.
-    provider_adapters: providers.Provider[dict[str, Provider]] = providers.Dict()
+    openai_http = providers.Singleton(
+        http_client,
+        settings.provided.openai_base_url,
+        providers.Factory(
+            HttpSettings,
+            connect=settings.provided.openai_connect_timeout,
+            read=settings.provided.openai_read_timeout,
+            max_connections=settings.provided.upstream_max_connections,
+        ),
+    )
+    gemini_http = providers.Singleton(
+        http_client,
+        settings.provided.gemini_base_url,
+        providers.Factory(
+            HttpSettings,
+            connect=settings.provided.gemini_connect_timeout,
+            read=settings.provided.gemini_read_timeout,
+            max_connections=settings.provided.upstream_max_connections,
+        ),
+    )
+    openai = providers.Singleton(
+        OpenAIProvider,
+        openai_http,
+        base_url=settings.provided.openai_base_url,
+        stream_idle_timeout=settings.provided.openai_stream_idle_timeout,
+        max_tokens_field=providers.Callable(
+            openai_max_tokens_field, settings.provided.openai_base_url
+        ),
+    )
+    gemini = providers.Singleton(
+        GeminiProvider,
+        gemini_http,
+        base_url=settings.provided.gemini_base_url,
+        stream_idle_timeout=settings.provided.gemini_stream_idle_timeout,
+    )
+    provider_adapters: providers.Provider[dict[str, Provider]] = providers.Dict(
+        openai=openai, gemini=gemini
+    )
     cache: providers.Provider[ResponseCache | None] = providers.Object(None)
 
     upstreams = providers.Singleton(build_upstreams, settings, provider_adapters)
@@ -117,18 +166,46 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
     finally:
         await server.stop(settings.shutdown_grace)
         await container.inference().drain()
-        shutdown = container.shutdown_resources()
-        if shutdown is not None:
-            await shutdown
+        for client in (container.openai_http(), container.gemini_http()):
+            await client.aclose()
 
 
-async def _run(settings: Settings) -> None:
-    container = Container(settings=settings)
+SIMULATED_KEYS = {
+    "openai_api_keys": "sim-openai-key-1,sim-openai-key-2",
+    "gemini_api_keys": "sim-gemini-key-1,sim-gemini-key-2",
+}
+
+
+def simulated(settings: Settings, simulator: RunningSimulator) -> Settings:
+    """The settings pointed at a local upstream simulator, with its demo keys (never real ones)."""
+    return load_settings(
+        **{
+            **settings.model_dump(exclude={"openai_api_keys", "gemini_api_keys"}),
+            **SIMULATED_KEYS,
+            "openai_base_url": simulator.openai_base_url,
+            "gemini_base_url": simulator.gemini_base_url,
+        }
+    )
+
+
+DEMO_SIMULATOR = SimulatorConfig(unary_latency_s=0.3, ttft_s=0.15, chunk_delay_s=0.03)
+
+
+async def _run(settings: Settings, with_simulator: bool) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve(container, stop)
+    async with AsyncExitStack() as stack:
+        if with_simulator:
+            simulator = await stack.enter_async_context(running_simulator(DEMO_SIMULATOR))
+            settings = simulated(settings, simulator)
+            log.warning(
+                "UPSTREAM SIMULATOR ENABLED (--simulator): answers are synthetic, from %s; "
+                "OpenAI and Gemini are not contacted and configured API keys are not used",
+                simulator.base_url,
+            )
+        await serve(Container(settings=settings), stop)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -138,17 +215,32 @@ def _parser() -> argparse.ArgumentParser:
         "variables (see the README's settings table).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser(
+    serve_cmd = commands.add_parser(
         "serve",
         help="run the gRPC server",
         description="Run inferenceproxy.InferenceService on GRPC_PORT until SIGTERM or SIGINT, "
         "then drain in-flight calls for up to SHUTDOWN_GRACE.",
     )
+    serve_cmd.add_argument(
+        "--simulator",
+        action="store_true",
+        help="answer through a built-in upstream simulator on loopback instead of OpenAI and "
+        "Gemini (synthetic answers, demo keys; for a first run, demos and tests)",
+    )
+    simulate_cmd = commands.add_parser(
+        "simulate",
+        help="run only the upstream simulator (OpenAI- and Gemini-compatible HTTP)",
+        description="Serve OpenAI- and Gemini-compatible endpoints with synthetic answers, "
+        "latency and fault injection; see docs/simulator.md.",
+    )
+    simulator_cli.add_arguments(simulate_cmd)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "simulate":
+        return simulator_cli.run(args)
     try:
         settings = load_settings()
     except ConfigError as error:
@@ -158,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    if args.command == "serve":
-        asyncio.run(_run(settings))
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
+    asyncio.run(_run(settings, args.simulator))
     return 0
 
 

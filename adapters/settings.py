@@ -73,6 +73,15 @@ class Settings(BaseSettings):
     embedding_api_key: SecretStr | None = None
     openai_api_keys: Keys = ()
     gemini_api_keys: Keys = ()
+    openai_base_url: str = "https://api.openai.com/v1"
+    gemini_base_url: str = "https://generativelanguage.googleapis.com"
+    openai_connect_timeout: PositiveDuration = 5.0
+    openai_read_timeout: PositiveDuration = 300.0
+    openai_stream_idle_timeout: PositiveDuration = 30.0
+    gemini_connect_timeout: PositiveDuration = 5.0
+    gemini_read_timeout: PositiveDuration = 300.0
+    gemini_stream_idle_timeout: PositiveDuration = 30.0
+    upstream_max_connections: int = Field(100, ge=1)
     auth_tokens: Keys = ()
     retry_wait_initial: Duration = 0.2
     retry_wait_max: Duration = 5.0

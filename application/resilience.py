@@ -89,7 +89,9 @@ class Attempts:
             self._end(Verdict.NEUTRAL, "key_rejected")
             self._up.keys.disable(key)
             log.warning(
-                "provider rejected an API key; disabled it",
+                "%s rejected API key %s; disabled it",
+                self._up.name,
+                key.fingerprint,
                 extra={"provider": self._up.name, "key": key.fingerprint},
             )
         elif isinstance(failure, UpstreamFault):

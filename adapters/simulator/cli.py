@@ -1,4 +1,4 @@
-"""Command line of the simulator: ``python -m adapters.simulator --help``.
+"""Command line of the simulator: ``llm-proxy simulate --help``.
 
 ``add_arguments`` / ``config_from_args`` let another CLI (e.g. ``llm-proxy simulate``) reuse
 the same flags.
@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+import sys
 
 from adapters import durations
 from adapters.simulator.app import serve
@@ -98,17 +98,13 @@ async def serve_until_signalled(config: SimulatorConfig, host: str, port: int) -
         await task
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m adapters.simulator",
-        description="OpenAI- and Gemini-compatible upstream simulator (latency, faults).",
-    )
-    add_arguments(parser)
-    args = parser.parse_args(argv)
+def run(args: argparse.Namespace) -> int:
+    """Runs the simulator from parsed `add_arguments` flags until SIGINT / SIGTERM."""
     try:
         config = config_from_args(args)
     except ValueError as exc:
-        parser.error(str(exc))
+        print(f"llm-proxy simulate: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     asyncio.run(serve_until_signalled(config, args.host, args.port))
     return 0

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import sys
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -295,7 +297,7 @@ async def test_health_reports_serving_for_the_service(proxy: Proxy) -> None:
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-GRPCURL = shutil.which("grpcurl")
+GRPCURL = shutil.which("grpcurl", path=str(Path(sys.executable).parent)) or shutil.which("grpcurl")
 
 
 async def _grpcurl(*args: str) -> tuple[int, str, str]:

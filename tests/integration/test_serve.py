@@ -19,7 +19,7 @@ from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
 from container import Container, serve
 from tests.fakes import FakeProvider
-from tests.integration.conftest import FAST
+from tests.harness import FAST
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]

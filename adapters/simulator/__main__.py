@@ -1,5 +1,0 @@
-"""``python -m adapters.simulator``: run the upstream simulator."""
-
-from adapters.simulator.cli import main
-
-raise SystemExit(main())
