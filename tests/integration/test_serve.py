@@ -31,9 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start_proxy(**env: str) -> asyncio.subprocess.Process:
+async def start_proxy(*args: str, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "container", "serve",
+        sys.executable, "-m", "container", "serve", *args,
         cwd=ROOT,
         env={"PATH": os.environ["PATH"], "GRPC_HOST": "127.0.0.1", **env},
         stderr=asyncio.subprocess.PIPE,
@@ -69,6 +69,31 @@ async def test_serve_answers_health_and_exits_cleanly_on_sigterm() -> None:
         assert code == 0
         assert "shutting down" in log
         assert "sk-never-logged" not in log
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_serve_with_the_simulator_answers_with_no_keys_and_no_servers() -> None:
+    port = free_port()
+    process = await start_proxy("--simulator", GRPC_PORT=str(port), OPENAI_API_KEYS="sk-real-1")
+    try:
+        log = await read_until(process, "serving inferenceproxy.InferenceService")
+        assert "UPSTREAM SIMULATOR ENABLED" in log
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = pb_grpc.InferenceServiceStub(channel)
+            request = pb.InferenceRequest(
+                model="gpt-4", prompt="Explain goroutines.", temperature=0.7, max_tokens=256
+            )
+            response = await stub.Infer(request, timeout=10)
+            assert response.content.startswith("sim-")
+            assert response.provider == "openai"
+            chunks = [c async for c in stub.InferStream(request, timeout=10)]
+            assert chunks[-1].done
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(15):
+            assert await process.wait() == 0
     finally:
         if process.returncode is None:
             process.kill()
