@@ -7,9 +7,8 @@ It is not a fault of the provider nor of the key, and it is never cached (not ST
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Callable
-from contextlib import AsyncExitStack, aclosing
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,18 +16,13 @@ from urllib.parse import quote
 
 import httpx
 
-from adapters.providers import HttpSettings, http_client
 from adapters.providers.errors import (
-    MAX_ANSWER_BYTES,
     classify_stream_error,
     json_or_none,
     malformed,
-    raise_for_outcome,
-    read_limited,
-    transport_failure,
     utcnow,
 )
-from adapters.providers.sse import SSEError, StreamStalled, aiter_events
+from adapters.providers.exchange import post_json, post_sse
 from application.ports import Provider
 from domain.errors import UpstreamFault
 from domain.key_pool import ApiKey
@@ -55,12 +49,6 @@ _FINISH = {
     "SPII": FinishReason.CONTENT_FILTER,
     "IMAGE_SAFETY": FinishReason.CONTENT_FILTER,
 }
-
-
-def gemini_client(
-    base_url: str = DEFAULT_BASE_URL, settings: HttpSettings | None = None
-) -> httpx.AsyncClient:
-    return http_client(base_url, settings)
 
 
 def finish_reason(value: object) -> FinishReason:
@@ -154,18 +142,10 @@ class GeminiProvider(Provider):
         return {"x-goog-api-key": key.value}
 
     async def complete(self, request: InferenceRequest, key: ApiKey) -> Completion:
-        url = self.url(request.model, stream=False)
-        try:
-            async with self._client.stream(
-                "POST", url, json=self.body(request), headers=self._headers(key)
-            ) as response:
-                await raise_for_outcome(response, provider=self.name, key=key, now=self._now())
-                raw = await read_limited(response, MAX_ANSWER_BYTES)
-        except httpx.HTTPError as exc:
-            raise transport_failure(exc, provider=self.name, key=key) from None
-        if raw is None:
-            raise malformed(self.name, f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
-        payload = json_or_none(raw)
+        payload = await post_json(
+            self._client, self.url(request.model, stream=False), self.body(request),
+            self._headers(key), provider=self.name, key=key, now=self._now(),
+        )  # fmt: skip
         chunk = self._read(payload, key)
         if chunk.finish is not None:
             finish = chunk.finish
@@ -186,39 +166,27 @@ class GeminiProvider(Provider):
     async def stream(
         self, request: InferenceRequest, key: ApiKey
     ) -> AsyncGenerator[StreamEvent, None]:
-        url = self.url(request.model, stream=True)
         progress = _Progress(model=request.model)
-        try:
-            async with AsyncExitStack() as stack:
-                try:
-                    async with asyncio.timeout(self._idle):
-                        response = await stack.enter_async_context(
-                            self._client.stream(
-                                "POST", url, json=self.body(request), headers=self._headers(key)
-                            )
-                        )
-                except TimeoutError:
-                    raise StreamStalled(self._idle) from None
-                await raise_for_outcome(response, provider=self.name, key=key, now=self._now())
-                events = await stack.enter_async_context(
-                    aclosing(aiter_events(response.aiter_bytes(), self._idle))
-                )
-                async for event in events:
-                    payload = json_or_none(event.data)
-                    if event.event == "error":
-                        raise classify_stream_error(
-                            payload, provider=self.name, key=key, now=self._now()
-                        )
-                    chunk = self._read(payload, key)
-                    progress.model = chunk.model or progress.model
-                    progress.usage = chunk.usage or progress.usage
-                    if self._blocked(payload):
-                        progress.finish = FinishReason.CONTENT_FILTER
-                    progress.finish = chunk.finish or progress.finish
-                    if chunk.text:
-                        yield Delta(chunk.text)
-        except (httpx.HTTPError, SSEError, StreamStalled) as exc:
-            raise transport_failure(exc, provider=self.name, key=key) from None
+        events = post_sse(
+            self._client, self.url(request.model, stream=True), self.body(request),
+            self._headers(key), provider=self.name, key=key, now=self._now(),
+            idle_timeout=self._idle,
+        )  # fmt: skip
+        async with aclosing(events):
+            async for event in events:
+                payload = json_or_none(event.data)
+                if event.event == "error":
+                    raise classify_stream_error(
+                        payload, provider=self.name, key=key, now=self._now()
+                    )
+                chunk = self._read(payload, key)
+                progress.model = chunk.model or progress.model
+                progress.usage = chunk.usage or progress.usage
+                if self._blocked(payload):
+                    progress.finish = FinishReason.CONTENT_FILTER
+                progress.finish = chunk.finish or progress.finish
+                if chunk.text:
+                    yield Delta(chunk.text)
         if progress.finish is None:
             raise UpstreamFault(f"{self.name} stream ended without a finishReason (truncated)")
         yield StreamEnd(progress.model, progress.finish, progress.usage)

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator, Callable
-from contextlib import AsyncExitStack, aclosing
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
 import httpx
 
-from adapters.providers import HttpSettings, http_client
 from adapters.providers.errors import (
-    MAX_ANSWER_BYTES,
     classify_stream_error,
     json_or_none,
     malformed,
-    raise_for_outcome,
-    read_limited,
-    transport_failure,
     utcnow,
 )
-from adapters.providers.sse import SSEError, StreamStalled, aiter_events
+from adapters.providers.exchange import post_json, post_sse
 from application.ports import Provider
 from domain.errors import UpstreamFault
 from domain.key_pool import ApiKey
@@ -45,12 +39,6 @@ _FINISH = {
 }
 
 MaxTokensField = Literal["max_tokens", "max_completion_tokens"]
-
-
-def openai_client(
-    base_url: str = DEFAULT_BASE_URL, settings: HttpSettings | None = None
-) -> httpx.AsyncClient:
-    return http_client(base_url, settings)
 
 
 def finish_reason(value: object) -> FinishReason:
@@ -130,18 +118,11 @@ class OpenAIProvider(Provider):
         return {"Authorization": f"Bearer {key.value}"}
 
     async def complete(self, request: InferenceRequest, key: ApiKey) -> Completion:
-        body = self.body(request, stream=False)
-        try:
-            async with self._client.stream(
-                "POST", self._url, json=body, headers=self._headers(key)
-            ) as response:
-                await raise_for_outcome(response, provider=self.name, key=key, now=self._now())
-                raw = await read_limited(response, MAX_ANSWER_BYTES)
-        except httpx.HTTPError as exc:
-            raise transport_failure(exc, provider=self.name, key=key) from None
-        if raw is None:
-            raise malformed(self.name, f"the answer is larger than {MAX_ANSWER_BYTES} bytes")
-        return self._completion(json_or_none(raw), request.model)
+        payload = await post_json(
+            self._client, self._url, self.body(request, stream=False), self._headers(key),
+            provider=self.name, key=key, now=self._now(),
+        )  # fmt: skip
+        return self._completion(payload, request.model)
 
     def _completion(self, payload: Any, requested_model: str) -> Completion:
         if not isinstance(payload, dict):
@@ -164,32 +145,19 @@ class OpenAIProvider(Provider):
     async def stream(
         self, request: InferenceRequest, key: ApiKey
     ) -> AsyncGenerator[StreamEvent, None]:
-        body = self.body(request, stream=True)
         progress = _Progress(model=request.model)
-        try:
-            async with AsyncExitStack() as stack:
-                try:
-                    async with asyncio.timeout(self._idle):
-                        response = await stack.enter_async_context(
-                            self._client.stream(
-                                "POST", self._url, json=body, headers=self._headers(key)
-                            )
-                        )
-                except TimeoutError:
-                    raise StreamStalled(self._idle) from None
-                await raise_for_outcome(response, provider=self.name, key=key, now=self._now())
-                events = await stack.enter_async_context(
-                    aclosing(aiter_events(response.aiter_bytes(), self._idle))
-                )
-                async for event in events:
-                    if event.data.strip() == "[DONE]":
-                        progress.done = True
-                        break
-                    text = self._read_chunk(event.event, event.data, progress, key)
-                    if text:
-                        yield Delta(text)
-        except (httpx.HTTPError, SSEError, StreamStalled) as exc:
-            raise transport_failure(exc, provider=self.name, key=key) from None
+        events = post_sse(
+            self._client, self._url, self.body(request, stream=True), self._headers(key),
+            provider=self.name, key=key, now=self._now(), idle_timeout=self._idle,
+        )  # fmt: skip
+        async with aclosing(events):
+            async for event in events:
+                if event.data.strip() == "[DONE]":
+                    progress.done = True
+                    break
+                text = self._read_chunk(event.event, event.data, progress, key)
+                if text:
+                    yield Delta(text)
         # The response is closed before the end is reported: a consumer that stops here leaks
         # nothing.
         yield self._end(progress)

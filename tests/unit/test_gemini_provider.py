@@ -10,7 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.providers.gemini import DEFAULT_BASE_URL, GeminiProvider, gemini_client
+from adapters.providers import http_client
+from adapters.providers.gemini import DEFAULT_BASE_URL, GeminiProvider
 from domain.errors import (
     KeyRejected,
     ProviderFailure,
@@ -158,8 +159,8 @@ async def test_stream_url_asks_for_sse(provider: GeminiProvider, upstream: Upstr
     assert sent.headers["x-goog-api-key"] == KEY.value
 
 
-async def test_the_client_factory_defaults_to_google() -> None:
-    async with gemini_client() as client:
+async def test_the_default_base_is_google() -> None:
+    async with http_client(DEFAULT_BASE_URL) as client:
         assert client.base_url.host == httpx.URL(DEFAULT_BASE_URL).host
         assert "AIza" not in repr(GeminiProvider(client))
 

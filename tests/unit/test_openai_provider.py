@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.providers.openai import DEFAULT_BASE_URL, OpenAIProvider, openai_client
+from adapters.providers import http_client
+from adapters.providers.openai import DEFAULT_BASE_URL, OpenAIProvider
 from domain.errors import (
     KeyRejected,
     ProviderFailure,
@@ -245,7 +246,7 @@ async def test_a_vllm_base_url_with_trailing_slash(upstream: Upstream) -> None:
 
 
 async def test_the_client_factory_is_bounded() -> None:
-    async with openai_client("http://vllm:8000/v1") as client:
+    async with http_client("http://vllm:8000/v1") as client:
         assert client.timeout.connect == 5.0
         assert client.base_url == httpx.URL("http://vllm:8000/v1/")
         assert "key" not in repr(OpenAIProvider(client)).lower()
