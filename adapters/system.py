@@ -13,6 +13,9 @@ class SystemClock(Clock):
     def now(self) -> float:
         return time.monotonic()
 
+    def wall(self) -> float:
+        return time.time()
+
 
 class AsyncioSleeper(Sleeper):
     async def sleep(self, seconds: float) -> None:

@@ -203,9 +203,12 @@ class InferenceService:
                 answer = await self._cache.lookup(request, route.provider)
         except Exception as exc:  # the cache fails open
             log.warning("cache lookup failed; treating as a miss: %s", type(exc).__name__)
-            self._metrics.cache_error("lookup")
+            self._metrics.cache_error("cache", "lookup")
             answer = None
-        self._metrics.cache_lookup(answer.cache.status if answer else CacheStatus.MISS)
+        if answer is None:
+            self._metrics.cache_lookup(CacheStatus.MISS, None)
+        else:
+            self._metrics.cache_lookup(answer.cache.status, answer.cache.similarity)
         return answer
 
     def _miss_info(self, request: InferenceRequest) -> CacheInfo:
@@ -232,7 +235,7 @@ class InferenceService:
                 await self._cache.store(request, completion)
         except Exception as exc:  # the cache fails open
             log.warning("cache store failed: %s", type(exc).__name__)
-            self._metrics.cache_error("store")
+            self._metrics.cache_error("cache", "store")
 
 
 class _Shared:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
+from dataclasses import dataclass
 from typing import Protocol
 
 from domain.circuit_breaker import BreakerState
@@ -33,9 +34,80 @@ class ResponseCache(Protocol):
     async def store(self, request: InferenceRequest, completion: Completion) -> None: ...
 
 
+class Embedder(Protocol):
+    """Turns texts into vectors. `identity` names the model (and dimension) so vectors of
+    different embedders never meet in one scope."""
+
+    identity: str
+    dimension: int
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class VectorPoint:
+    """One cached prompt in the vector index. `point_id` is a UUID string derived from
+    `entry_key`, so storing the same entry twice overwrites it."""
+
+    point_id: str
+    vector: Sequence[float]
+    scope: str
+    entry_key: str
+    text: str
+    expires_at: float  # wall-clock seconds since the epoch
+
+
+@dataclass(frozen=True, slots=True)
+class VectorMatch:
+    point_id: str
+    similarity: float  # cosine, in [-1, 1]
+    entry_key: str
+    text: str
+    expires_at: float
+
+
+class VectorIndex(Protocol):
+    async def ensure_ready(self, dimension: int) -> None:
+        """Creates the collection (cosine distance) and payload indexes when missing."""
+        ...
+
+    async def search(
+        self, vector: Sequence[float], scope: str, now: float, limit: int
+    ) -> list[VectorMatch]:
+        """Best matches first, only points whose scope equals `scope` and that have not
+        expired at `now` (wall-clock seconds)."""
+        ...
+
+    async def upsert(self, point: VectorPoint) -> None: ...
+
+    async def delete(self, point_ids: Sequence[str]) -> None: ...
+
+    async def delete_expired(self, now: float) -> int:
+        """Removes points expired at `now`; returns how many."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class ResponseStore(Protocol):
+    async def get(self, key: str) -> Completion | None: ...
+
+    async def put(self, key: str, completion: Completion, ttl: float) -> None:
+        """Stores the completion for `ttl` seconds."""
+        ...
+
+    async def delete(self, key: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """Monotonic seconds."""
+        ...
+
+    def wall(self) -> float:
+        """Wall-clock seconds since the epoch (for expiry shared across processes)."""
         ...
 
 
@@ -50,12 +122,28 @@ class RandomSource(Protocol):
 
 
 class Metrics(Protocol):
+    """What the application reports. Label values it passes are bounded except `model`, which
+    comes from clients: the adapter must bound it."""
+
+    def request_started(self) -> None: ...
+
+    def request_finished(
+        self, provider: str, model: str, cache_status: CacheStatus, status: str, seconds: float
+    ) -> None:
+        """`status` is the outcome's gRPC status name in lower case ("ok", "unavailable", ...);
+        `provider` is "" when no provider was chosen (invalid request, unknown model)."""
+        ...
+
     def attempt(self, provider: str, outcome: str) -> None: ...
 
     def tokens(self, provider: str, model: str, usage: Usage) -> None: ...
 
-    def cache_lookup(self, status: CacheStatus) -> None: ...
+    def cache_lookup(self, status: CacheStatus, similarity: float | None) -> None: ...
 
-    def cache_error(self, operation: str) -> None: ...
+    def cache_error(self, backend: str, operation: str) -> None:
+        """`backend` is "embedder", "vector_index" or "response_store"."""
+        ...
 
     def breaker_state(self, provider: str, state: BreakerState) -> None: ...
+
+    def key_pool(self, provider: str, usable: int, cooling_down: int, disabled: int) -> None: ...

@@ -133,6 +133,9 @@ class FakeClock(Clock):
     def now(self) -> float:
         return self.t
 
+    def wall(self) -> float:
+        return 1_800_000_000.0 + self.t
+
     def advance(self, seconds: float) -> None:
         self.t += seconds
 
@@ -160,11 +163,23 @@ class FixedRandom(RandomSource):
 
 @dataclass
 class RecordingMetrics(Metrics):
+    active: int = 0
+    finished: list[tuple[str, str, CacheStatus, str]] = field(default_factory=list)
     attempts: list[tuple[str, str]] = field(default_factory=list)
     token_counts: list[tuple[str, str, Usage]] = field(default_factory=list)
     lookups: list[CacheStatus] = field(default_factory=list)
     cache_errors: list[str] = field(default_factory=list)
     breaker: dict[str, BreakerState] = field(default_factory=dict)
+    pools: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+
+    def request_started(self) -> None:
+        self.active += 1
+
+    def request_finished(
+        self, provider: str, model: str, cache_status: CacheStatus, status: str, seconds: float
+    ) -> None:
+        self.active -= 1
+        self.finished.append((provider, model, cache_status, status))
 
     def attempt(self, provider: str, outcome: str) -> None:
         self.attempts.append((provider, outcome))
@@ -172,14 +187,17 @@ class RecordingMetrics(Metrics):
     def tokens(self, provider: str, model: str, usage: Usage) -> None:
         self.token_counts.append((provider, model, usage))
 
-    def cache_lookup(self, status: CacheStatus) -> None:
+    def cache_lookup(self, status: CacheStatus, similarity: float | None) -> None:
         self.lookups.append(status)
 
-    def cache_error(self, operation: str) -> None:
+    def cache_error(self, backend: str, operation: str) -> None:
         self.cache_errors.append(operation)
 
     def breaker_state(self, provider: str, state: BreakerState) -> None:
         self.breaker[provider] = state
+
+    def key_pool(self, provider: str, usable: int, cooling_down: int, disabled: int) -> None:
+        self.pools[provider] = (usable, cooling_down, disabled)
 
 
 class DictCache(ResponseCache):
