@@ -22,7 +22,7 @@ from adapters.settings import ConfigError, Settings, load_settings
 from adapters.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from adapters.simulator import cli as simulator_cli
 from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
-from application.inference import InferenceService, Timing
+from application.inference import InferenceService
 from application.ports import Provider, ResponseCache
 from application.resilience import Upstream
 from domain.backoff import BackoffPolicy
@@ -120,18 +120,13 @@ class Container(containers.DeclarativeContainer):
         wait_initial=settings.provided.retry_wait_initial,
         wait_max=settings.provided.retry_wait_max,
     )
-    timing = providers.Singleton(
-        Timing,
-        request_timeout=settings.provided.request_timeout,
-        cache_timeout=settings.provided.cache_timeout,
-    )
     inference = providers.Singleton(
         InferenceService,
         router=router,
         upstreams=upstreams,
         cache=cache,
         backoff=backoff,
-        timing=timing,
+        request_timeout=settings.provided.request_timeout,
         clock=clock,
         sleeper=sleeper,
         random=random,

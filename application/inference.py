@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator, Awaitable, Hashable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TypeVar
 
 from application.ports import Clock, Metrics, RandomSource, ResponseCache, Sleeper
@@ -33,12 +33,6 @@ T = TypeVar("T")
 REPLAY_CHUNK_CHARS = 64
 
 
-@dataclass(frozen=True, slots=True)
-class Timing:
-    request_timeout: float
-    cache_timeout: float
-
-
 class InferenceService:
     def __init__(
         self,
@@ -46,7 +40,7 @@ class InferenceService:
         upstreams: Mapping[str, Upstream],
         cache: ResponseCache | None,
         backoff: BackoffPolicy,
-        timing: Timing,
+        request_timeout: float,
         clock: Clock,
         sleeper: Sleeper,
         random: RandomSource,
@@ -56,7 +50,7 @@ class InferenceService:
         self._upstreams = upstreams
         self._cache = cache
         self._backoff = backoff
-        self._timing = timing
+        self._request_timeout = request_timeout
         self._clock = clock
         self._sleeper = sleeper
         self._random = random
@@ -165,7 +159,7 @@ class InferenceService:
         return Attempts(upstream, self._backoff, self._clock, self._random, self._metrics, deadline)
 
     def _deadline(self, time_left: float | None) -> float:
-        budget = self._timing.request_timeout
+        budget = self._request_timeout
         if time_left is not None:
             budget = min(budget, max(0.0, time_left))
         return self._clock.now() + budget
@@ -199,9 +193,8 @@ class InferenceService:
         if self._cache is None or request.cache.skip_lookup:
             return None
         try:
-            async with asyncio.timeout(self._timing.cache_timeout):
-                answer = await self._cache.lookup(request, route.provider)
-        except Exception as exc:  # the cache fails open
+            answer = await self._cache.lookup(request, route.provider)
+        except Exception as exc:  # the cache fails open, even when its adapter does not
             log.warning("cache lookup failed; treating as a miss: %s", type(exc).__name__)
             self._metrics.cache_error("cache", "lookup")
             answer = None
@@ -231,9 +224,8 @@ class InferenceService:
     async def _store(self, request: InferenceRequest, completion: Completion) -> None:
         assert self._cache is not None
         try:
-            async with asyncio.timeout(self._timing.cache_timeout):
-                await self._cache.store(request, completion)
-        except Exception as exc:  # the cache fails open
+            await self._cache.store(request, completion)
+        except Exception as exc:  # the cache fails open, even when its adapter does not
             log.warning("cache store failed: %s", type(exc).__name__)
             self._metrics.cache_error("cache", "store")
 

@@ -50,6 +50,8 @@ class InferenceRequest:
     temperature: float | None = None
     max_tokens: int | None = None
     cache: CacheControl = field(default_factory=CacheControl)
+    # Who asks (a client-token fingerprint when auth is on): cache entries never cross tenants.
+    tenant: str = ""
 
     def __post_init__(self) -> None:
         if not self.model.strip():

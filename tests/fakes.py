@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import math
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass, field
 
-from application.ports import Clock, Metrics, Provider, RandomSource, ResponseCache, Sleeper
+from application.ports import (
+    Clock,
+    Embedder,
+    Metrics,
+    Provider,
+    RandomSource,
+    ResponseCache,
+    ResponseStore,
+    Sleeper,
+    VectorIndex,
+    VectorMatch,
+    VectorPoint,
+)
 from domain.circuit_breaker import BreakerState
 from domain.errors import ProviderFailure
 from domain.key_pool import ApiKey
@@ -225,3 +239,110 @@ def _uncontrolled(request: InferenceRequest) -> InferenceRequest:
     from domain.model import CacheControl
 
     return replace(request, cache=CacheControl())
+
+
+class WordEmbedder(Embedder):
+    """Bag-of-words unit vectors: texts sharing words are close. `broken` makes it raise,
+    `delay` makes it slow."""
+
+    identity = "fake:words"
+    dimension = 64
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+        self.broken = False
+        self.delay = 0.0
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.broken:
+            raise ConnectionError("embedder down")
+        self.calls.extend(texts)
+        return [_bag_of_words(text, self.dimension) for text in texts]
+
+
+def _bag_of_words(text: str, dimension: int) -> list[float]:
+    vector = [0.0] * dimension
+    for word in text.lower().replace("?", " ").replace(".", " ").split():
+        digest = hashlib.sha256(word.encode()).digest()
+        vector[digest[0] % dimension] += 1.0
+    norm = math.sqrt(sum(v * v for v in vector)) or 1.0
+    return [v / norm for v in vector]
+
+
+class MemoryIndex(VectorIndex):
+    def __init__(self) -> None:
+        self.points: dict[str, VectorPoint] = {}
+        self.broken = False
+        self.dimension: int | None = None
+
+    def _check(self) -> None:
+        if self.broken:
+            raise ConnectionError("index down")
+
+    async def ensure_ready(self, dimension: int) -> None:
+        self._check()
+        self.dimension = dimension
+
+    async def search(
+        self, vector: Sequence[float], scope: str, now: float, limit: int
+    ) -> list[VectorMatch]:
+        self._check()
+        matches = [
+            VectorMatch(p.point_id, _cosine(vector, p.vector), p.entry_key, p.text, p.expires_at)
+            for p in self.points.values()
+            if p.scope == scope and p.expires_at > now
+        ]
+        return sorted(matches, key=lambda m: -m.similarity)[:limit]
+
+    async def upsert(self, point: VectorPoint) -> None:
+        self._check()
+        self.points[point.point_id] = point
+
+    async def delete(self, point_ids: Sequence[str]) -> None:
+        self._check()
+        for point_id in point_ids:
+            self.points.pop(point_id, None)
+
+    async def delete_expired(self, now: float) -> int:
+        self._check()
+        expired = [p.point_id for p in self.points.values() if p.expires_at <= now]
+        await self.delete(expired)
+        return len(expired)
+
+    async def close(self) -> None:
+        pass
+
+
+def _cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    return sum(x * y for x, y in zip(a, b, strict=True))
+
+
+class MemoryStore(ResponseStore):
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.entries: dict[str, tuple[Completion, float]] = {}
+        self.broken = False
+
+    def _check(self) -> None:
+        if self.broken:
+            raise ConnectionError("store down")
+
+    async def get(self, key: str) -> Completion | None:
+        self._check()
+        entry = self.entries.get(key)
+        if entry is None or entry[1] <= self.clock.wall():
+            return None
+        return entry[0]
+
+    async def put(self, key: str, completion: Completion, ttl: float) -> None:
+        self._check()
+        self.entries[key] = (completion, self.clock.wall() + ttl)
+
+    async def delete(self, key: str) -> None:
+        self._check()
+        self.entries.pop(key, None)
+
+    async def close(self) -> None:
+        pass

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from application.inference import InferenceService, Timing
+from application.inference import InferenceService
 from application.resilience import Upstream
 from domain.backoff import BackoffPolicy
 from domain.circuit_breaker import BreakerState, CircuitBreaker
@@ -71,7 +71,7 @@ class World:
             upstreams=upstreams,
             cache=cache,
             backoff=BackoffPolicy(max_retries, wait_initial=1.0, wait_max=8.0),
-            timing=Timing(request_timeout=request_timeout, cache_timeout=1.0),
+            request_timeout=request_timeout,
             clock=self.clock,
             sleeper=self.sleeper,
             random=FixedRandom(0.5),

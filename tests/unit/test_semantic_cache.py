@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import pytest
+
+from application.semantic_cache import CachePolicy, SemanticCache
+from domain.model import (
+    CacheStatus,
+    Completion,
+    FinishReason,
+    InferenceRequest,
+    Message,
+    Role,
+    Usage,
+)
+from tests.fakes import FakeClock, MemoryIndex, MemoryStore, RecordingMetrics, WordEmbedder
+
+
+class Cache:
+    def __init__(self, threshold: float = 0.8, ttl: float = 60.0, timeout: float = 0.2) -> None:
+        self.clock = FakeClock()
+        self.embedder = WordEmbedder()
+        self.index = MemoryIndex()
+        self.store = MemoryStore(self.clock)
+        self.metrics = RecordingMetrics()
+        self.cache = SemanticCache(
+            self.embedder,
+            self.index,
+            self.store,
+            CachePolicy(threshold=threshold, ttl=ttl, timeout=timeout),
+            self.clock,
+            self.metrics,
+        )
+
+
+def ask(
+    prompt: str, model: str = "gpt-4o", system: str | None = None, **kw: object
+) -> InferenceRequest:
+    messages = ((Message(Role.SYSTEM, system),) if system else ()) + (Message(Role.USER, prompt),)
+    return InferenceRequest(model, messages, **kw)  # type: ignore[arg-type]
+
+
+def answer(text: str = "an answer") -> Completion:
+    return Completion(text, "gpt-4o", "openai", FinishReason.STOP, Usage(3, 2))
+
+
+@pytest.fixture
+def c() -> Cache:
+    return Cache()
+
+
+async def test_the_same_request_is_an_exact_hit(c: Cache) -> None:
+    await c.cache.store(ask("What is the capital of France?"), answer("Paris"))
+    hit = await c.cache.lookup(ask("What  is the capital of France?"), "openai")
+    assert hit is not None
+    assert hit.cache.status is CacheStatus.EXACT
+    assert hit.completion.content == "Paris"
+
+
+async def test_a_close_paraphrase_is_a_semantic_hit_with_its_similarity(c: Cache) -> None:
+    await c.cache.store(ask("what is the capital of France"), answer("Paris"))
+    hit = await c.cache.lookup(ask("what is the capital of France please"), "openai")
+    assert hit is not None
+    assert hit.cache.status is CacheStatus.SEMANTIC
+    assert 0.8 <= hit.cache.similarity < 1.0
+
+
+@pytest.mark.parametrize(
+    ("stored", "asked"),
+    [
+        ("convert 100 USD to EUR", "convert 100 EUR to USD"),
+        ("What is 2+3?", "What is 2+2?"),
+        ("is the file config_a.yaml valid", "is the file config_b.yaml valid"),
+        ("is paris in france", "is paris not in france"),
+    ],
+)
+async def test_numbers_identifiers_and_negation_never_hit_each_other(
+    stored: str, asked: str
+) -> None:
+    c = Cache(threshold=0.5)
+    await c.cache.store(ask(stored), answer())
+    assert await c.cache.lookup(ask(asked), "openai") is None
+
+
+async def test_scope_is_a_hard_filter(c: Cache) -> None:
+    await c.cache.store(ask("tell me a joke", system="be formal"), answer())
+    assert await c.cache.lookup(ask("tell me a joke", system="be formal"), "openai")
+    assert await c.cache.lookup(ask("tell me a joke", system="be silly"), "openai") is None
+    assert await c.cache.lookup(ask("tell me a joke", model="gpt-4.1"), "openai") is None
+    assert await c.cache.lookup(ask("tell me a joke", system="be formal"), "gemini") is None
+    assert (
+        await c.cache.lookup(ask("tell me a joke", system="be formal", temperature=1.5), "openai")
+        is None
+    )
+    assert (
+        await c.cache.lookup(ask("tell me a joke", system="be formal", tenant="other"), "openai")
+        is None
+    )
+
+
+async def test_below_the_threshold_is_a_miss() -> None:
+    c = Cache(threshold=0.99)
+    await c.cache.store(ask("what is the capital of France"), answer())
+    assert await c.cache.lookup(ask("what is the capital of France please"), "openai") is None
+
+
+async def test_expired_entries_miss_and_the_sweep_removes_their_vectors(c: Cache) -> None:
+    await c.cache.store(ask("hello there"), answer())
+    c.clock.advance(61.0)
+    assert await c.cache.lookup(ask("hello there"), "openai") is None
+    assert await c.cache.lookup(ask("hello there friend"), "openai") is None
+    assert await c.cache.sweep() == 1
+    assert c.index.points == {}
+
+
+async def test_a_vector_whose_answer_is_gone_is_a_miss_and_is_deleted(c: Cache) -> None:
+    await c.cache.store(ask("hello there"), answer())
+    c.store.entries.clear()
+    assert await c.cache.lookup(ask("hello there friend"), "openai") is None
+    assert c.index.points == {}
+
+
+async def test_storing_twice_keeps_one_vector(c: Cache) -> None:
+    await c.cache.store(ask("hello there"), answer("one"))
+    await c.cache.store(ask("hello   there"), answer("two"))
+    assert len(c.index.points) == 1
+    hit = await c.cache.lookup(ask("hello there"), "openai")
+    assert hit is not None
+    assert hit.completion.content == "two"
+
+
+async def test_identical_text_is_embedded_once(c: Cache) -> None:
+    await c.cache.lookup(ask("hello there"), "openai")
+    await c.cache.store(ask("hello there"), answer())
+    await c.cache.lookup(ask("hello there friend"), "openai")
+    assert c.embedder.calls == ["hello there", "hello there friend"]
+
+
+@pytest.mark.parametrize("backend", ["embedder", "index", "store"])
+async def test_a_broken_backend_is_a_counted_miss_and_recovers(c: Cache, backend: str) -> None:
+    await c.cache.store(ask("hello there"), answer())
+    target = {"embedder": c.embedder, "index": c.index, "store": c.store}[backend]
+    target.broken = True
+    assert await c.cache.lookup(ask("hello there friend"), "openai") is None
+    await c.cache.store(ask("another question"), answer())
+    assert c.metrics.cache_errors
+    target.broken = False
+    hit = await c.cache.lookup(ask("hello there friend"), "openai")
+    assert hit is not None
+
+
+async def test_a_slow_backend_is_bounded_by_the_timeout() -> None:
+    c = Cache(timeout=0.05)
+    await c.cache.store(ask("hello there"), answer())
+    c.embedder.delay = 5.0
+    assert await c.cache.lookup(ask("hello there friend"), "openai") is None
+    assert c.metrics.cache_errors == ["embed"]
+
+
+async def test_the_index_is_made_ready_with_the_embedder_dimension(c: Cache) -> None:
+    await c.cache.store(ask("hello"), answer())
+    assert c.index.dimension == c.embedder.dimension
