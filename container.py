@@ -132,7 +132,7 @@ class Container(containers.DeclarativeContainer):
         random=random,
         metrics=metrics,
     )
-    servicer = providers.Singleton(InferenceServicer, inference)
+    servicer = providers.Singleton(InferenceServicer, inference, metrics, clock)
     grpc_server = providers.Singleton(
         GrpcServer,
         servicer,

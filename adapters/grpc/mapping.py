@@ -48,7 +48,7 @@ _CACHE = {
 }
 
 
-def to_domain(request: pb.InferenceRequest) -> InferenceRequest:
+def to_domain(request: pb.InferenceRequest, tenant: str = "") -> InferenceRequest:
     if request.prompt and request.messages:
         raise InvalidRequest("give either prompt or messages, not both")
     if request.prompt:
@@ -63,6 +63,7 @@ def to_domain(request: pb.InferenceRequest) -> InferenceRequest:
         temperature=request.temperature if request.HasField("temperature") else None,
         max_tokens=request.max_tokens or None,
         cache=CacheControl(request.cache.skip_lookup, request.cache.skip_store),
+        tenant=tenant,
     )
 
 

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -9,27 +13,84 @@ from adapters.grpc import mapping
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from application.inference import InferenceService
-from domain.model import Answer
+from application.ports import Clock, Metrics
+from domain.errors import ProxyError
+from domain.model import Answer, CacheStatus, InferenceRequest
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+@dataclass
+class _Outcome:
+    provider: str = ""
+    cache_status: CacheStatus = CacheStatus.MISS
+
+    def answered(self, answer: Answer) -> None:
+        self.provider = answer.completion.provider
+        self.cache_status = answer.cache.status
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
-    """Translates RPCs to the use case. Domain errors leave through the error interceptor."""
+    """Translates RPCs to the use case and records each request's outcome. Domain errors leave
+    through the error interceptor."""
 
-    def __init__(self, service: InferenceService) -> None:
+    def __init__(self, service: InferenceService, metrics: Metrics, clock: Clock) -> None:
         self._service = service
+        self._metrics = metrics
+        self._clock = clock
 
-    async def Infer(
-        self, request: pb.InferenceRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> pb.InferenceResponse:
-        answer = await self._service.infer(mapping.to_domain(request), context.time_remaining())
-        return mapping.response(answer)
+    async def Infer(self, request: pb.InferenceRequest, context: Context) -> pb.InferenceResponse:
+        async with self._observed(request) as outcome:
+            answer = await self._service.infer(_domain(request, context), context.time_remaining())
+            outcome.answered(answer)
+            return mapping.response(answer)
 
     async def InferStream(
-        self, request: pb.InferenceRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: pb.InferenceRequest, context: Context
     ) -> AsyncIterator[pb.StreamChunk]:
-        events = self._service.stream(mapping.to_domain(request), context.time_remaining())
-        async for event in events:
-            if isinstance(event, Answer):
-                yield mapping.last_chunk(event)
-            else:
-                yield pb.StreamChunk(content=event.content)
+        async with self._observed(request) as outcome:
+            events = self._service.stream(_domain(request, context), context.time_remaining())
+            async for event in events:
+                if isinstance(event, Answer):
+                    outcome.answered(event)
+                    yield mapping.last_chunk(event)
+                else:
+                    yield pb.StreamChunk(content=event.content)
+
+    @asynccontextmanager
+    async def _observed(self, request: pb.InferenceRequest) -> AsyncIterator[_Outcome]:
+        outcome = _Outcome()
+        started = self._clock.now()
+        self._metrics.request_started()
+        status = "internal"
+        try:
+            yield outcome
+            status = "ok"
+        except ProxyError as error:
+            status = mapping.status_of(error).code.name.lower()
+            outcome.provider = getattr(error, "provider", outcome.provider)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "cancelled"
+            raise
+        finally:
+            self._metrics.request_finished(
+                outcome.provider,
+                request.model,
+                outcome.cache_status,
+                status,
+                self._clock.now() - started,
+            )
+
+
+def _domain(request: pb.InferenceRequest, context: Context) -> InferenceRequest:
+    return mapping.to_domain(request, tenant=_tenant(context))
+
+
+def _tenant(context: Context) -> str:
+    """Clients are told apart by a fingerprint of their bearer token (never the token)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            raw = value.encode() if isinstance(value, str) else value
+            return "tenant-" + hashlib.sha256(raw).hexdigest()[:16]
+    return ""
