@@ -70,7 +70,7 @@ class Attempts:
             breaker.record(self._permit, Verdict.NEUTRAL, now)
             raise
         self.count += 1
-        self._publish_breaker()
+        self._publish()
         return key
 
     def succeeded(self) -> None:
@@ -136,7 +136,11 @@ class Attempts:
     def _end(self, verdict: Verdict, outcome: str) -> None:
         self._up.breaker.record(self._permit, verdict, self._clock.now())
         self._metrics.attempt(self._up.name, outcome)
-        self._publish_breaker()
+        self._publish()
 
-    def _publish_breaker(self) -> None:
-        self._metrics.breaker_state(self._up.name, self._up.breaker.state(self._clock.now()))
+    def _publish(self) -> None:
+        now, keys = self._clock.now(), self._up.keys
+        self._metrics.breaker_state(self._up.name, self._up.breaker.state(now))
+        self._metrics.key_pool(
+            self._up.name, len(keys.usable(now)), keys.cooling_down(now), keys.disabled()
+        )

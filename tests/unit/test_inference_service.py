@@ -130,6 +130,7 @@ async def test_429_moves_to_the_next_key_without_waiting() -> None:
     assert first != second
     assert world.sleeper.sleeps == []
     assert world.keys.cooling_down(world.clock.now()) == 1
+    assert world.metrics.pools["openai"] == (1, 1, 0)  # usable, cooling down, disabled
 
 
 async def test_all_keys_limited_is_resource_exhausted_with_the_earliest_reset() -> None:
