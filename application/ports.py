@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -147,3 +148,26 @@ class Metrics(Protocol):
     def breaker_state(self, provider: str, state: BreakerState) -> None: ...
 
     def key_pool(self, provider: str, usable: int, cooling_down: int, disabled: int) -> None: ...
+
+
+AttributeValue = str | bool | int | float
+
+
+class SpanHandle(Protocol):
+    def set(self, key: str, value: AttributeValue) -> None: ...
+
+    def event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None: ...
+
+    def error(self, exc: BaseException) -> None:
+        """Marks the span failed by an exception that is handled (one that escapes the span's
+        `with` block is recorded anyway)."""
+        ...
+
+
+class Tracer(Protocol):
+    def span(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> AbstractContextManager[SpanHandle]:
+        """A child of the current span, current itself inside the `with` block. Attributes never
+        carry prompts, completions or secrets."""
+        ...

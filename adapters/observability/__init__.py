@@ -1,0 +1,1 @@
+"""Prometheus metrics, the ops HTTP endpoints, OpenTelemetry tracing and structured logs."""

@@ -1,0 +1,259 @@
+"""The `Metrics` port on prometheus-client, in a registry of its own.
+
+The first eight metrics are the predecessor's contract (names, types, labels). Every label value
+is bounded: a value outside a label's known set takes one of a few free slots, first come first
+served, and becomes "other" when they are gone, so no client input can create series without end.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Final, Generic, TypeVar
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+
+from application.ports import Metrics
+from domain.circuit_breaker import BreakerState
+from domain.model import CacheStatus, Usage
+
+OTHER: Final = "other"
+NO_PROVIDER: Final = "none"
+MAX_LABEL_CHARS: Final = 128
+CONTENT_TYPE: Final = CONTENT_TYPE_PLAIN_0_0_4
+
+# Cache hits answer in milliseconds, upstream calls in seconds up to REQUEST_TIMEOUT and beyond.
+LATENCY_BUCKETS: Final = (
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
+)  # fmt: skip
+SIMILARITY_BUCKETS: Final = (0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99, 1.0)
+
+GRPC_STATUSES: Final = (
+    "ok", "cancelled", "unknown", "invalid_argument", "deadline_exceeded", "not_found",
+    "already_exists", "permission_denied", "resource_exhausted", "failed_precondition", "aborted",
+    "out_of_range", "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated",
+)  # fmt: skip
+ATTEMPT_OUTCOMES: Final = (
+    "success", "aborted", "rate_limited", "key_rejected", "upstream_fault", "rejected",
+)  # fmt: skip
+CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
+CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
+KNOWN_PROVIDERS: Final = ("openai", "gemini")
+
+M = TypeVar("M", Counter, Gauge, Histogram)
+
+
+class BoundedLabel:
+    """Maps raw values onto at most `len(known) + capacity + 1` label values."""
+
+    def __init__(self, known: Iterable[str] = (), capacity: int = 0) -> None:
+        if capacity < 0:
+            raise ValueError(f"capacity must be >= 0, got {capacity}")
+        self._known = frozenset(known)
+        self._admitted: set[str] = set(self._known)
+        self._limit = len(self._known) + capacity
+        self._lock = threading.Lock()
+
+    def __call__(self, value: str, admit: bool = True) -> str:
+        """`admit=False` maps a value that is not yet a label to "other" without using a slot."""
+        if value in self._admitted:
+            return value
+        if not admit or not value or len(value) > MAX_LABEL_CHARS:
+            return OTHER
+        with self._lock:
+            if value in self._admitted:
+                return value
+            if len(self._admitted) >= self._limit:
+                return OTHER
+            self._admitted.add(value)
+            return value
+
+    def values(self) -> frozenset[str]:
+        return frozenset(self._admitted)
+
+
+class _Children(Generic[M]):
+    """A metric's label children, created once per label tuple and reused on the hot path."""
+
+    def __init__(self, metric: M) -> None:
+        self._metric: M = metric
+        self._cache: dict[tuple[str, ...], M] = {}
+
+    def __call__(self, *labels: str) -> M:
+        child = self._cache.get(labels)
+        if child is None:
+            child = self._cache[labels] = self._metric.labels(*labels)
+        return child
+
+
+class PrometheusMetrics(Metrics):
+    """`models` are configured model names, always their own label value; up to `max_models`
+    further names get one as clients use them (only once routed to a provider), the rest are
+    "other". Pass `max_models=0` to make `models` a strict allow-list."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        providers: Iterable[str] = KNOWN_PROVIDERS,
+        models: Iterable[str] = (),
+        max_models: int = 64,
+        latency_buckets: Sequence[float] = LATENCY_BUCKETS,
+        process_metrics: bool = True,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        providers = tuple(providers)
+        self._provider = BoundedLabel((*providers, NO_PROVIDER), capacity=4)
+        self._model = BoundedLabel(models, capacity=max_models)
+        self._status = BoundedLabel(GRPC_STATUSES)
+        self._outcome = BoundedLabel(ATTEMPT_OUTCOMES, capacity=8)
+        self._backend = BoundedLabel(CACHE_BACKENDS, capacity=4)
+        self._operation = BoundedLabel(CACHE_OPERATIONS, capacity=8)
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._lookups = 0
+        if process_metrics:
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
+        self._define(tuple(latency_buckets))
+        for provider in providers:
+            self.breaker_state(provider, BreakerState.CLOSED)
+
+    def _define(self, latency_buckets: tuple[float, ...]) -> None:
+        r = self.registry
+        self.request_latency = Histogram(
+            "request_latency_seconds",
+            "End-to-end latency of an inference request",
+            ("provider", "model", "cache_status"),
+            registry=r,
+            buckets=latency_buckets,
+        )
+        # prometheus-client appends `_total` to counter names in the exposition
+        self.token_usage = Counter(
+            "token_usage",
+            "Tokens consumed (direction: input / output)",
+            ("provider", "model", "direction"),
+            registry=r,
+        )
+        self.cache_hits = Counter("cache_hits", "Cache hits (exact or semantic)", registry=r)
+        self.cache_lookups = Counter("cache_lookups", "Cache lookups", registry=r)
+        self.cache_hit_ratio = Gauge("cache_hit_ratio", "cache hits / cache lookups", registry=r)
+        self.circuit_breaker_state = Gauge(
+            "circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            ("provider",),
+            registry=r,
+        )
+        self.active_requests = Gauge("active_requests", "In-flight requests", registry=r)
+        self.requests = Counter(
+            "requests", "Requests by outcome (gRPC status, lower case)", ("status",), registry=r
+        )
+        self.upstream_attempts = Counter(
+            "upstream_attempts",
+            "Calls to an upstream provider by outcome",
+            ("provider", "outcome"),
+            registry=r,
+        )
+        self.key_pool_keys = Gauge(
+            "key_pool_keys",
+            "API keys per provider by state (usable, cooling_down, disabled)",
+            ("provider", "state"),
+            registry=r,
+        )
+        self.cache_errors = Counter(
+            "cache_errors",
+            "Cache backend failures, each turned into a miss or a skipped store",
+            ("backend", "operation"),
+            registry=r,
+        )
+        self.cache_hit_similarity = Histogram(
+            "cache_hit_similarity",
+            "Cosine similarity of semantic cache hits",
+            registry=r,
+            buckets=SIMILARITY_BUCKETS,
+        )
+        self._latency = _Children(self.request_latency)
+        self._tokens = _Children(self.token_usage)
+        self._requests = _Children(self.requests)
+        self._attempts = _Children(self.upstream_attempts)
+        self._errors = _Children(self.cache_errors)
+        self._breakers = _Children(self.circuit_breaker_state)
+        self._keys = _Children(self.key_pool_keys)
+
+    # -- the Metrics port ------------------------------------------------------------------
+
+    def request_started(self) -> None:
+        self.active_requests.inc()
+
+    def request_finished(
+        self, provider: str, model: str, cache_status: CacheStatus, status: str, seconds: float
+    ) -> None:
+        self.active_requests.dec()
+        provider_label = self._provider(provider or NO_PROVIDER)
+        # a model name earns a label of its own only once it was routed to a provider
+        model_label = self._model(model, admit=provider_label not in (NO_PROVIDER, OTHER))
+        self._latency(provider_label, model_label, cache_status.value).observe(max(seconds, 0.0))
+        self._requests(self._status(status.lower())).inc()
+
+    def attempt(self, provider: str, outcome: str) -> None:
+        self._attempts(self._provider(provider), self._outcome(outcome)).inc()
+
+    def tokens(self, provider: str, model: str, usage: Usage) -> None:
+        provider_label = self._provider(provider)
+        model_label = self._model(model, admit=provider_label != OTHER)
+        if usage.input_tokens > 0:
+            self._tokens(provider_label, model_label, "input").inc(usage.input_tokens)
+        if usage.output_tokens > 0:
+            self._tokens(provider_label, model_label, "output").inc(usage.output_tokens)
+
+    def cache_lookup(self, status: CacheStatus, similarity: float | None) -> None:
+        if status is CacheStatus.BYPASS:  # the cache was not consulted
+            return
+        hit = status in (CacheStatus.EXACT, CacheStatus.SEMANTIC)
+        with self._lock:
+            self._lookups += 1
+            self._hits += hit
+            ratio = self._hits / self._lookups
+        self.cache_lookups.inc()
+        if hit:
+            self.cache_hits.inc()
+        self.cache_hit_ratio.set(ratio)
+        if status is CacheStatus.SEMANTIC and similarity is not None:
+            self.cache_hit_similarity.observe(similarity)
+
+    def cache_error(self, backend: str, operation: str) -> None:
+        self._errors(self._backend(backend), self._operation(operation)).inc()
+
+    def breaker_state(self, provider: str, state: BreakerState) -> None:
+        self._breakers(self._provider(provider)).set(int(state))
+
+    def key_pool(self, provider: str, usable: int, cooling_down: int, disabled: int) -> None:
+        label = self._provider(provider)
+        self._keys(label, "usable").set(usable)
+        self._keys(label, "cooling_down").set(cooling_down)
+        self._keys(label, "disabled").set(disabled)
+
+    # -- exposition ------------------------------------------------------------------------
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (`CONTENT_TYPE`)."""
+        return generate_latest(self.registry)
+
+    def render(self, accept: str | None) -> tuple[bytes, str]:
+        """The registry in the format an HTTP `Accept` header asks for, and its content type."""
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type
+
+    def model_labels(self) -> frozenset[str]:
+        return self._model.values() | {OTHER}
