@@ -9,22 +9,42 @@ import signal
 import sys
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 from dependency_injector import containers, providers
+from opentelemetry.sdk.trace import TracerProvider
+from qdrant_client import AsyncQdrantClient
 
+from adapters.embedders.gemini import GeminiEmbedder
+from adapters.embedders.local import LocalMiniLMEmbedder
+from adapters.embedders.openai import OpenAIEmbedder
 from adapters.grpc.server import GrpcServer
 from adapters.grpc.servicer import InferenceServicer
-from adapters.null_metrics import NullMetrics
+from adapters.observability.http import OpsServer, Readiness
+from adapters.observability.logs import configure_logging
+from adapters.observability.prometheus import PrometheusMetrics
+from adapters.observability.tracing import (
+    NullTracer,
+    OtelTracer,
+    TracingInterceptor,
+    setup_tracing,
+)
 from adapters.providers import HttpSettings, http_client
 from adapters.providers.gemini import GeminiProvider
 from adapters.providers.openai import OpenAIProvider
 from adapters.settings import ConfigError, Settings, load_settings
 from adapters.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from adapters.simulator import cli as simulator_cli
+from adapters.store.embedded import EmbeddedStore
+from adapters.store.redis import RedisStore, redis_client
 from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
+from adapters.vector import IncompatibleIndex
+from adapters.vector.edge import EdgeIndex
+from adapters.vector.qdrant import QdrantIndex
 from application.inference import InferenceService
-from application.ports import Provider, ResponseCache
+from application.ports import Provider, ResponseCache, Tracer
 from application.resilience import Upstream
+from application.semantic_cache import CachePolicy, SemanticCache
 from domain.backoff import BackoffPolicy
 from domain.circuit_breaker import CircuitBreaker
 from domain.key_pool import ApiKey, KeyPool
@@ -60,6 +80,80 @@ def openai_max_tokens_field(base_url: str) -> str:
     return "max_completion_tokens" if official else "max_tokens"
 
 
+def cache_path(settings: Settings, name: str) -> Path:
+    return Path(settings.cache_dir) / name
+
+
+def embedding_base_url(settings: Settings) -> str:
+    return (
+        settings.gemini_base_url if settings.embedder_kind == "gemini" else settings.openai_base_url
+    )
+
+
+def embedding_key(settings: Settings) -> ApiKey:
+    assert settings.embedding_api_key is not None  # Settings refuses an API embedder without it
+    return ApiKey(settings.embedding_api_key.get_secret_value())
+
+
+def embedding_model(settings: Settings, default: str) -> str:
+    return settings.embedding_model or default
+
+
+def describe_cache(settings: Settings) -> str:
+    if settings.cache_mode == "off":
+        return "off (CACHE_MODE=off)"
+    if settings.cache_mode == "embedded":
+        where = f"Qdrant Edge and a local response store under {settings.cache_dir}"
+    else:
+        where = (
+            f"Qdrant at {settings.qdrant_url} ({settings.qdrant_collection}), "
+            f"Redis at {settings.redis_addr}"
+        )
+    return f"{settings.cache_mode}: {where}; embedder {settings.embedder_kind}"
+
+
+async def start_cache(container: Container) -> asyncio.Task[None] | None:
+    """Warms the cache up and starts its sweeper. A backend that is down at startup is not
+    fatal (the cache fails open and recovers); a vector collection that cannot hold our vectors
+    is, since it would silently disable the cache."""
+    settings: Settings = container.settings()
+    log.info("cache: %s", describe_cache(settings))
+    cache = container.cache()
+    if not isinstance(cache, SemanticCache):
+        return None
+    try:
+        embedder = container.embedder()
+        if isinstance(embedder, LocalMiniLMEmbedder):
+            await embedder.load()  # about a second: not on the first request
+        await cache.prepare()
+    except IncompatibleIndex:
+        raise
+    except Exception as error:
+        log.warning(
+            "cache backend unavailable at startup (%s); serving without it until it recovers",
+            type(error).__name__,
+        )
+    return asyncio.create_task(
+        cache.sweep_every(container.sleeper(), settings.cache_sweep_interval)
+    )
+
+
+def build_tracer(provider: TracerProvider | None) -> Tracer:
+    return OtelTracer(provider) if provider is not None else NullTracer()
+
+
+def build_tracing_interceptor(provider: TracerProvider | None) -> TracingInterceptor | None:
+    """Tracing off costs nothing on the hot path: no interceptor at all."""
+    return TracingInterceptor(provider) if provider is not None else None
+
+
+def build_ops_server(
+    settings: Settings, metrics: PrometheusMetrics, server: GrpcServer, router: ModelRouter
+) -> OpsServer:
+    readiness = Readiness(serving=lambda: server.serving, routable=lambda: bool(router.routable()))
+    return OpsServer(metrics, readiness, host=settings.grpc_host, port=settings.metrics_port)
+
+
 def build_router(settings: Settings, upstreams: Mapping[str, Upstream]) -> ModelRouter:
     return ModelRouter(upstreams.keys(), settings.model_routes)
 
@@ -70,7 +164,11 @@ class Container(containers.DeclarativeContainer):
     clock = providers.Singleton(SystemClock)
     sleeper = providers.Singleton(AsyncioSleeper)
     random = providers.Singleton(SystemRandom)
-    metrics = providers.Singleton(NullMetrics)
+    metrics = providers.Singleton(
+        PrometheusMetrics, models=providers.Callable(tuple, settings.provided.model_routes)
+    )
+    tracer_provider = providers.Singleton(setup_tracing, "llm-proxy", enabled=True)
+    tracer = providers.Singleton(build_tracer, tracer_provider)
 
     openai_http = providers.Singleton(
         http_client,
@@ -110,7 +208,75 @@ class Container(containers.DeclarativeContainer):
     provider_adapters: providers.Provider[dict[str, Provider]] = providers.Dict(
         openai=openai, gemini=gemini
     )
-    cache: providers.Provider[ResponseCache | None] = providers.Object(None)
+    embedding_http = providers.Singleton(
+        http_client,
+        providers.Callable(embedding_base_url, settings),
+        providers.Factory(HttpSettings, read=10.0),
+    )
+    embedder = providers.Selector(
+        settings.provided.embedder_kind,
+        local=providers.Singleton(LocalMiniLMEmbedder),
+        openai=providers.Singleton(
+            OpenAIEmbedder,
+            embedding_http,
+            providers.Callable(embedding_key, settings),
+            base_url=settings.provided.openai_base_url,
+            model=providers.Callable(embedding_model, settings, "text-embedding-3-small"),
+        ),
+        gemini=providers.Singleton(
+            GeminiEmbedder,
+            embedding_http,
+            providers.Callable(embedding_key, settings),
+            base_url=settings.provided.gemini_base_url,
+            model=providers.Callable(embedding_model, settings, "gemini-embedding-001"),
+        ),
+    )
+    vector_index = providers.Selector(
+        settings.provided.cache_mode,
+        embedded=providers.Singleton(
+            EdgeIndex, providers.Callable(cache_path, settings, "vectors")
+        ),
+        remote=providers.Singleton(
+            QdrantIndex,
+            providers.Singleton(AsyncQdrantClient, url=settings.provided.qdrant_url, timeout=5),
+            settings.provided.qdrant_collection,
+        ),
+    )
+    response_store = providers.Selector(
+        settings.provided.cache_mode,
+        embedded=providers.Singleton(
+            EmbeddedStore,
+            providers.Callable(cache_path, settings, "responses"),
+            max_entries=settings.provided.cache_max_entries,
+        ),
+        remote=providers.Singleton(
+            RedisStore,
+            providers.Singleton(
+                redis_client, settings.provided.redis_addr, settings.provided.cache_timeout
+            ),
+        ),
+    )
+    semantic_cache = providers.Singleton(
+        SemanticCache,
+        embedder,
+        vector_index,
+        response_store,
+        providers.Factory(
+            CachePolicy,
+            threshold=settings.provided.similarity_threshold,
+            ttl=settings.provided.cache_ttl,
+            timeout=settings.provided.cache_timeout,
+        ),
+        clock,
+        metrics,
+        tracer,
+    )
+    cache: providers.Provider[ResponseCache | None] = providers.Selector(
+        settings.provided.cache_mode,
+        embedded=semantic_cache,
+        remote=semantic_cache,
+        off=providers.Object(None),
+    )
 
     upstreams = providers.Singleton(build_upstreams, settings, provider_adapters)
     router = providers.Singleton(build_router, settings, upstreams)
@@ -131,6 +297,7 @@ class Container(containers.DeclarativeContainer):
         sleeper=sleeper,
         random=random,
         metrics=metrics,
+        tracer=tracer,
     )
     servicer = providers.Singleton(InferenceServicer, inference, metrics, clock)
     grpc_server = providers.Singleton(
@@ -140,19 +307,26 @@ class Container(containers.DeclarativeContainer):
         port=settings.provided.grpc_port,
         max_message_bytes=settings.provided.max_request_bytes,
         auth_tokens=settings.provided.client_tokens.call(),
+        tracing=providers.Callable(build_tracing_interceptor, tracer_provider),
     )
+    ops_server = providers.Singleton(build_ops_server, settings, metrics, grpc_server, router)
 
 
 async def serve(container: Container, stop: asyncio.Event) -> None:
     """Runs until `stop` is set, then drains in-flight calls within SHUTDOWN_GRACE."""
     settings: Settings = container.settings()
+    sweeper = await start_cache(container)
     server: GrpcServer = container.grpc_server()
+    ops: OpsServer = container.ops_server()
+    metrics_port = await ops.start()
     port = await server.start()
     routable = container.router().routable()
     log.info(
-        "serving inferenceproxy.InferenceService on %s:%d; routable models: %s",
+        "serving inferenceproxy.InferenceService on %s:%d (metrics and health on :%d); "
+        "routable models: %s",
         settings.grpc_host,
         port,
+        metrics_port,
         ", ".join(routable) or "none (no provider has API keys)",
     )
     try:
@@ -161,8 +335,17 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
     finally:
         await server.stop(settings.shutdown_grace)
         await container.inference().drain()
+        await ops.stop()
+        if sweeper is not None:
+            sweeper.cancel()
+        cache = container.cache()
+        if isinstance(cache, SemanticCache):
+            await cache.close()
         for client in (container.openai_http(), container.gemini_http()):
             await client.aclose()
+        tracing = container.tracer_provider()
+        if tracing is not None:
+            tracing.shutdown()
 
 
 SIMULATED_KEYS = {
@@ -241,10 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"llm-proxy: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format == "json", secrets=settings.secrets())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
     asyncio.run(_run(settings, args.simulator))
     return 0

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.durations import parse_duration
@@ -71,6 +78,12 @@ class Settings(BaseSettings):
     cb_cooldown: Duration = 30.0
     cb_half_open_probes: int = Field(1, ge=1)
     embedding_api_key: SecretStr | None = None
+    cache_mode: Literal["embedded", "remote", "off"] = "embedded"
+    cache_dir: str = "data/cache"
+    embedder: Literal["local", "openai", "gemini"] | None = None
+    embedding_model: str | None = None
+    cache_max_entries: int = Field(100_000, ge=1)
+    cache_sweep_interval: PositiveDuration = 300.0
     openai_api_keys: Keys = ()
     gemini_api_keys: Keys = ()
     openai_base_url: str = "https://api.openai.com/v1"
@@ -93,6 +106,13 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     shutdown_grace: Duration = 10.0
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
+    log_format: Literal["json", "text"] = "json"
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured secret, for the log filter that blanks them should one leak."""
+        extra = (self.embedding_api_key,) if self.embedding_api_key else ()
+        keys = (*self.openai_api_keys, *self.gemini_api_keys, *self.auth_tokens, *extra)
+        return tuple(k.get_secret_value() for k in keys)
 
     def client_tokens(self) -> tuple[str, ...]:
         return tuple(t.get_secret_value() for t in self.auth_tokens)
@@ -100,6 +120,24 @@ class Settings(BaseSettings):
     def api_keys(self, provider: str) -> tuple[str, ...]:
         keys = {"openai": self.openai_api_keys, "gemini": self.gemini_api_keys}[provider]
         return tuple(k.get_secret_value() for k in keys)
+
+    @model_validator(mode="after")
+    def _embedder_has_a_key(self) -> Settings:
+        if (
+            self.cache_mode != "off"
+            and self.embedder_kind != "local"
+            and not (self.embedding_api_key)
+        ):
+            raise ValueError(
+                f"EMBEDDING_API_KEY is required for EMBEDDER={self.embedder_kind} "
+                "(or set EMBEDDER=local)"
+            )
+        return self
+
+    @property
+    def embedder_kind(self) -> str:
+        """EMBEDDER, or its default: local for the embedded cache, openai for the remote one."""
+        return self.embedder or ("local" if self.cache_mode == "embedded" else "openai")
 
 
 class ConfigError(Exception):
@@ -110,8 +148,11 @@ def load_settings(**overrides: Any) -> Settings:
     try:
         return Settings(**overrides)
     except ValidationError as error:
-        problems = [
-            f"{'.'.join(str(part) for part in e['loc']).upper()}: {e['msg']}"
-            for e in error.errors(include_input=False, include_url=False)
-        ]
+        problems = [_problem(e["loc"], e["msg"]) for e in error.errors(include_input=False)]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def _problem(location: tuple[int | str, ...], message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    variable = ".".join(str(part) for part in location).upper()
+    return f"{variable}: {message}" if variable else message

@@ -39,8 +39,7 @@ async def score(embedder: Embedder, pairs: Sequence[LabelledPair]) -> list[Score
     texts = sorted({text for p in pairs for text in (p.a, p.b)})
     vectors = dict(zip(texts, await embedder.embed(texts), strict=True))
     return [
-        ScoredPair(p, _cosine(vectors[p.a], vectors[p.b]), interchangeable(p.a, p.b))
-        for p in pairs
+        ScoredPair(p, _cosine(vectors[p.a], vectors[p.b]), interchangeable(p.a, p.b)) for p in pairs
     ]
 
 

@@ -9,8 +9,17 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import TypeVar
 
-from application.ports import Clock, Metrics, RandomSource, ResponseCache, Sleeper
-from application.resilience import Attempts, Upstream
+from application.ports import (
+    AttributeValue,
+    Clock,
+    Metrics,
+    RandomSource,
+    ResponseCache,
+    Sleeper,
+    SpanHandle,
+    Tracer,
+)
+from application.resilience import GEN_AI_SYSTEM, Attempts, Observers, Upstream
 from domain.backoff import BackoffPolicy
 from domain.errors import DeadlineExceeded, ProviderFailure, UpstreamFault
 from domain.key_pool import ApiKey
@@ -45,6 +54,7 @@ class InferenceService:
         sleeper: Sleeper,
         random: RandomSource,
         metrics: Metrics,
+        tracer: Tracer,
     ) -> None:
         self._router = router
         self._upstreams = upstreams
@@ -55,6 +65,7 @@ class InferenceService:
         self._sleeper = sleeper
         self._random = random
         self._metrics = metrics
+        self._tracer = tracer
         self._inflight: dict[Hashable, _Shared] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -65,20 +76,26 @@ class InferenceService:
         """One complete answer. `time_left` is the client's remaining deadline in seconds."""
         deadline = self._deadline(time_left)
         route = self.route(request)
-        try:
-            async with asyncio.timeout(deadline - self._clock.now()):
-                cached = await self._lookup(request, route)
-                if cached is not None:
-                    return cached
-                key = _coalescing_key(request, route)
-                shared = self._inflight.get(key)
-                if shared is None:
-                    task = asyncio.ensure_future(self._call(request, route, deadline))
-                    shared = self._inflight[key] = _Shared(task)
-                    task.add_done_callback(lambda _: self._inflight.pop(key, None))
-                return await shared.join()
-        except TimeoutError:
-            raise DeadlineExceeded("the request deadline passed before an answer came") from None
+        with self._tracer.span("inference", _request_attributes(request, route)) as span:
+            try:
+                async with asyncio.timeout(deadline - self._clock.now()):
+                    cached = await self._lookup(request, route)
+                    if cached is not None:
+                        return cached
+                    key = _coalescing_key(request, route)
+                    shared = self._inflight.get(key)
+                    if shared is None:
+                        call = self._call(request, route, deadline, span)
+                        task = asyncio.ensure_future(call)
+                        shared = self._inflight[key] = _Shared(task)
+                        task.add_done_callback(lambda _: self._inflight.pop(key, None))
+                    else:
+                        span.event("coalesced")
+                    return await shared.join()
+            except TimeoutError:
+                raise DeadlineExceeded(
+                    "the request deadline passed before an answer came"
+                ) from None
 
     async def stream(
         self, request: InferenceRequest, time_left: float | None = None
@@ -86,45 +103,47 @@ class InferenceService:
         """Deltas, then the complete Answer. Retries happen only before the first delta."""
         deadline = self._deadline(time_left)
         route = self.route(request)
-        cached = await self._bounded(deadline, self._lookup(request, route))
-        if cached is not None:
-            for piece in _pieces(cached.completion.content):
-                yield Delta(piece)
-            yield cached
-            return
-        upstream = self._upstreams[route.provider]
-        attempts = self._attempts(upstream, deadline)
-        upstream_request = _for_upstream(request, route)
-        while True:
-            key = attempts.start()
-            parts: list[str] = []
-            try:
-                end = None
-                async with aclosing(self._events(upstream, upstream_request, key, deadline)) as it:
-                    async for event in it:
-                        if isinstance(event, StreamEnd):
-                            end = event
-                            break
-                        parts.append(event.content)
-                        yield event
-                if end is None:
-                    raise UpstreamFault(f"{upstream.name} stream ended before it finished")
-            except ProviderFailure as failure:
-                if parts:  # the client has content already: no retry, no silent truncation
-                    attempts.settle(key, failure)
+        with self._tracer.span("inference", _request_attributes(request, route)) as span:
+            cached = await self._bounded(deadline, self._lookup(request, route))
+            if cached is not None:
+                for piece in _pieces(cached.completion.content):
+                    yield Delta(piece)
+                yield cached
+                return
+            upstream = self._upstreams[route.provider]
+            upstream_request = _for_upstream(request, route)
+            attempts = self._attempts(upstream, upstream_request, span, deadline)
+            while True:
+                key = attempts.start()
+                parts: list[str] = []
+                try:
+                    end = None
+                    events = self._events(upstream, upstream_request, key, deadline)
+                    async with aclosing(events) as it:
+                        async for event in it:
+                            if isinstance(event, StreamEnd):
+                                end = event
+                                break
+                            parts.append(event.content)
+                            yield event
+                    if end is None:
+                        raise UpstreamFault(f"{upstream.name} stream ended before it finished")
+                except ProviderFailure as failure:
+                    if parts:  # the client has content already: no retry, no silent truncation
+                        attempts.settle(key, failure)
+                        raise
+                    await self._sleep(attempts.failed(key, failure))
+                    continue
+                except BaseException:
+                    attempts.aborted()
                     raise
-                await self._sleep(attempts.failed(key, failure))
-                continue
-            except BaseException:
-                attempts.aborted()
-                raise
-            attempts.succeeded()
-            break
-        completion = Completion(
-            "".join(parts), end.model, upstream.name, end.finish_reason, end.usage
-        )
-        self._after_answer(request, completion)
-        yield Answer(completion, self._miss_info(request))
+                attempts.succeeded(end)
+                break
+            completion = Completion(
+                "".join(parts), end.model, upstream.name, end.finish_reason, end.usage
+            )
+            self._after_answer(request, completion)
+            yield Answer(completion, self._miss_info(request))
 
     async def drain(self) -> None:
         """Waits for background cache stores (call on shutdown)."""
@@ -133,10 +152,12 @@ class InferenceService:
 
     # -- unary path -------------------------------------------------------------------------
 
-    async def _call(self, request: InferenceRequest, route: Route, deadline: float) -> Answer:
+    async def _call(
+        self, request: InferenceRequest, route: Route, deadline: float, span: SpanHandle
+    ) -> Answer:
         upstream = self._upstreams[route.provider]
-        attempts = self._attempts(upstream, deadline)
         upstream_request = _for_upstream(request, route)
+        attempts = self._attempts(upstream, upstream_request, span, deadline)
         while True:
             key = attempts.start()
             try:
@@ -149,14 +170,21 @@ class InferenceService:
             except BaseException:
                 attempts.aborted()
                 raise
-            attempts.succeeded()
+            attempts.succeeded(
+                StreamEnd(completion.model, completion.finish_reason, completion.usage)
+            )
             self._after_answer(request, completion)
             return Answer(completion, self._miss_info(request))
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _attempts(self, upstream: Upstream, deadline: float) -> Attempts:
-        return Attempts(upstream, self._backoff, self._clock, self._random, self._metrics, deadline)
+    def _attempts(
+        self, upstream: Upstream, request: InferenceRequest, span: SpanHandle, deadline: float
+    ) -> Attempts:
+        observers = Observers(self._metrics, self._tracer)
+        return Attempts(
+            upstream, request, self._backoff, self._clock, self._random, observers, span, deadline
+        )
 
     def _deadline(self, time_left: float | None) -> float:
         budget = self._request_timeout
@@ -245,6 +273,14 @@ class _Shared:
             self.waiters -= 1
             if self.waiters == 0 and not self.task.done():
                 self.task.cancel()
+
+
+def _request_attributes(request: InferenceRequest, route: Route) -> dict[str, AttributeValue]:
+    return {
+        "gen_ai.system": GEN_AI_SYSTEM.get(route.provider, route.provider),
+        "gen_ai.request.model": request.model,
+        "llm_proxy.messages": len(request.messages),
+    }
 
 
 def _coalescing_key(request: InferenceRequest, route: Route) -> Hashable:

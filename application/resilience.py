@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
-from application.ports import Clock, Metrics, Provider, RandomSource
+from application.ports import (
+    AttributeValue,
+    Clock,
+    Metrics,
+    Provider,
+    RandomSource,
+    SpanHandle,
+    Tracer,
+)
 from domain.backoff import BackoffPolicy
 from domain.circuit_breaker import CircuitBreaker, Permit, Verdict
 from domain.errors import (
@@ -18,8 +27,12 @@ from domain.errors import (
     UpstreamUnavailable,
 )
 from domain.key_pool import ApiKey, KeyPool
+from domain.model import InferenceRequest, StreamEnd
 
 log = logging.getLogger(__name__)
+
+# OpenTelemetry GenAI semantic conventions name providers this way.
+GEN_AI_SYSTEM = {"openai": "openai", "gemini": "gcp.gemini"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,30 +48,44 @@ class Upstream:
         return self.provider.name
 
 
+@dataclass(frozen=True, slots=True)
+class Observers:
+    metrics: Metrics
+    tracer: Tracer
+
+
 class Attempts:
     """Bookkeeping for the attempts of one request. Every started attempt ends exactly once:
-    `succeeded`, `aborted` (cancelled, deadline), or `failed` (returns the wait before the next
-    attempt, or raises the error that ends the request)."""
+    `succeeded`, `aborted` (cancelled, deadline), `settle` (failed, no retry wanted) or
+    `failed` (returns the wait before the next attempt, or raises the error that ends the
+    request). Each attempt is a span; retries and key switches are events of `request_span`."""
 
     def __init__(
         self,
         upstream: Upstream,
+        request: InferenceRequest,
         backoff: BackoffPolicy,
         clock: Clock,
         random: RandomSource,
-        metrics: Metrics,
+        observers: Observers,
+        request_span: SpanHandle,
         deadline: float,
     ) -> None:
         self._up = upstream
+        self._request = request
         self._backoff = backoff
         self._clock = clock
         self._random = random
-        self._metrics = metrics
+        self._metrics = observers.metrics
+        self._tracer = observers.tracer
+        self._request_span = request_span
         self.deadline = deadline
         self.count = 0
         self._retries = 0
         self._switches = 0
         self._permit = Permit()
+        self._scope: AbstractContextManager[SpanHandle] | None = None
+        self._span: SpanHandle | None = None
 
     def start(self) -> ApiKey:
         now = self._clock.now()
@@ -71,9 +98,15 @@ class Attempts:
             raise
         self.count += 1
         self._publish()
+        self._open_span(key)
         return key
 
-    def succeeded(self) -> None:
+    def succeeded(self, end: StreamEnd) -> None:
+        if self._span is not None:
+            self._span.set("gen_ai.response.model", end.model)
+            self._span.set("gen_ai.response.finish_reasons", end.finish_reason.value)
+            self._span.set("gen_ai.usage.input_tokens", end.usage.input_tokens)
+            self._span.set("gen_ai.usage.output_tokens", end.usage.output_tokens)
         self._end(Verdict.SUCCESS, "success")
 
     def aborted(self) -> None:
@@ -82,6 +115,8 @@ class Attempts:
     def settle(self, key: ApiKey, failure: ProviderFailure) -> None:
         """Records what a failed attempt says about the provider and the key."""
         now = self._clock.now()
+        if self._span is not None:
+            self._span.error(failure)
         if isinstance(failure, RateLimited):
             self._end(Verdict.NEUTRAL, "rate_limited")
             self._up.keys.cool_down(key, now, failure.retry_after)
@@ -105,6 +140,7 @@ class Attempts:
         now = self._clock.now()
         if isinstance(failure, RateLimited | KeyRejected):
             if self._switch_key(now):
+                self._request_span.event("key_switch", {"reason": type(failure).__name__})
                 return 0.0
             floor = self._up.keys.earliest_reset(now)
             if floor is None:
@@ -124,6 +160,10 @@ class Attempts:
                 f"last error: {failure}"
             ) from failure
         self._retries += 1
+        self._request_span.event(
+            "retry",
+            {"retry": self._retries, "wait_seconds": wait, "reason": type(failure).__name__},
+        )
         return wait
 
     def _switch_key(self, now: float) -> bool:
@@ -133,10 +173,31 @@ class Attempts:
             return True
         return False
 
+    def _open_span(self, key: ApiKey) -> None:
+        request = self._request
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.system": GEN_AI_SYSTEM.get(self._up.name, self._up.name),
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": request.model,
+            "llm_proxy.attempt": self.count,
+            "llm_proxy.key": key.fingerprint,
+        }
+        if request.temperature is not None:
+            attributes["gen_ai.request.temperature"] = request.temperature
+        if request.max_tokens is not None:
+            attributes["gen_ai.request.max_tokens"] = request.max_tokens
+        self._scope = self._tracer.span(f"chat {request.model}", attributes)
+        self._span = self._scope.__enter__()
+
     def _end(self, verdict: Verdict, outcome: str) -> None:
         self._up.breaker.record(self._permit, verdict, self._clock.now())
         self._metrics.attempt(self._up.name, outcome)
         self._publish()
+        if self._scope is not None:
+            if self._span is not None:
+                self._span.set("llm_proxy.outcome", outcome)
+            scope, self._scope, self._span = self._scope, None, None
+            scope.__exit__(None, None, None)
 
     def _publish(self) -> None:
         now, keys = self._clock.now(), self._up.keys

@@ -20,6 +20,8 @@ from application.ports import (
     Metrics,
     ResponseCache,
     ResponseStore,
+    Sleeper,
+    Tracer,
     VectorIndex,
     VectorPoint,
 )
@@ -29,6 +31,7 @@ from domain.model import Answer, CacheInfo, CacheStatus, Completion, InferenceRe
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 CANDIDATES = 5
+BACKENDS = ("embedder", "vector_index", "response_store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,7 @@ class SemanticCache(ResponseCache):
         policy: CachePolicy,
         clock: Clock,
         metrics: Metrics,
+        tracer: Tracer,
     ) -> None:
         self._embedder = embedder
         self._index = index
@@ -55,25 +59,51 @@ class SemanticCache(ResponseCache):
         self._policy = policy
         self._clock = clock
         self._metrics = metrics
+        self._tracer = tracer
         self._vectors: OrderedDict[str, list[float]] = OrderedDict()
         self._index_ready = False
+        self.states = dict.fromkeys(BACKENDS, "unknown")
 
     async def lookup(self, request: InferenceRequest, provider: str) -> Answer | None:
-        try:
-            return await self._lookup(request, provider)
-        except BackendDown:
-            return None
+        with self._tracer.span("cache.lookup") as span:
+            try:
+                answer = await self._lookup(request, provider)
+            except BackendDown:
+                answer = None
+            span.set("llm_proxy.cache.status", answer.cache.status.value if answer else "miss")
+            if answer is not None:
+                span.set("llm_proxy.cache.similarity", answer.cache.similarity)
+            return answer
 
     async def store(self, request: InferenceRequest, completion: Completion) -> None:
         scope, prompt = self._scope(request, completion.provider), request.messages[-1].content
         key = entry_key(scope, prompt)
         ttl = self._policy.ttl
-        with suppress(BackendDown):
+        with self._tracer.span("cache.store"), suppress(BackendDown):
             await self._call("response_store", "put", self._store.put(key, completion, ttl))
             vector = await self._embed(prompt)
             await self._ensure_index()
             point = VectorPoint(point_id(key), vector, scope, key, prompt, self._clock.wall() + ttl)
             await self._call("vector_index", "upsert", self._index.upsert(point))
+
+    async def prepare(self) -> None:
+        """Loads what can be loaded ahead of the first request and creates the vector
+        collection. Raises what the index raises, so startup can refuse a wrong collection."""
+        await self._index.ensure_ready(self._embedder.dimension)
+        self._index_ready = True
+
+    async def sweep_every(self, sleeper: Sleeper, interval: float) -> None:
+        """Deletes expired vectors every `interval` seconds, until cancelled."""
+        while True:
+            await sleeper.sleep(interval)
+            removed = await self.sweep()
+            if removed:
+                log.info("cache sweep removed %d expired vectors", removed)
+
+    async def close(self) -> None:
+        for closing in (self._index.close(), self._store.close()):
+            with suppress(Exception):
+                await closing
 
     async def sweep(self) -> int:
         """Deletes expired vectors; returns how many (0 when the index is unreachable)."""
@@ -132,15 +162,26 @@ class SemanticCache(ResponseCache):
     async def _call(self, backend: str, operation: str, call: Awaitable[T]) -> T:
         """The call's result; BackendDown (counted and logged) when it failed or was too slow."""
         try:
-            async with asyncio.timeout(self._policy.timeout):
-                return await call
+            with self._tracer.span(f"cache.{backend}.{operation}"):
+                async with asyncio.timeout(self._policy.timeout):
+                    result = await call
         except Exception as error:
             reason = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
             log.warning("cache %s %s failed (%s): treated as a miss", backend, operation, reason)
             self._metrics.cache_error(backend, operation)
+            self._set_state(backend, "down")
             if backend == "vector_index":
                 self._index_ready = False
             raise BackendDown(backend) from None
+        self._set_state(backend, "up")
+        return result
+
+    def _set_state(self, backend: str, state: str) -> None:
+        if self.states[backend] != state:
+            self.states[backend] = state
+            self._metrics.cache_backend(backend, state == "up")
+            if state == "up":
+                log.info("cache %s is back", backend)
 
 
 class BackendDown(Exception):

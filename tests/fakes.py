@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from application.ports import (
+    AttributeValue,
     Clock,
     Embedder,
     Metrics,
@@ -18,6 +21,8 @@ from application.ports import (
     ResponseCache,
     ResponseStore,
     Sleeper,
+    SpanHandle,
+    Tracer,
     VectorIndex,
     VectorMatch,
     VectorPoint,
@@ -185,6 +190,7 @@ class RecordingMetrics(Metrics):
     cache_errors: list[str] = field(default_factory=list)
     breaker: dict[str, BreakerState] = field(default_factory=dict)
     pools: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    backends: dict[str, bool] = field(default_factory=dict)
 
     def request_started(self) -> None:
         self.active += 1
@@ -206,6 +212,9 @@ class RecordingMetrics(Metrics):
 
     def cache_error(self, backend: str, operation: str) -> None:
         self.cache_errors.append(operation)
+
+    def cache_backend(self, backend: str, up: bool) -> None:
+        self.backends[backend] = up
 
     def breaker_state(self, provider: str, state: BreakerState) -> None:
         self.breaker[provider] = state
@@ -346,3 +355,51 @@ class MemoryStore(ResponseStore):
 
     async def close(self) -> None:
         pass
+
+
+@dataclass
+class RecordedSpan:
+    name: str
+    attributes: dict[str, AttributeValue]
+    parent: RecordedSpan | None
+    events: list[tuple[str, dict[str, AttributeValue]]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    ended: bool = False
+
+    def set(self, key: str, value: AttributeValue) -> None:
+        self.attributes[key] = value
+
+    def event(self, name: str, attributes: Mapping[str, AttributeValue] | None = None) -> None:
+        self.events.append((name, dict(attributes or {})))
+
+    def error(self, exc: BaseException) -> None:
+        self.errors.append(type(exc).__name__)
+
+
+class RecordingTracer(Tracer):
+    """Keeps every span with its parent (the span current when it started, per task)."""
+
+    def __init__(self) -> None:
+        self.spans: list[RecordedSpan] = []
+        self._current: contextvars.ContextVar[RecordedSpan | None] = contextvars.ContextVar(
+            "span", default=None
+        )
+
+    @contextmanager
+    def span(
+        self, name: str, attributes: Mapping[str, AttributeValue] | None = None
+    ) -> Iterator[SpanHandle]:
+        span = RecordedSpan(name, dict(attributes or {}), self._current.get())
+        self.spans.append(span)
+        token = self._current.set(span)
+        try:
+            yield span
+        except BaseException as exc:
+            span.errors.append(type(exc).__name__)
+            raise
+        finally:
+            span.ended = True
+            self._current.reset(token)
+
+    def named(self, name: str) -> list[RecordedSpan]:
+        return [s for s in self.spans if s.name == name]

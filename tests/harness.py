@@ -18,12 +18,14 @@ from container import Container
 FAST = {
     "grpc_host": "127.0.0.1",
     "grpc_port": 0,
+    "metrics_port": 0,
     "openai_api_keys": "sk-test-one,sk-test-two",
     "gemini_api_keys": "AIza-test-one",
     "retry_wait_initial": "10ms",
     "retry_wait_max": "50ms",
     "cb_cooldown": "300ms",
     "shutdown_grace": "2s",
+    "cache_mode": "off",
 }
 
 

@@ -24,12 +24,15 @@ class GrpcServer:
         port: int,
         max_message_bytes: int,
         auth_tokens: tuple[str, ...] = (),
+        tracing: grpc.aio.ServerInterceptor | None = None,
     ) -> None:
         self._address = f"{host}:{port}"
         self.health = health_aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorBoundary()]
         if auth_tokens:
             interceptors.insert(0, BearerAuth(auth_tokens))
+        if tracing is not None:  # first, so its span covers auth and the error boundary
+            interceptors.insert(0, tracing)
         self._server = grpc.aio.server(
             interceptors=interceptors,
             options=[
@@ -48,6 +51,7 @@ class GrpcServer:
             self._server,
         )
         self.port = 0
+        self.serving = False
 
     async def start(self) -> int:
         self.port = self._server.add_insecure_port(self._address)
@@ -55,10 +59,12 @@ class GrpcServer:
             raise OSError(f"cannot listen on {self._address}")
         await self._server.start()
         await self._set_serving(True)
+        self.serving = True
         return self.port
 
     async def stop(self, grace: float) -> None:
         """Reports NOT_SERVING, takes no new calls, lets in-flight ones finish within `grace`."""
+        self.serving = False
         await self._set_serving(False)
         await self._server.stop(grace)
 

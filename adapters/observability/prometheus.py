@@ -177,6 +177,12 @@ class PrometheusMetrics(Metrics):
             ("backend", "operation"),
             registry=r,
         )
+        self.cache_backend_up = Gauge(
+            "cache_backend_up",
+            "1 when the cache backend's last call succeeded, 0 when it failed",
+            ("backend",),
+            registry=r,
+        )
         self.cache_hit_similarity = Histogram(
             "cache_hit_similarity",
             "Cosine similarity of semantic cache hits",
@@ -190,6 +196,7 @@ class PrometheusMetrics(Metrics):
         self._errors = _Children(self.cache_errors)
         self._breakers = _Children(self.circuit_breaker_state)
         self._keys = _Children(self.key_pool_keys)
+        self._backends_up = _Children(self.cache_backend_up)
 
     # -- the Metrics port ------------------------------------------------------------------
 
@@ -234,6 +241,9 @@ class PrometheusMetrics(Metrics):
 
     def cache_error(self, backend: str, operation: str) -> None:
         self._errors(self._backend(backend), self._operation(operation)).inc()
+
+    def cache_backend(self, backend: str, up: bool) -> None:
+        self._backends_up(self._backend(backend)).set(1 if up else 0)
 
     def breaker_state(self, provider: str, state: BreakerState) -> None:
         self._breakers(self._provider(provider)).set(int(state))

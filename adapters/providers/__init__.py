@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import httpx
 
+from adapters.observability.tracing import inject_traceparent
+
 
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
@@ -49,4 +51,11 @@ def http_client(base_url: str, settings: HttpSettings | None = None) -> httpx.As
             keepalive_expiry=s.keepalive_expiry,
         ),
         follow_redirects=False,
+        event_hooks={"request": [_propagate_trace]},
     )
+
+
+async def _propagate_trace(request: httpx.Request) -> None:
+    """Outgoing calls carry the W3C `traceparent` of the current span (none when tracing is
+    off)."""
+    inject_traceparent(request.headers)

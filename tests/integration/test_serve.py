@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ from tests.harness import FAST
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+CACHE_DIR = Path(tempfile.mkdtemp(prefix="llm-proxy-serve-test-"))
 
 
 def free_port() -> int:
@@ -35,7 +37,13 @@ async def start_proxy(*args: str, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "container", "serve", *args,
         cwd=ROOT,
-        env={"PATH": os.environ["PATH"], "GRPC_HOST": "127.0.0.1", **env},
+        env={
+            "PATH": os.environ["PATH"],
+            "GRPC_HOST": "127.0.0.1",
+            "METRICS_PORT": "0",
+            "CACHE_DIR": str(CACHE_DIR),
+            **env,
+        },
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
 

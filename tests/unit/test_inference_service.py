@@ -41,6 +41,7 @@ from tests.fakes import (
     FixedRandom,
     Hang,
     RecordingMetrics,
+    RecordingTracer,
     Reply,
 )
 
@@ -61,6 +62,7 @@ class World:
         self.clock = FakeClock()
         self.sleeper = FakeSleeper(self.clock)
         self.metrics = RecordingMetrics()
+        self.tracer = RecordingTracer()
         self.provider = provider
         self.keys = KeyPool(provider.name, [ApiKey(f"sk-test-{i}") for i in range(keys)], 60.0)
         self.breaker = CircuitBreaker(provider.name, threshold, cooldown=30.0)
@@ -76,6 +78,7 @@ class World:
             sleeper=self.sleeper,
             random=FixedRandom(0.5),
             metrics=self.metrics,
+            tracer=self.tracer,
         )
 
     async def stream(self, request: InferenceRequest) -> tuple[list[str], Answer]:
@@ -362,3 +365,32 @@ async def test_a_broken_cache_fails_open() -> None:
 def test_invalid_requests_are_rejected_before_any_call() -> None:
     with pytest.raises(InvalidRequest):
         ask("   ")
+
+
+async def test_spans_show_attempts_retries_and_gen_ai_attributes_without_prompts() -> None:
+    world = World(
+        openai(Fail(UpstreamFault("503")), Fail(RateLimited("429")), Reply("the answer text"))
+    )
+    await world.service.infer(ask("a secret prompt", temperature=0.3, max_tokens=50))
+    (request,) = world.tracer.named("inference")
+    attempts = world.tracer.named("chat gpt-4o-mini")
+    assert len(attempts) == 3
+    assert all(a.parent is request and a.ended for a in attempts)
+    assert [a.attributes["llm_proxy.outcome"] for a in attempts] == [
+        "upstream_fault",
+        "rate_limited",
+        "success",
+    ]
+    assert attempts[0].errors == ["UpstreamFault"]
+    last = attempts[-1].attributes
+    assert last["gen_ai.system"] == "openai"
+    assert last["gen_ai.request.temperature"] == 0.3
+    assert last["gen_ai.request.max_tokens"] == 50
+    assert last["gen_ai.usage.output_tokens"] == 3
+    assert last["gen_ai.response.finish_reasons"] == "stop"
+    assert str(last["llm_proxy.key"]).startswith("key-")
+    assert [name for name, _ in request.events] == ["retry", "key_switch"]
+    recorded = repr([(s.attributes, s.events) for s in world.tracer.spans])
+    assert "secret prompt" not in recorded
+    assert "the answer text" not in recorded
+    assert "sk-test" not in recorded

@@ -12,7 +12,14 @@ from domain.model import (
     Role,
     Usage,
 )
-from tests.fakes import FakeClock, MemoryIndex, MemoryStore, RecordingMetrics, WordEmbedder
+from tests.fakes import (
+    FakeClock,
+    MemoryIndex,
+    MemoryStore,
+    RecordingMetrics,
+    RecordingTracer,
+    WordEmbedder,
+)
 
 
 class Cache:
@@ -29,6 +36,7 @@ class Cache:
             CachePolicy(threshold=threshold, ttl=ttl, timeout=timeout),
             self.clock,
             self.metrics,
+            RecordingTracer(),
         )
 
 

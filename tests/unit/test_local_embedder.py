@@ -1,0 +1,159 @@
+"""The NumPy MiniLM against vectors sentence-transformers (PyTorch) made for the same texts.
+
+tests/fixtures/minilm_reference.json comes from scripts/make_minilm_reference.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.embedders.local import MAX_TOKENS, LocalMiniLMEmbedder, bundled_model_dir
+
+REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Iterator[LocalMiniLMEmbedder]:
+    local = LocalMiniLMEmbedder()
+    local.model()  # loaded once for the module (about a second)
+    yield local
+    local.close()
+
+
+@pytest.fixture(scope="module")
+def reference() -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = json.loads(REFERENCE.read_text())["items"]
+    return items
+
+
+def cosine(a: Sequence[float], b: Sequence[float]) -> float:
+    dot = math.fsum(x * y for x, y in zip(a, b, strict=True))
+    return dot / math.sqrt(math.fsum(x * x for x in a) * math.fsum(y * y for y in b))
+
+
+def max_diff(a: Sequence[float], b: Sequence[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b, strict=True))
+
+
+def test_identity_and_dimension() -> None:
+    assert LocalMiniLMEmbedder.identity == "local:all-MiniLM-L6-v2"
+    assert LocalMiniLMEmbedder.dimension == 384
+
+
+def test_an_explicit_model_dir_is_accepted_and_a_wrong_one_refused(tmp_path: Path) -> None:
+    assert LocalMiniLMEmbedder(bundled_model_dir()).model_dir == bundled_model_dir()
+    with pytest.raises(FileNotFoundError, match=r"model\.safetensors"):
+        LocalMiniLMEmbedder(tmp_path)
+
+
+async def test_vectors_match_sentence_transformers(
+    embedder: LocalMiniLMEmbedder, reference: list[dict[str, Any]]
+) -> None:
+    vectors = await embedder.embed([item["text"] for item in reference])
+    assert len(vectors) == len(reference) >= 8
+    for item, vector in zip(reference, vectors, strict=True):
+        assert len(vector) == 384
+        assert cosine(vector, item["vector"]) >= 0.9999, item["text"][:40]
+        assert max_diff(vector, item["vector"]) < 1e-5, item["text"][:40]
+
+
+async def test_long_texts_are_truncated_to_256_word_pieces(
+    embedder: LocalMiniLMEmbedder, reference: list[dict[str, Any]]
+) -> None:
+    long = max(reference, key=lambda item: item["tokens_before_truncation"])
+    assert long["tokens_before_truncation"] > MAX_TOKENS
+    assert [len(ids) for ids in embedder.model().token_ids([long["text"]])] == [MAX_TOKENS]
+    longer = long["text"] + " Whatever comes after the cut changes nothing."
+    original, extended = await embedder.embed([long["text"], longer])
+    assert max_diff(original, extended) < 1e-6
+
+
+async def test_vectors_have_unit_length(embedder: LocalMiniLMEmbedder) -> None:
+    for vector in await embedder.embed(["a", "", "Unit length, always.", "🚀" * 300]):
+        assert math.sqrt(math.fsum(x * x for x in vector)) == pytest.approx(1.0, abs=1e-5)
+
+
+async def test_a_batch_gives_what_one_by_one_gives(
+    embedder: LocalMiniLMEmbedder, reference: list[dict[str, Any]]
+) -> None:
+    texts = [item["text"] for item in reference] + ["short", "a little longer sentence"]
+    together = await embedder.embed(texts)
+    for text, vector in zip(texts, together, strict=True):
+        [alone] = await embedder.embed([text])
+        assert max_diff(vector, alone) < 1e-5, text[:40]
+
+
+async def test_small_batches_keep_the_input_order() -> None:
+    small = LocalMiniLMEmbedder(batch_size=2)
+    texts = ["zebra", "a much longer text than the others, to be sorted last", "x", "hello there"]
+    try:
+        vectors = await small.embed(texts)
+        for text, vector in zip(texts, vectors, strict=True):
+            [alone] = await small.embed([text])
+            assert max_diff(vector, alone) < 1e-5
+    finally:
+        small.close()
+
+
+async def test_the_same_text_gives_the_same_vector(embedder: LocalMiniLMEmbedder) -> None:
+    first = await embedder.embed(["Determinism, please."])
+    second = await embedder.embed(["Determinism, please."])
+    assert first == second
+
+
+async def test_paraphrases_are_closer_than_unrelated_sentences(
+    embedder: LocalMiniLMEmbedder,
+) -> None:
+    question, paraphrase, unrelated = await embedder.embed(
+        [
+            "What is the capital of France?",
+            "Which city is the capital of France?",
+            "How do I bake sourdough bread at home?",
+        ]
+    )
+    assert cosine(question, paraphrase) > 0.9
+    assert cosine(question, unrelated) < 0.3
+
+
+async def test_no_texts_no_vectors(embedder: LocalMiniLMEmbedder) -> None:
+    assert await embedder.embed([]) == []
+
+
+async def test_the_event_loop_keeps_running_while_it_embeds(
+    embedder: LocalMiniLMEmbedder,
+) -> None:
+    ticks = 0
+    done = asyncio.Event()
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not done.is_set():
+            await asyncio.sleep(0.001)
+            ticks += 1
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    await embedder.embed([f"sentence number {i} of a longer batch to embed" for i in range(48)])
+    done.set()
+    await task
+    assert ticks >= 5
+
+
+async def test_cancelling_a_queued_call_leaves_the_embedder_working(
+    embedder: LocalMiniLMEmbedder,
+) -> None:
+    running = asyncio.create_task(embedder.embed([f"text {i} in a batch" for i in range(32)]))
+    queued = asyncio.create_task(embedder.embed(["cancelled before it runs"]))
+    await asyncio.sleep(0)
+    queued.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await queued
+    assert len(await running) == 32
+    assert len(await embedder.embed(["and the next call runs"])) == 1
