@@ -1,7 +1,8 @@
-"""A proxy on loopback built by the real container, for integration and end-to-end tests."""
+"""A proxy on loopback built and started by the real container, for integration and e2e tests."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -12,8 +13,9 @@ from dependency_injector import providers
 
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
+from adapters.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from application.ports import Provider
-from container import Container
+from container import Container, serve
 
 FAST = {
     "grpc_host": "127.0.0.1",
@@ -35,24 +37,62 @@ class RunningProxy:
     channel: grpc.aio.Channel
     container: Container
     port: int
+    metrics_port: int
 
 
 @asynccontextmanager
 async def running_proxy(
-    adapters: Mapping[str, Provider] | None = None, **settings: Any
+    adapters: Mapping[str, Provider] | None = None,
+    container: Container | None = None,
+    **settings: Any,
 ) -> AsyncIterator[RunningProxy]:
-    """The real server from the container; `adapters` (fakes) replace the real providers."""
-    container = Container(settings=load_settings(**{**FAST, **settings}))
+    """`serve()` from the real container (`adapters`, fakes, replace the real providers; a
+    prepared `container` may be passed to override other pieces)."""
+    if container is None:
+        container = Container(settings=load_settings(**{**FAST, **settings}))
     if adapters is not None:
         container.provider_adapters.override(providers.Object(dict(adapters)))
-    server = container.grpc_server()
-    port = await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(container, stop))
+    server, ops = container.grpc_server(), container.ops_server()
+    async with asyncio.timeout(30):
+        while not server.serving:
+            if serving.done():
+                serving.result()  # startup failed: raise its error
+            await asyncio.sleep(0.01)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
-        yield RunningProxy(pb_grpc.InferenceServiceStub(channel), channel, container, port)
+        yield RunningProxy(
+            pb_grpc.InferenceServiceStub(channel), channel, container, server.port, ops.port
+        )
     finally:
         await channel.close()
-        await server.stop(0)
-        if adapters is None:
-            await container.openai_http().aclose()
-            await container.gemini_http().aclose()
+        stop.set()
+        await asyncio.wait_for(serving, 30)
+
+
+OPENAI_KEYS = ("sk-e2e-openai-one", "sk-e2e-openai-two")
+GEMINI_KEYS = ("AIza-e2e-gemini-one", "AIza-e2e-gemini-two")
+
+
+@dataclass
+class Stack:
+    proxy: RunningProxy
+    sim: RunningSimulator
+
+    @property
+    def stub(self) -> Any:
+        return self.proxy.stub
+
+
+@asynccontextmanager
+async def stack(sim: SimulatorConfig | None = None, **settings: Any) -> AsyncIterator[Stack]:
+    async with running_simulator(sim or SimulatorConfig()) as simulator:
+        upstream = {
+            "openai_base_url": simulator.openai_base_url,
+            "gemini_base_url": simulator.gemini_base_url,
+            "openai_api_keys": ",".join(OPENAI_KEYS),
+            "gemini_api_keys": ",".join(GEMINI_KEYS),
+        }
+        async with running_proxy(**{**upstream, **settings}) as proxy:
+            yield Stack(proxy, simulator)

@@ -4,45 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import pytest
 
 from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.simulator import RunningSimulator, SimulatorConfig, key_fingerprint, running_simulator
+from adapters.simulator import SimulatorConfig, key_fingerprint
 from domain.key_pool import ApiKey
-from tests.harness import RunningProxy, running_proxy
+from tests.harness import GEMINI_KEYS, OPENAI_KEYS, stack
 
-OPENAI_KEYS = ("sk-e2e-openai-one", "sk-e2e-openai-two")
-GEMINI_KEYS = ("AIza-e2e-gemini-one", "AIza-e2e-gemini-two")
 CHAT = "openai.chat"
-
-
-@dataclass
-class Stack:
-    proxy: RunningProxy
-    sim: RunningSimulator
-
-    @property
-    def stub(self) -> Any:
-        return self.proxy.stub
-
-
-@asynccontextmanager
-async def stack(sim: SimulatorConfig | None = None, **settings: Any) -> AsyncIterator[Stack]:
-    async with running_simulator(sim or SimulatorConfig()) as simulator:
-        upstream = {
-            "openai_base_url": simulator.openai_base_url,
-            "gemini_base_url": simulator.gemini_base_url,
-            "openai_api_keys": ",".join(OPENAI_KEYS),
-            "gemini_api_keys": ",".join(GEMINI_KEYS),
-        }
-        async with running_proxy(**{**upstream, **settings}) as proxy:
-            yield Stack(proxy, simulator)
 
 
 def ask(model: str, prompt: str = "Explain goroutines.", **kw: Any) -> pb.InferenceRequest:

@@ -1,0 +1,162 @@
+"""The semantic cache over real gRPC, embedded mode (Qdrant Edge, SQLite, local MiniLM), with the
+simulator as upstream."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters.grpc.generated import proxy_pb2 as pb
+from domain.cache_policy import cache_scope
+from domain.model import InferenceRequest, Message, Role
+from tests.harness import Stack, stack
+
+PROMPT = "What is the capital of France?"
+PARAPHRASE = "What's the capital of France?"
+
+
+def ask(prompt: str, model: str = "gpt-4o-mini", **kw: Any) -> pb.InferenceRequest:
+    return pb.InferenceRequest(model=model, prompt=prompt, **kw)
+
+
+def upstream_calls(s: Stack) -> int:
+    return s.sim.stats.requests_total
+
+
+async def stored(s: Stack) -> None:
+    """Stores happen after the answer is sent: wait for them."""
+    await s.proxy.container.inference().drain()
+
+
+@pytest.fixture
+async def s(tmp_path: Path) -> Any:
+    async with stack(cache_mode="embedded", cache_dir=str(tmp_path), cache_ttl="60s") as running:
+        yield running
+
+
+async def test_a_repeated_request_is_an_exact_hit(s: Stack) -> None:
+    first = await s.stub.Infer(ask(PROMPT))
+    await stored(s)
+    second = await s.stub.Infer(ask(PROMPT))
+    assert first.cache.status == pb.CACHE_STATUS_MISS
+    assert second.cache.status == pb.CACHE_STATUS_EXACT
+    assert second.cache.similarity == pytest.approx(1.0)
+    assert second.content == first.content
+    assert second.usage == first.usage
+    assert upstream_calls(s) == 1
+
+
+async def test_a_paraphrase_is_a_semantic_hit_with_its_similarity(s: Stack) -> None:
+    first = await s.stub.Infer(ask(PROMPT))
+    await stored(s)
+    hit = await s.stub.Infer(ask(PARAPHRASE))
+    assert hit.cache.status == pb.CACHE_STATUS_SEMANTIC
+    assert 0.95 <= hit.cache.similarity < 1.0
+    assert hit.content == first.content
+    assert upstream_calls(s) == 1
+
+
+async def test_a_different_sum_is_a_miss(s: Stack) -> None:
+    await s.stub.Infer(ask("What is 2+3?"))
+    await stored(s)
+    answer = await s.stub.Infer(ask("What is 2+2?"))
+    assert answer.cache.status == pb.CACHE_STATUS_MISS
+    assert upstream_calls(s) == 2
+
+
+async def test_another_model_or_system_prompt_is_a_miss(s: Stack) -> None:
+    await s.stub.Infer(ask(PROMPT))
+    await stored(s)
+    other_model = await s.stub.Infer(ask(PROMPT, model="gpt-4.1"))
+    with_system = await s.stub.Infer(
+        pb.InferenceRequest(
+            model="gpt-4o-mini",
+            messages=[
+                pb.Message(role=pb.ROLE_SYSTEM, content="Answer in French."),
+                pb.Message(role=pb.ROLE_USER, content=PROMPT),
+            ],
+        )
+    )
+    assert other_model.cache.status == pb.CACHE_STATUS_MISS
+    assert with_system.cache.status == pb.CACHE_STATUS_MISS
+    assert upstream_calls(s) == 3
+
+
+async def test_a_hit_is_replayed_through_infer_stream(s: Stack) -> None:
+    first = await s.stub.Infer(ask(PROMPT, model="gemini-2.0-flash"))
+    await stored(s)
+    chunks = [c async for c in s.stub.InferStream(ask(PARAPHRASE, model="gemini-2.0-flash"))]
+    *deltas, last = chunks
+    assert "".join(d.content for d in deltas) == first.content
+    assert last.done
+    assert last.cache.status == pb.CACHE_STATUS_SEMANTIC
+    assert last.usage == first.usage
+    assert upstream_calls(s) == 1
+
+
+async def test_a_complete_stream_is_stored(s: Stack) -> None:
+    streamed = [c async for c in s.stub.InferStream(ask(PROMPT))]
+    await stored(s)
+    hit = await s.stub.Infer(ask(PROMPT))
+    assert hit.cache.status == pb.CACHE_STATUS_EXACT
+    assert hit.content == "".join(c.content for c in streamed)
+
+
+async def test_a_truncated_answer_is_not_stored(s: Stack) -> None:
+    cut = await s.stub.Infer(ask(PROMPT, max_tokens=3))
+    await stored(s)
+    again = await s.stub.Infer(ask(PROMPT, max_tokens=3))
+    assert cut.finish_reason == pb.FINISH_REASON_LENGTH
+    assert again.cache.status == pb.CACHE_STATUS_MISS
+    assert upstream_calls(s) == 2
+
+
+async def test_skip_lookup_and_skip_store(s: Stack) -> None:
+    await s.stub.Infer(ask(PROMPT, cache=pb.CacheControl(skip_store=True)))
+    await stored(s)
+    miss = await s.stub.Infer(ask(PROMPT))
+    await stored(s)
+    bypass = await s.stub.Infer(ask(PROMPT, cache=pb.CacheControl(skip_lookup=True)))
+    assert miss.cache.status == pb.CACHE_STATUS_MISS
+    assert bypass.cache.status == pb.CACHE_STATUS_BYPASS
+    assert upstream_calls(s) == 3
+
+
+async def test_after_the_ttl_the_entry_is_a_miss_and_its_vector_is_gone(tmp_path: Path) -> None:
+    async with stack(cache_mode="embedded", cache_dir=str(tmp_path), cache_ttl="1s") as s:
+        await s.stub.Infer(ask(PROMPT))
+        await stored(s)
+        await asyncio.sleep(1.2)
+        expired = await s.stub.Infer(ask(PARAPHRASE))
+        assert expired.cache.status == pb.CACHE_STATUS_MISS
+        container = s.proxy.container
+        embedder, index = container.embedder(), container.vector_index()
+        scope = cache_scope(
+            InferenceRequest("gpt-4o-mini", (Message(Role.USER, PROMPT),)),
+            "openai",
+            embedder.identity,
+        )
+        (vector,) = await embedder.embed([PROMPT])
+        # now=0 shows expired points too: the first answer's vector is still there...
+        before = {m.text for m in await index.search(vector, scope, 0.0, 10)}
+        assert before == {PROMPT, PARAPHRASE}  # (the paraphrase, a miss, was stored too)
+        # ...until the sweep removes it; the paraphrase has not expired yet
+        assert await container.semantic_cache().sweep() == 1
+        assert [m.text for m in await index.search(vector, scope, 0.0, 10)] == [PARAPHRASE]
+
+
+async def test_tenants_never_share_entries(tmp_path: Path) -> None:
+    async with stack(
+        cache_mode="embedded", cache_dir=str(tmp_path), auth_tokens="tok-alpha-1,tok-beta-22"
+    ) as s:
+        alpha = (("authorization", "Bearer tok-alpha-1"),)
+        beta = (("authorization", "Bearer tok-beta-22"),)
+        await s.stub.Infer(ask(PROMPT), metadata=alpha)
+        await stored(s)
+        same_tenant = await s.stub.Infer(ask(PROMPT), metadata=alpha)
+        other_tenant = await s.stub.Infer(ask(PROMPT), metadata=beta)
+    assert same_tenant.cache.status == pb.CACHE_STATUS_EXACT
+    assert other_tenant.cache.status == pb.CACHE_STATUS_MISS
