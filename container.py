@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
+import os
 import signal
 import sys
 from collections.abc import Mapping
@@ -41,6 +43,7 @@ from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
 from adapters.vector import IncompatibleIndex
 from adapters.vector.edge import EdgeIndex
 from adapters.vector.qdrant import QdrantIndex
+from application.calibration import LabelledPair, ThresholdReport, report, score
 from application.inference import InferenceService
 from application.ports import Provider, ResponseCache, Tracer
 from application.resilience import Upstream
@@ -386,6 +389,49 @@ async def _run(settings: Settings, with_simulator: bool) -> None:
         await serve(Container(settings=settings), stop)
 
 
+def calibrate(path: Path, thresholds: str) -> int:
+    try:
+        settings = load_settings(cache_mode=os.environ.get("CACHE_MODE", "embedded"))
+        pairs = read_pairs(path)
+        start, stop, step = (float(part) for part in thresholds.split(":"))
+    except (ConfigError, OSError, ValueError, KeyError) as error:
+        print(f"llm-proxy calibrate: {error}", file=sys.stderr)
+        return 2
+    levels = [round(start + i * step, 4) for i in range(round((stop - start) / step) + 1)]
+    container = Container(settings=settings)
+
+    async def run() -> list[ThresholdReport]:
+        try:
+            return report(await score(container.embedder(), pairs), levels)
+        finally:
+            await container.embedding_http().aclose()
+
+    rows = asyncio.run(run())
+    positives = sum(p.should_hit for p in pairs)
+    print(
+        f"embedder {settings.embedder_kind}; {positives} should-hit and "
+        f"{len(pairs) - positives} should-not-hit pairs from {path}"
+    )
+    print("threshold  hit rate  false-hit rate  false-hit rate without the guard")
+    for row in rows:
+        print(
+            f"{row.threshold:9.2f}  {row.hit_rate:8.1%}  {row.false_hit_rate:14.1%}  "
+            f"{row.false_hits_without_guard:32.1%}"
+        )
+    return 0
+
+
+def read_pairs(path: Path) -> list[LabelledPair]:
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            item = json.loads(line)
+            if not isinstance(item.get("should_hit"), bool):
+                raise ValueError(f"{path}:{number}: should_hit must be true or false")
+            pairs.append(LabelledPair(str(item["a"]), str(item["b"]), item["should_hit"]))
+    return pairs
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-proxy",
@@ -412,6 +458,20 @@ def _parser() -> argparse.ArgumentParser:
         "latency and fault injection; see docs/simulator.md.",
     )
     simulator_cli.add_arguments(simulate_cmd)
+    calibrate_cmd = commands.add_parser(
+        "calibrate",
+        help="show hit and false-hit rates of similarity thresholds on labelled prompt pairs",
+        description='Read JSON lines {"a": ..., "b": ..., "should_hit": true|false} and '
+        "print, for the configured embedder (EMBEDDER, EMBEDDING_MODEL) and the cache's guard, "
+        "the share of should-hit pairs that hit and of should-not-hit pairs that hit, per "
+        "threshold. Use it to choose SIMILARITY_THRESHOLD.",
+    )
+    calibrate_cmd.add_argument("pairs", type=Path, help="JSONL file of labelled pairs")
+    calibrate_cmd.add_argument(
+        "--thresholds",
+        default="0.80:0.99:0.01",
+        help="start:stop:step, inclusive (default %(default)s)",
+    )
     return parser
 
 
@@ -419,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "simulate":
         return simulator_cli.run(args)
+    if args.command == "calibrate":
+        return calibrate(args.pairs, args.thresholds)
     try:
         settings = load_settings()
     except ConfigError as error:

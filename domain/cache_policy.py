@@ -75,7 +75,18 @@ def _is_identifier(word: str) -> bool:
 
 
 def interchangeable(a: str, b: str) -> bool:
-    return Signature.of(a).matches(Signature.of(b))
+    return Signature.of(a).matches(Signature.of(b)) and not _reordered(a, b)
+
+
+def _reordered(a: str, b: str) -> bool:
+    """The same words in another order ("10 km to miles" / "10 miles to km", "dog bites man" /
+    "man bites dog"): embeddings barely see order, meaning often hinges on it."""
+    words_a, words_b = _words(a), _words(b)
+    return words_a != words_b and sorted(words_a) == sorted(words_b)
+
+
+def _words(text: str) -> list[str]:
+    return [match.group().lower() for match in _WORD.finditer(text)]
 
 
 def cache_scope(request: InferenceRequest, provider: str, embedder: str) -> str:
