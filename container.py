@@ -126,8 +126,9 @@ async def start_cache(container: Container) -> asyncio.Task[None] | None:
         return None
     try:
         embedder = container.embedder()
-        if isinstance(embedder, LocalMiniLMEmbedder):
-            await embedder.load()  # about a second: not on the first request
+        if isinstance(embedder, LocalMiniLMEmbedder):  # load and warm up: not on a request
+            await embedder.load()
+            await embedder.embed(["warm-up"])
         await cache.prepare()
     except IncompatibleIndex:
         raise

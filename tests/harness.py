@@ -43,15 +43,16 @@ class RunningProxy:
 @asynccontextmanager
 async def running_proxy(
     adapters: Mapping[str, Provider] | None = None,
-    container: Container | None = None,
+    overrides: Mapping[str, object] | None = None,
     **settings: Any,
 ) -> AsyncIterator[RunningProxy]:
-    """`serve()` from the real container (`adapters`, fakes, replace the real providers; a
-    prepared `container` may be passed to override other pieces)."""
-    if container is None:
-        container = Container(settings=load_settings(**{**FAST, **settings}))
+    """`serve()` from the real container. `adapters` (fakes) replace the real providers;
+    `overrides` replace other container providers by name with the given objects."""
+    container = Container(settings=load_settings(**{**FAST, **settings}))
     if adapters is not None:
         container.provider_adapters.override(providers.Object(dict(adapters)))
+    for name, value in (overrides or {}).items():
+        getattr(container, name).override(providers.Object(value))
     stop = asyncio.Event()
     serving = asyncio.create_task(serve(container, stop))
     server, ops = container.grpc_server(), container.ops_server()
@@ -86,7 +87,11 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(sim: SimulatorConfig | None = None, **settings: Any) -> AsyncIterator[Stack]:
+async def stack(
+    sim: SimulatorConfig | None = None,
+    overrides: Mapping[str, object] | None = None,
+    **settings: Any,
+) -> AsyncIterator[Stack]:
     async with running_simulator(sim or SimulatorConfig()) as simulator:
         upstream = {
             "openai_base_url": simulator.openai_base_url,
@@ -94,5 +99,5 @@ async def stack(sim: SimulatorConfig | None = None, **settings: Any) -> AsyncIte
             "openai_api_keys": ",".join(OPENAI_KEYS),
             "gemini_api_keys": ",".join(GEMINI_KEYS),
         }
-        async with running_proxy(**{**upstream, **settings}) as proxy:
+        async with running_proxy(overrides=overrides, **{**upstream, **settings}) as proxy:
             yield Stack(proxy, simulator)

@@ -7,11 +7,18 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from qdrant_client import AsyncQdrantClient
+from redis import Redis
 
 from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.vector.qdrant import QdrantIndex
 from domain.cache_policy import cache_scope
 from domain.model import InferenceRequest, Message, Role
+from tests.containers import RedisServer, disposable_redis, redis_server  # noqa: F401
+from tests.fakes import WordEmbedder
 from tests.harness import Stack, stack
 
 PROMPT = "What is the capital of France?"
@@ -31,9 +38,34 @@ async def stored(s: Stack) -> None:
     await s.proxy.container.inference().drain()
 
 
-@pytest.fixture
-async def s(tmp_path: Path) -> Any:
-    async with stack(cache_mode="embedded", cache_dir=str(tmp_path), cache_ttl="60s") as running:
+def backends(mode: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Settings and overrides for one cache mode. Remote: Redis from testcontainers (skipped
+    with its reason without Docker) and the Qdrant adapter over qdrant-client's local mode (no
+    Qdrant server exists here), with the local embedder."""
+    if mode == "embedded":
+        return {"cache_mode": "embedded", "cache_dir": str(tmp_path)}
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    with Redis.from_url(f"redis://{redis.addr}") as fresh:  # the server is shared by the session
+        fresh.flushall()
+    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
+    collection = f"llm_cache_{request.node.name}".replace("[", "_").replace("]", "")
+    return {
+        "cache_mode": "remote",
+        "embedder": "local",
+        "redis_addr": redis.addr,
+        "overrides": {"vector_index": QdrantIndex(client, collection)},
+    }
+
+
+# A loaded 2-core machine can take longer than CACHE_TIMEOUT's default to embed; these tests are
+# about cache behaviour, the timeout has tests of its own.
+SLACK = {"cache_timeout": "3s"}
+
+
+@pytest.fixture(params=["embedded", "remote"])
+async def s(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
+    settings = backends(request.param, tmp_path, request)
+    async with stack(cache_ttl="60s", **SLACK, **settings) as running:
         yield running
 
 
@@ -126,7 +158,7 @@ async def test_skip_lookup_and_skip_store(s: Stack) -> None:
 
 
 async def test_after_the_ttl_the_entry_is_a_miss_and_its_vector_is_gone(tmp_path: Path) -> None:
-    async with stack(cache_mode="embedded", cache_dir=str(tmp_path), cache_ttl="1s") as s:
+    async with stack(cache_mode="embedded", cache_dir=str(tmp_path), cache_ttl="1s", **SLACK) as s:
         await s.stub.Infer(ask(PROMPT))
         await stored(s)
         await asyncio.sleep(1.2)
@@ -150,7 +182,10 @@ async def test_after_the_ttl_the_entry_is_a_miss_and_its_vector_is_gone(tmp_path
 
 async def test_tenants_never_share_entries(tmp_path: Path) -> None:
     async with stack(
-        cache_mode="embedded", cache_dir=str(tmp_path), auth_tokens="tok-alpha-1,tok-beta-22"
+        cache_mode="embedded",
+        cache_dir=str(tmp_path),
+        auth_tokens="tok-alpha-1,tok-beta-22",
+        **SLACK,
     ) as s:
         alpha = (("authorization", "Bearer tok-alpha-1"),)
         beta = (("authorization", "Bearer tok-beta-22"),)
@@ -160,3 +195,81 @@ async def test_tenants_never_share_entries(tmp_path: Path) -> None:
         other_tenant = await s.stub.Infer(ask(PROMPT), metadata=beta)
     assert same_tenant.cache.status == pb.CACHE_STATUS_EXACT
     assert other_tenant.cache.status == pb.CACHE_STATUS_MISS
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(s: Stack) -> Samples:
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{s.proxy.metrics_port}/metrics")).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def cache_errors(
+    metrics: dict[tuple[str, tuple[tuple[str, str], ...]], float], backend: str
+) -> float:
+    return sum(
+        value
+        for (name, labels), value in metrics.items()
+        if name == "cache_errors_total" and ("backend", backend) in labels
+    )
+
+
+async def test_redis_stopped_mid_run_fails_open_and_hits_resume(
+    tmp_path: Path,
+    disposable_redis: RedisServer,  # noqa: F811
+) -> None:
+    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
+    async with stack(
+        cache_mode="remote",
+        embedder="local",
+        redis_addr=disposable_redis.addr,
+        overrides={"vector_index": QdrantIndex(client, "fail_open")},
+        **SLACK,
+    ) as s:
+        await s.stub.Infer(ask(PROMPT))
+        await stored(s)
+        assert (await s.stub.Infer(ask(PROMPT))).cache.status == pb.CACHE_STATUS_EXACT
+
+        disposable_redis.stop()
+        for prompt in (PROMPT, "Name a prime number.", "Name a colour."):
+            answer = await s.stub.Infer(ask(prompt))
+            assert answer.content.startswith("sim-")
+            assert answer.cache.status == pb.CACHE_STATUS_MISS
+        await stored(s)
+        metrics = await scrape(s)
+        assert cache_errors(metrics, "response_store") >= 3
+        assert metrics[("cache_backend_up", (("backend", "response_store"),))] == 0
+
+        disposable_redis.start()  # empty: no persistence
+        await s.stub.Infer(ask(PROMPT))
+        await stored(s)
+        assert (await s.stub.Infer(ask(PROMPT))).cache.status == pb.CACHE_STATUS_EXACT
+        metrics = await scrape(s)
+        assert metrics[("cache_backend_up", (("backend", "response_store"),))] == 1
+
+
+async def test_a_failing_embedder_fails_open_and_semantic_hits_resume(tmp_path: Path) -> None:
+    embedder = WordEmbedder()
+    async with stack(
+        cache_mode="embedded",
+        cache_dir=str(tmp_path),
+        overrides={"embedder": embedder},
+        similarity_threshold=0.8,  # bag-of-words vectors are less close than MiniLM's
+        **SLACK,
+    ) as s:
+        await s.stub.Infer(ask("what is the capital of France"))
+        await stored(s)
+        embedder.broken = True
+        answer = await s.stub.Infer(ask("what is the capital of France please"))
+        assert answer.cache.status == pb.CACHE_STATUS_MISS
+        assert answer.content.startswith("sim-")
+        assert cache_errors(await scrape(s), "embedder") >= 1
+        embedder.broken = False
+        hit = await s.stub.Infer(ask("what is the capital city of France"))
+        assert hit.cache.status == pb.CACHE_STATUS_SEMANTIC
