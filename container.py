@@ -152,9 +152,23 @@ def build_tracing_interceptor(provider: TracerProvider | None) -> TracingInterce
 
 
 def build_ops_server(
-    settings: Settings, metrics: PrometheusMetrics, server: GrpcServer, router: ModelRouter
+    settings: Settings,
+    metrics: PrometheusMetrics,
+    server: GrpcServer,
+    router: ModelRouter,
+    cache: ResponseCache | None,
 ) -> OpsServer:
-    readiness = Readiness(serving=lambda: server.serving, routable=lambda: bool(router.routable()))
+    """/readyz: serving and routable decide; the cache backends are reported, never required
+    (the cache fails open: a down Redis must not take every replica out of the Service)."""
+    backends = {}
+    if isinstance(cache, SemanticCache):
+        states = cache.states
+        backends = {name: (lambda name=name: states[name]) for name in states}
+    readiness = Readiness(
+        serving=lambda: server.serving,
+        routable=lambda: bool(router.routable()),
+        backends=backends,
+    )
     return OpsServer(metrics, readiness, host=settings.grpc_host, port=settings.metrics_port)
 
 
@@ -313,7 +327,9 @@ class Container(containers.DeclarativeContainer):
         auth_tokens=settings.provided.client_tokens.call(),
         tracing=providers.Callable(build_tracing_interceptor, tracer_provider),
     )
-    ops_server = providers.Singleton(build_ops_server, settings, metrics, grpc_server, router)
+    ops_server = providers.Singleton(
+        build_ops_server, settings, metrics, grpc_server, router, cache
+    )
 
 
 async def serve(container: Container, stop: asyncio.Event) -> None:

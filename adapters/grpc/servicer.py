@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from domain.errors import ProxyError
 from domain.model import Answer, CacheStatus, InferenceRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
+log = logging.getLogger("llm_proxy.requests")
 
 
 @dataclass
@@ -74,12 +76,23 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             status = "cancelled"
             raise
         finally:
+            seconds = self._clock.now() - started
             self._metrics.request_finished(
-                outcome.provider,
-                request.model,
-                outcome.cache_status,
+                outcome.provider, request.model, outcome.cache_status, status, seconds
+            )
+            log.info(
+                "request %s %s %s %.1fms",
                 status,
-                self._clock.now() - started,
+                request.model,
+                outcome.cache_status.value,
+                seconds * 1000,
+                extra={
+                    "outcome": status,
+                    "latency_ms": round(seconds * 1000, 2),
+                    "provider": outcome.provider,
+                    "model": request.model,
+                    "cache_status": outcome.cache_status.value,
+                },
             )
 
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from dependency_injector import providers
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -144,3 +145,44 @@ async def test_shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() -> No
         fake.gate.set()
         assert (await in_flight).content == "echo: slow one"
     await asyncio.wait_for(serving, 5)
+
+
+async def test_unready_while_draining_after_sigterm_and_in_flight_calls_finish() -> None:
+    port, metrics_port = free_port(), free_port()
+    process = await start_proxy(
+        "--simulator",
+        GRPC_PORT=str(port),
+        METRICS_PORT=str(metrics_port),
+        SHUTDOWN_GRACE="10s",
+        CACHE_MODE="off",
+    )
+    ready_url = f"http://127.0.0.1:{metrics_port}/readyz"
+    try:
+        await read_until(process, "serving inferenceproxy.InferenceService")
+        async with httpx.AsyncClient() as http:
+            assert (await http.get(ready_url)).status_code == 200
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.InferenceServiceStub(channel)
+                slow = asyncio.ensure_future(
+                    stub.Infer(
+                        pb.InferenceRequest(model="gpt-4o", prompt="slow [[sim:delay:2000]]")
+                    )
+                )
+                await asyncio.sleep(0.5)
+                process.send_signal(signal.SIGTERM)
+                draining = None
+                for _ in range(100):
+                    reply = await http.get(ready_url)
+                    if reply.status_code == 503:
+                        draining = reply.json()
+                        break
+                    await asyncio.sleep(0.02)
+                assert draining is not None, "never reported unready while draining"
+                assert draining["checks"]["serving"] is False
+                assert (await slow).content.startswith("sim-")
+        async with asyncio.timeout(15):
+            assert await process.wait() == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
