@@ -9,7 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import httpx
 from dependency_injector import providers
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
@@ -101,3 +103,17 @@ async def stack(
         }
         async with running_proxy(overrides=overrides, **{**upstream, **settings}) as proxy:
             yield Stack(proxy, simulator)
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+async def scrape(s: Stack) -> Samples:
+    """The proxy's /metrics, parsed: (name, sorted labels) -> value."""
+    async with httpx.AsyncClient() as client:
+        text = (await client.get(f"http://127.0.0.1:{s.proxy.metrics_port}/metrics")).text
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }

@@ -7,9 +7,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from qdrant_client import AsyncQdrantClient
 from redis import Redis
 
@@ -19,7 +17,7 @@ from domain.cache_policy import cache_scope
 from domain.model import InferenceRequest, Message, Role
 from tests.containers import RedisServer, disposable_redis, redis_server  # noqa: F401
 from tests.fakes import WordEmbedder
-from tests.harness import Stack, stack
+from tests.harness import Stack, scrape, stack
 
 PROMPT = "What is the capital of France?"
 PARAPHRASE = "What's the capital of France?"
@@ -195,19 +193,6 @@ async def test_tenants_never_share_entries(tmp_path: Path) -> None:
         other_tenant = await s.stub.Infer(ask(PROMPT), metadata=beta)
     assert same_tenant.cache.status == pb.CACHE_STATUS_EXACT
     assert other_tenant.cache.status == pb.CACHE_STATUS_MISS
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-async def scrape(s: Stack) -> Samples:
-    async with httpx.AsyncClient() as client:
-        text = (await client.get(f"http://127.0.0.1:{s.proxy.metrics_port}/metrics")).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def cache_errors(

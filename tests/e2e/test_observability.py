@@ -13,19 +13,17 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from prometheus_client.parser import text_string_to_metric_families
 from qdrant_client import AsyncQdrantClient
 
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.simulator import SimulatorConfig
 from adapters.vector.qdrant import QdrantIndex
 from tests.containers import RedisServer, disposable_redis  # noqa: F401
-from tests.harness import GEMINI_KEYS, OPENAI_KEYS, Stack, stack
+from tests.harness import GEMINI_KEYS, OPENAI_KEYS, Samples, Stack, scrape, stack
 
 SLACK = {"cache_timeout": "3s"}  # a loaded 2-core machine may embed slower than the default
 PROMPT = "What is the capital of France?"
 PARAPHRASE = "What's the capital of France?"
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def ask(prompt: str, model: str = "gpt-4o-mini", **kw: Any) -> pb.InferenceRequest:
@@ -35,15 +33,6 @@ def ask(prompt: str, model: str = "gpt-4o-mini", **kw: Any) -> pb.InferenceReque
 async def get(s: Stack, path: str) -> httpx.Response:
     async with httpx.AsyncClient() as client:
         return await client.get(f"http://127.0.0.1:{s.proxy.metrics_port}{path}")
-
-
-async def scrape(s: Stack) -> Samples:
-    text = (await get(s, "/metrics")).text
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:
