@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 
 from dependency_injector import containers, providers
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from qdrant_client import AsyncQdrantClient
 
@@ -142,13 +143,19 @@ async def start_cache(container: Container) -> asyncio.Task[None] | None:
     )
 
 
-def build_tracer(provider: TracerProvider | None) -> Tracer:
-    return OtelTracer(provider) if provider is not None else NullTracer()
+def build_tracer_provider() -> trace.TracerProvider:
+    """The SDK when OTEL_* configure an exporter, else a no-op provider (never None: a
+    Singleton that returns None is built again on every call)."""
+    return setup_tracing("llm-proxy", enabled=True) or trace.NoOpTracerProvider()
 
 
-def build_tracing_interceptor(provider: TracerProvider | None) -> TracingInterceptor | None:
+def build_tracer(provider: trace.TracerProvider) -> Tracer:
+    return OtelTracer(provider) if isinstance(provider, TracerProvider) else NullTracer()
+
+
+def build_tracing_interceptor(provider: trace.TracerProvider) -> TracingInterceptor | None:
     """Tracing off costs nothing on the hot path: no interceptor at all."""
-    return TracingInterceptor(provider) if provider is not None else None
+    return TracingInterceptor(provider) if isinstance(provider, TracerProvider) else None
 
 
 def build_ops_server(
@@ -185,7 +192,7 @@ class Container(containers.DeclarativeContainer):
     metrics = providers.Singleton(
         PrometheusMetrics, models=providers.Callable(tuple, settings.provided.model_routes)
     )
-    tracer_provider = providers.Singleton(setup_tracing, "llm-proxy", enabled=True)
+    tracer_provider = providers.Singleton(build_tracer_provider)
     tracer = providers.Singleton(build_tracer, tracer_provider)
 
     openai_http = providers.Singleton(
@@ -364,7 +371,7 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
         for client in (container.openai_http(), container.gemini_http()):
             await client.aclose()
         tracing = container.tracer_provider()
-        if tracing is not None:
+        if isinstance(tracing, TracerProvider):
             tracing.shutdown()
 
 
