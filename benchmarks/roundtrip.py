@@ -55,7 +55,13 @@ class InstantProvider(Provider):
 
 def run_server(port: int) -> None:
     async def main() -> None:
-        settings = load_settings(grpc_host="127.0.0.1", grpc_port=port, openai_api_keys="sk-bench")
+        settings = load_settings(
+            grpc_host="127.0.0.1",
+            grpc_port=port,
+            metrics_port=0,
+            openai_api_keys="sk-bench",
+            cache_mode="off",  # the proxy's own overhead; benchmarks/cache_latency.py has the cache
+        )
         container = Container(settings=settings)
         container.provider_adapters.override(providers.Object({"openai": InstantProvider()}))
         await serve(container, asyncio.Event())

@@ -21,6 +21,7 @@ from typing import TypeVar, cast
 import numpy as np
 import numpy.typing as npt
 from safetensors.numpy import load_file
+from threadpoolctl import threadpool_limits
 from tokenizers import Tokenizer
 
 from application.ports import Embedder
@@ -260,6 +261,9 @@ class LocalMiniLMEmbedder(Embedder):
     def model(self) -> MiniLM:
         with self._lock:
             if self._model is None:
+                # One BLAS thread: a short sentence gains nothing from two, and with two a busy
+                # other core turned 10 ms embeddings into hundreds (benchmarks/cache_latency.py).
+                threadpool_limits(limits=1, user_api="blas")
                 self._model = MiniLM(self.model_dir)
             return self._model
 
