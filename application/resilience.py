@@ -97,7 +97,6 @@ class Attempts:
             breaker.record(self._permit, Verdict.NEUTRAL, now)
             raise
         self.count += 1
-        self._publish()
         self._open_span(key)
         return key
 
