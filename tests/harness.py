@@ -6,16 +6,19 @@ import asyncio
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 from dependency_injector import providers
 from prometheus_client.parser import text_string_to_metric_families
+from qdrant_client import AsyncQdrantClient
 
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
 from adapters.simulator import RunningSimulator, SimulatorConfig, running_simulator
+from adapters.vector.qdrant import QdrantIndex
 from application.ports import Provider
 from container import Container, serve
 
@@ -116,4 +119,23 @@ async def scrape(s: Stack) -> Samples:
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
+    }
+
+
+# A loaded 2-core machine can take longer than CACHE_TIMEOUT's default to embed; tests about cache
+# behaviour use this (the timeout has tests of its own).
+SLACK = {"cache_timeout": "3s"}
+
+
+def remote_cache(directory: Path, redis_addr: str, collection: str) -> dict[str, Any]:
+    """`stack()` arguments for the remote cache mode with the local embedder: Redis at
+    `redis_addr` and the Qdrant adapter over qdrant-client's local mode (no Qdrant server exists
+    here)."""
+    index = QdrantIndex(AsyncQdrantClient(path=str(directory / "qdrant")), collection)
+    return {
+        "cache_mode": "remote",
+        "embedder": "local",
+        "redis_addr": redis_addr,
+        "overrides": {"vector_index": index},
+        **SLACK,
     }

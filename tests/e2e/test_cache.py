@@ -8,16 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from qdrant_client import AsyncQdrantClient
 from redis import Redis
 
 from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.vector.qdrant import QdrantIndex
 from domain.cache_policy import cache_scope
 from domain.model import InferenceRequest, Message, Role
 from tests.containers import RedisServer, disposable_redis, redis_server  # noqa: F401
 from tests.fakes import WordEmbedder
-from tests.harness import Stack, scrape, stack
+from tests.harness import SLACK, Stack, remote_cache, scrape, stack
 
 PROMPT = "What is the capital of France?"
 PARAPHRASE = "What's the capital of France?"
@@ -41,29 +39,18 @@ def backends(mode: str, tmp_path: Path, request: pytest.FixtureRequest) -> dict[
     with its reason without Docker) and the Qdrant adapter over qdrant-client's local mode (no
     Qdrant server exists here), with the local embedder."""
     if mode == "embedded":
-        return {"cache_mode": "embedded", "cache_dir": str(tmp_path)}
+        return {"cache_mode": "embedded", "cache_dir": str(tmp_path), **SLACK}
     redis: RedisServer = request.getfixturevalue("redis_server")
     with Redis.from_url(f"redis://{redis.addr}") as fresh:  # the server is shared by the session
         fresh.flushall()
-    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
     collection = f"llm_cache_{request.node.name}".replace("[", "_").replace("]", "")
-    return {
-        "cache_mode": "remote",
-        "embedder": "local",
-        "redis_addr": redis.addr,
-        "overrides": {"vector_index": QdrantIndex(client, collection)},
-    }
-
-
-# A loaded 2-core machine can take longer than CACHE_TIMEOUT's default to embed; these tests are
-# about cache behaviour, the timeout has tests of its own.
-SLACK = {"cache_timeout": "3s"}
+    return remote_cache(tmp_path, redis.addr, collection)
 
 
 @pytest.fixture(params=["embedded", "remote"])
 async def s(request: pytest.FixtureRequest, tmp_path: Path) -> Any:
     settings = backends(request.param, tmp_path, request)
-    async with stack(cache_ttl="60s", **SLACK, **settings) as running:
+    async with stack(cache_ttl="60s", **settings) as running:
         yield running
 
 
@@ -209,14 +196,7 @@ async def test_redis_stopped_mid_run_fails_open_and_hits_resume(
     tmp_path: Path,
     disposable_redis: RedisServer,  # noqa: F811
 ) -> None:
-    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
-    async with stack(
-        cache_mode="remote",
-        embedder="local",
-        redis_addr=disposable_redis.addr,
-        overrides={"vector_index": QdrantIndex(client, "fail_open")},
-        **SLACK,
-    ) as s:
+    async with stack(**remote_cache(tmp_path, disposable_redis.addr, "fail_open")) as s:
         await s.stub.Infer(ask(PROMPT))
         await stored(s)
         assert (await s.stub.Infer(ask(PROMPT))).cache.status == pb.CACHE_STATUS_EXACT

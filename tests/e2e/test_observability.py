@@ -13,15 +13,21 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from qdrant_client import AsyncQdrantClient
 
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.simulator import SimulatorConfig
-from adapters.vector.qdrant import QdrantIndex
 from tests.containers import RedisServer, disposable_redis  # noqa: F401
-from tests.harness import GEMINI_KEYS, OPENAI_KEYS, Samples, Stack, scrape, stack
+from tests.harness import (
+    GEMINI_KEYS,
+    OPENAI_KEYS,
+    SLACK,
+    Samples,
+    Stack,
+    remote_cache,
+    scrape,
+    stack,
+)
 
-SLACK = {"cache_timeout": "3s"}  # a loaded 2-core machine may embed slower than the default
 PROMPT = "What is the capital of France?"
 PARAPHRASE = "What's the capital of France?"
 
@@ -200,14 +206,7 @@ async def test_readyz_reports_redis_down_but_stays_ready(
     tmp_path: Path,
     disposable_redis: RedisServer,  # noqa: F811
 ) -> None:
-    client = AsyncQdrantClient(path=str(tmp_path / "qdrant"))
-    async with stack(
-        cache_mode="remote",
-        embedder="local",
-        redis_addr=disposable_redis.addr,
-        overrides={"vector_index": QdrantIndex(client, "ready")},
-        **SLACK,
-    ) as s:
+    async with stack(**remote_cache(tmp_path, disposable_redis.addr, "ready")) as s:
         await s.stub.Infer(ask(PROMPT))
         ready = await get(s, "/readyz")
         assert ready.status_code == 200
