@@ -512,7 +512,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(settings.log_level, settings.log_format == "json", secrets=settings.secrets())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
-    asyncio.run(_run(settings, args.simulator))
+    try:
+        asyncio.run(_run(settings, args.simulator))
+    except IncompatibleIndex as error:
+        print(f"llm-proxy: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

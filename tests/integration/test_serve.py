@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
+from adapters.vector.edge import EdgeIndex
 from container import Container, serve
 from tests.fakes import FakeProvider
 from tests.harness import FAST
@@ -186,3 +187,20 @@ async def test_unready_while_draining_after_sigterm_and_in_flight_calls_finish()
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+async def test_a_vector_collection_of_another_dimension_stops_startup_clearly(
+    tmp_path: Path,
+) -> None:
+    index = EdgeIndex(tmp_path / "vectors")  # left behind by an embedder of 64 dimensions
+    await index.ensure_ready(64)
+    await index.close()
+    process = await start_proxy(CACHE_DIR=str(tmp_path), GRPC_PORT=str(free_port()))
+    async with asyncio.timeout(30):
+        code = await process.wait()
+    assert process.stderr is not None
+    err = (await process.stderr.read()).decode()
+    assert code == 2
+    assert "384" in err
+    assert "64" in err
+    assert "Traceback" not in err
