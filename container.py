@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import httpx
 from dependency_injector import containers, providers
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
@@ -75,6 +76,14 @@ def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dic
             ),
         )
     return upstreams
+
+
+def upstream_client(
+    base_url: str, connect: float, read: float, max_connections: int
+) -> httpx.AsyncClient:
+    """One provider's shared, bounded HTTP client (closed by `serve` on shutdown)."""
+    settings = HttpSettings(connect=connect, read=read, max_connections=max_connections)
+    return http_client(base_url, settings)
 
 
 def openai_max_tokens_field(base_url: str) -> str:
@@ -196,24 +205,18 @@ class Container(containers.DeclarativeContainer):
     tracer = providers.Singleton(build_tracer, tracer_provider)
 
     openai_http = providers.Singleton(
-        http_client,
+        upstream_client,
         settings.provided.openai_base_url,
-        providers.Factory(
-            HttpSettings,
-            connect=settings.provided.openai_connect_timeout,
-            read=settings.provided.openai_read_timeout,
-            max_connections=settings.provided.upstream_max_connections,
-        ),
+        settings.provided.openai_connect_timeout,
+        settings.provided.openai_read_timeout,
+        settings.provided.upstream_max_connections,
     )
     gemini_http = providers.Singleton(
-        http_client,
+        upstream_client,
         settings.provided.gemini_base_url,
-        providers.Factory(
-            HttpSettings,
-            connect=settings.provided.gemini_connect_timeout,
-            read=settings.provided.gemini_read_timeout,
-            max_connections=settings.provided.upstream_max_connections,
-        ),
+        settings.provided.gemini_connect_timeout,
+        settings.provided.gemini_read_timeout,
+        settings.provided.upstream_max_connections,
     )
     openai = providers.Singleton(
         OpenAIProvider,
