@@ -9,10 +9,12 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import grpc
 import httpx
 from dependency_injector import containers, providers
 from opentelemetry import trace
@@ -22,10 +24,11 @@ from qdrant_client import AsyncQdrantClient
 from adapters.embedders.gemini import GeminiEmbedder
 from adapters.embedders.local import LocalMiniLMEmbedder
 from adapters.embedders.openai import OpenAIEmbedder
+from adapters.grpc.admission import Admission, ClientAuth, Limits
 from adapters.grpc.server import GrpcServer
 from adapters.grpc.servicer import InferenceServicer
 from adapters.observability.http import OpsServer, Readiness
-from adapters.observability.logs import configure_logging
+from adapters.observability.logs import SecretRedactor, configure_logging
 from adapters.observability.prometheus import PrometheusMetrics
 from adapters.observability.tracing import (
     NullTracer,
@@ -36,7 +39,7 @@ from adapters.observability.tracing import (
 from adapters.providers import HttpSettings, http_client
 from adapters.providers.gemini import GeminiProvider
 from adapters.providers.openai import OpenAIProvider
-from adapters.settings import ConfigError, Settings, load_settings
+from adapters.settings import ConfigError, Settings, is_loopback, load_settings, redact_url
 from adapters.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from adapters.simulator import cli as simulator_cli
 from adapters.store.embedded import EmbeddedStore
@@ -50,9 +53,11 @@ from application.inference import InferenceService
 from application.ports import Provider, ResponseCache, Tracer
 from application.resilience import Upstream
 from application.semantic_cache import CachePolicy, SemanticCache
+from domain.admission import TenantRateLimit
 from domain.backoff import BackoffPolicy
 from domain.circuit_breaker import CircuitBreaker
 from domain.key_pool import ApiKey, KeyPool
+from domain.model import RequestLimits
 from domain.routing import ModelRouter
 
 log = logging.getLogger("llm_proxy")
@@ -97,12 +102,6 @@ def cache_path(settings: Settings, name: str) -> Path:
     return Path(settings.cache_dir) / name
 
 
-def embedding_base_url(settings: Settings) -> str:
-    return (
-        settings.gemini_base_url if settings.embedder_kind == "gemini" else settings.openai_base_url
-    )
-
-
 def embedding_key(settings: Settings) -> ApiKey:
     assert settings.embedding_api_key is not None  # Settings refuses an API embedder without it
     return ApiKey(settings.embedding_api_key.get_secret_value())
@@ -119,10 +118,28 @@ def describe_cache(settings: Settings) -> str:
         where = f"Qdrant Edge and a local response store under {settings.cache_dir}"
     else:
         where = (
-            f"Qdrant at {settings.qdrant_url} ({settings.qdrant_collection}), "
-            f"Redis at {settings.redis_addr}"
+            f"Qdrant at {redact_url(settings.qdrant_url)} ({settings.qdrant_collection}), "
+            f"Redis at {redact_url(settings.redis_addr)}"
         )
     return f"{settings.cache_mode}: {where}; embedder {settings.embedder_kind}"
+
+
+def cache_dir_usable(directory: str) -> bool:
+    """CACHE_DIR can be created and written to; if not (a read-only root filesystem with no
+    volume mounted there, a path under a file), the proxy serves without a cache."""
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        log.warning(
+            "CACHE_DIR=%s is not a writable directory (%s); serving WITHOUT the cache. Mount a "
+            "volume there, point CACHE_DIR at one, or set CACHE_MODE=off to silence this",
+            directory,
+            error.strerror or type(error).__name__,
+        )
+        return False
+    return True
 
 
 async def start_cache(container: Container) -> asyncio.Task[None] | None:
@@ -131,6 +148,9 @@ async def start_cache(container: Container) -> asyncio.Task[None] | None:
     is, since it would silently disable the cache."""
     settings: Settings = container.settings()
     log.info("cache: %s", describe_cache(settings))
+    if settings.cache_mode == "embedded" and not cache_dir_usable(settings.cache_dir):
+        container.cache.override(providers.Object(None))
+        return None
     cache = container.cache()
     if not isinstance(cache, SemanticCache):
         return None
@@ -158,13 +178,43 @@ def build_tracer_provider() -> trace.TracerProvider:
     return setup_tracing("llm-proxy", enabled=True) or trace.NoOpTracerProvider()
 
 
-def build_tracer(provider: trace.TracerProvider) -> Tracer:
-    return OtelTracer(provider) if isinstance(provider, TracerProvider) else NullTracer()
+def build_tracer(provider: trace.TracerProvider, settings: Settings) -> Tracer:
+    if not isinstance(provider, TracerProvider):
+        return NullTracer()
+    return OtelTracer(provider, redact=SecretRedactor(settings.secrets()).redact)
 
 
-def build_tracing_interceptor(provider: trace.TracerProvider) -> TracingInterceptor | None:
+def build_tracing_interceptor(
+    provider: trace.TracerProvider, settings: Settings
+) -> TracingInterceptor | None:
     """Tracing off costs nothing on the hot path: no interceptor at all."""
-    return TracingInterceptor(provider) if isinstance(provider, TracerProvider) else None
+    if not isinstance(provider, TracerProvider):
+        return None
+    return TracingInterceptor(provider, redact=SecretRedactor(settings.secrets()).redact)
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS_CERT_FILE / TLS_KEY_FILE, and with TLS_CLIENT_CA_FILE client certificates required
+    and verified (mTLS). Settings checked that the files are readable PEM that fit together."""
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        return None
+    ca = settings.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())],
+        root_certificates=Path(ca).read_bytes() if ca else None,
+        require_client_auth=bool(ca),
+    )
+
+
+def build_admission(
+    settings: Settings, metrics: PrometheusMetrics, clock: SystemClock
+) -> Admission:
+    rate = settings.tenant_rate_limit
+    limits = Limits(
+        max_concurrent=settings.max_concurrent_requests,
+        rate=TenantRateLimit(rate, settings.tenant_burst) if rate else None,
+    )
+    return Admission(ClientAuth(settings.client_tokens()), limits, metrics, clock)
 
 
 def build_ops_server(
@@ -185,7 +235,7 @@ def build_ops_server(
         routable=lambda: bool(router.routable()),
         backends=backends,
     )
-    return OpsServer(metrics, readiness, host=settings.grpc_host, port=settings.metrics_port)
+    return OpsServer(metrics, readiness, host=settings.host, port=settings.metrics_port)
 
 
 def build_router(settings: Settings, upstreams: Mapping[str, Upstream]) -> ModelRouter:
@@ -202,7 +252,7 @@ class Container(containers.DeclarativeContainer):
         PrometheusMetrics, models=providers.Callable(tuple, settings.provided.model_routes)
     )
     tracer_provider = providers.Singleton(build_tracer_provider)
-    tracer = providers.Singleton(build_tracer, tracer_provider)
+    tracer = providers.Singleton(build_tracer, tracer_provider, settings)
 
     openai_http = providers.Singleton(
         upstream_client,
@@ -238,7 +288,7 @@ class Container(containers.DeclarativeContainer):
     )
     embedding_http = providers.Singleton(
         http_client,
-        providers.Callable(embedding_base_url, settings),
+        settings.provided.embedding_url,
         providers.Factory(HttpSettings, read=10.0),
     )
     embedder = providers.Selector(
@@ -248,14 +298,14 @@ class Container(containers.DeclarativeContainer):
             OpenAIEmbedder,
             embedding_http,
             providers.Callable(embedding_key, settings),
-            base_url=settings.provided.openai_base_url,
+            base_url=settings.provided.embedding_url,
             model=providers.Callable(embedding_model, settings, "text-embedding-3-small"),
         ),
         gemini=providers.Singleton(
             GeminiEmbedder,
             embedding_http,
             providers.Callable(embedding_key, settings),
-            base_url=settings.provided.gemini_base_url,
+            base_url=settings.provided.embedding_url,
             model=providers.Callable(embedding_model, settings, "gemini-embedding-001"),
         ),
     )
@@ -327,35 +377,93 @@ class Container(containers.DeclarativeContainer):
         metrics=metrics,
         tracer=tracer,
     )
-    servicer = providers.Singleton(InferenceServicer, inference, metrics, clock)
+    servicer = providers.Singleton(
+        InferenceServicer,
+        inference,
+        metrics,
+        clock,
+        auth=providers.Factory(ClientAuth, settings.provided.client_tokens.call()),
+        limits=providers.Factory(
+            RequestLimits,
+            max_model_name=settings.provided.max_model_name_length,
+            max_messages=settings.provided.max_messages,
+        ),
+    )
+    admission = providers.Singleton(build_admission, settings, metrics, clock)
     grpc_server = providers.Singleton(
         GrpcServer,
         servicer,
-        host=settings.provided.grpc_host,
+        host=settings.provided.host,
         port=settings.provided.grpc_port,
         max_message_bytes=settings.provided.max_request_bytes,
-        auth_tokens=settings.provided.client_tokens.call(),
-        tracing=providers.Callable(build_tracing_interceptor, tracer_provider),
+        admission=admission,
+        tracing=providers.Callable(build_tracing_interceptor, tracer_provider, settings),
+        credentials=providers.Callable(server_credentials, settings),
     )
     ops_server = providers.Singleton(
         build_ops_server, settings, metrics, grpc_server, router, cache
     )
 
 
+class StartupError(Exception):
+    """The proxy cannot start; the message names the setting to change."""
+
+
+async def listen(server: GrpcServer, ops: OpsServer, settings: Settings) -> tuple[int, int]:
+    try:
+        metrics_port = await ops.start()
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics and health on {settings.host}:{settings.metrics_port} "
+            f"({error.strerror or error}): is another instance running? Set METRICS_PORT to a "
+            "free port"
+        ) from None
+    try:
+        port = await server.start()
+    except OSError:
+        await ops.stop()
+        raise StartupError(
+            f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}: the port is in use "
+            "(another instance?) or the address is not this machine's. Set GRPC_PORT (and "
+            "GRPC_HOST)"
+        ) from None
+    return port, metrics_port
+
+
+def warn_if_open(settings: Settings) -> None:
+    if settings.authenticates or is_loopback(settings.host):
+        return
+    log.warning(
+        "UNAUTHENTICATED: ALLOW_UNAUTHENTICATED=true and no AUTH_TOKENS or TLS_CLIENT_CA_FILE: "
+        "anyone who reaches %s:%d spends the configured API keys. Only run this behind "
+        "something that authenticates clients (a service mesh, a gateway)",
+        settings.host,
+        settings.grpc_port,
+    )
+
+
 async def serve(container: Container, stop: asyncio.Event) -> None:
-    """Runs until `stop` is set, then drains in-flight calls within SHUTDOWN_GRACE."""
+    """Runs until `stop` is set, then drains in-flight calls within SHUTDOWN_GRACE. Raises
+    StartupError when a port cannot be bound."""
     settings: Settings = container.settings()
+    warn_if_open(settings)
     sweeper = await start_cache(container)
     server: GrpcServer = container.grpc_server()
     ops: OpsServer = container.ops_server()
-    metrics_port = await ops.start()
-    port = await server.start()
+    try:
+        port, metrics_port = await listen(server, ops, settings)
+    except StartupError:
+        if sweeper is not None:
+            sweeper.cancel()
+        await close_clients(container)
+        raise
     routable = container.router().routable()
     log.info(
-        "serving inferenceproxy.InferenceService on %s:%d (metrics and health on :%d); "
+        "serving inferenceproxy.InferenceService on %s:%d (%s; metrics and health on :%d); "
         "routable models: %s",
-        settings.grpc_host,
+        settings.host,
         port,
+        describe_security(settings),
         metrics_port,
         ", ".join(routable) or "none (no provider has API keys)",
     )
@@ -368,14 +476,27 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
         await ops.stop()
         if sweeper is not None:
             sweeper.cancel()
-        cache = container.cache()
-        if isinstance(cache, SemanticCache):
-            await cache.close()
-        for client in (container.openai_http(), container.gemini_http()):
-            await client.aclose()
-        tracing = container.tracer_provider()
-        if isinstance(tracing, TracerProvider):
-            tracing.shutdown()
+        await close_clients(container)
+
+
+def describe_security(settings: Settings) -> str:
+    tls = "plaintext"
+    if settings.tls_cert_file:
+        tls = "mTLS" if settings.tls_client_ca_file else "TLS"
+    tokens = len(settings.auth_tokens)
+    auth = f"{tokens} client token(s)" if tokens else "no client tokens"
+    return f"{tls}, {auth}"
+
+
+async def close_clients(container: Container) -> None:
+    cache = container.cache()
+    if isinstance(cache, SemanticCache):
+        await cache.close()
+    for client in (container.openai_http(), container.gemini_http()):
+        await client.aclose()
+    tracing = container.tracer_provider()
+    if isinstance(tracing, TracerProvider):
+        tracing.shutdown()
 
 
 SIMULATED_KEYS = {
@@ -517,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
     try:
         asyncio.run(_run(settings, args.simulator))
-    except IncompatibleIndex as error:
+    except (IncompatibleIndex, StartupError) as error:
         print(f"llm-proxy: {error}", file=sys.stderr)
         return 2
     return 0

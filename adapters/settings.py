@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
+import math
+import ssl
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import (
     AfterValidator,
@@ -59,12 +64,57 @@ Keys = Annotated[
     tuple[SecretStr, ...], NoDecode, BeforeValidator(_split), AfterValidator(_distinct)
 ]
 Port = Annotated[int, Field(ge=0, le=65535)]
+Limit = Annotated[int, Field(ge=0)]  # 0: no limit
+
+# The embedding APIs' own endpoints: EMBEDDING_API_KEY goes there unless EMBEDDING_BASE_URL says
+# otherwise (never to OPENAI_BASE_URL, which may be a self-hosted server over plain http).
+EMBEDDING_BASE_URLS = {
+    "openai": "https://api.openai.com/v1",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+_URL_SECRETS = ("redis_addr", "qdrant_url")
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:pw@host:6379/0` -> `redis://user:[redacted]@host:6379/0`; a URL without
+    credentials (or not a URL at all) is returned as it is."""
+    parts = urlsplit(url if "://" in url else f"//{url}")
+    if parts.password is None and "@" not in parts.netloc:
+        return url
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0] if parts.password is not None else ""
+    netloc = f"{user}:[redacted]@{host}" if user else f"[redacted]@{host}"
+    redacted = urlunsplit(parts._replace(netloc=netloc))
+    return redacted if "://" in url else redacted.removeprefix("//")
+
+
+def url_secret(url: str) -> str | None:
+    """The credential inside a URL (password, or a bare userinfo used as a token), if any."""
+    parts = urlsplit(url if "://" in url else f"//{url}")
+    if parts.password:
+        return parts.password
+    userinfo = parts.netloc.rpartition("@")[0]
+    return userinfo or None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
-    grpc_host: str = "0.0.0.0"
+    # None: 0.0.0.0 when clients must authenticate (AUTH_TOKENS or mTLS), else loopback only.
+    grpc_host: str | None = None
+    allow_unauthenticated: bool = False
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
     grpc_port: Port = 50051
     metrics_port: Port = 9090
     redis_addr: str = "localhost:6379"
@@ -78,6 +128,7 @@ class Settings(BaseSettings):
     cb_cooldown: Duration = 30.0
     cb_half_open_probes: int = Field(1, ge=1)
     embedding_api_key: SecretStr | None = None
+    embedding_base_url: str | None = None
     cache_mode: Literal["embedded", "remote", "off"] = "embedded"
     cache_dir: str = "data/cache"
     embedder: Literal["local", "openai", "gemini"] | None = None
@@ -104,15 +155,82 @@ class Settings(BaseSettings):
         default_factory=dict
     )
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_messages: int = Field(1000, ge=1)
+    max_model_name_length: int = Field(128, ge=1, le=4096)
+    max_concurrent_requests: Limit = 1000
+    tenant_rate_limit: float = Field(0.0, ge=0)  # requests/s per tenant; 0: no limit
+    tenant_rate_burst: Limit = 0  # 0: the rate, rounded up
     shutdown_grace: Duration = 10.0
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
     log_format: Literal["json", "text"] = "json"
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name in _URL_SECRETS else value
+
     def secrets(self) -> tuple[str, ...]:
-        """Every configured secret, for the log filter that blanks them should one leak."""
+        """Every configured secret, for the filters that blank them in logs and spans should one
+        leak: keys, client tokens, and credentials inside REDIS_ADDR and QDRANT_URL."""
         extra = (self.embedding_api_key,) if self.embedding_api_key else ()
         keys = (*self.openai_api_keys, *self.gemini_api_keys, *self.auth_tokens, *extra)
-        return tuple(k.get_secret_value() for k in keys)
+        in_urls = (url_secret(getattr(self, name)) for name in _URL_SECRETS)
+        return (*(k.get_secret_value() for k in keys), *filter(None, in_urls))
+
+    @property
+    def host(self) -> str:
+        """The address gRPC (and metrics) bind to: GRPC_HOST, or its safe default."""
+        if self.grpc_host:
+            return self.grpc_host
+        return "0.0.0.0" if self.authenticates else "127.0.0.1"
+
+    @property
+    def authenticates(self) -> bool:
+        """Clients prove who they are: a bearer token, or a client certificate (mTLS)."""
+        return bool(self.auth_tokens or self.tls_client_ca_file)
+
+    @property
+    def embedding_url(self) -> str:
+        return self.embedding_base_url or EMBEDDING_BASE_URLS.get(self.embedder_kind, "")
+
+    @property
+    def tenant_burst(self) -> int:
+        return self.tenant_rate_burst or max(1, math.ceil(self.tenant_rate_limit))
+
+    @model_validator(mode="after")
+    def _public_bind_needs_auth(self) -> Settings:
+        if not (is_loopback(self.host) or self.authenticates or self.allow_unauthenticated):
+            raise ValueError(
+                f"GRPC_HOST={self.host} serves beyond this machine but no client must "
+                "authenticate: set AUTH_TOKENS (or TLS_CLIENT_CA_FILE for mTLS), or set "
+                "ALLOW_UNAUTHENTICATED=true if something in front of the proxy (a mesh, a "
+                "gateway) authenticates clients"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _tls_files_are_usable(self) -> Settings:
+        cert, key, ca = self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file
+        if bool(cert) != bool(key):
+            raise ValueError("TLS_CERT_FILE and TLS_KEY_FILE go together: set both or neither")
+        if ca and not cert:
+            raise ValueError("TLS_CLIENT_CA_FILE (mTLS) needs TLS_CERT_FILE and TLS_KEY_FILE")
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        if cert and key:
+            try:
+                context.load_cert_chain(cert, key)
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(
+                    f"TLS_CERT_FILE={cert} / TLS_KEY_FILE={key}: not a readable PEM certificate "
+                    f"and the private key that matches it ({_reason(error)})"
+                ) from None
+        if ca:
+            try:
+                context.load_verify_locations(cafile=ca)
+            except (OSError, ssl.SSLError) as error:
+                raise ValueError(
+                    f"TLS_CLIENT_CA_FILE={ca}: not a readable PEM CA certificate ({_reason(error)})"
+                ) from None
+        return self
 
     def client_tokens(self) -> tuple[str, ...]:
         return tuple(t.get_secret_value() for t in self.auth_tokens)
@@ -150,6 +268,12 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as error:
         problems = [_problem(e["loc"], e["msg"]) for e in error.errors(include_input=False)]
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems)) from None
+
+
+def _reason(error: OSError) -> str:
+    if isinstance(error, ssl.SSLError):
+        return str(error.reason or error)
+    return error.strerror or type(error).__name__
 
 
 def _problem(location: tuple[int | str, ...], message: str) -> str:

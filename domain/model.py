@@ -11,6 +11,33 @@ MAX_OUTPUT_TOKENS = 262_144
 MAX_INPUT_CHARS = 1_000_000
 
 
+@dataclass(frozen=True, slots=True)
+class RequestLimits:
+    """Bounds checked on the raw request before any per-message work or log line: a hostile
+    client must not make the proxy spend time or log space in proportion to what it sends."""
+
+    max_model_name: int = 128
+    max_messages: int = 1000
+    shown_chars: int = 64  # of a client's value echoed in an error or a log line
+
+    def check(self, model: str, message_count: int) -> None:
+        if len(model) > self.max_model_name:
+            raise InvalidRequest(
+                f"model name is {len(model)} characters ({self.shown(model)}); the limit is "
+                f"{self.max_model_name} (MAX_MODEL_NAME_LENGTH)"
+            )
+        if message_count > self.max_messages:
+            raise InvalidRequest(
+                f"{message_count} messages; the limit is {self.max_messages} (MAX_MESSAGES)"
+            )
+
+    def shown(self, value: str) -> str:
+        """`value` as it may appear in an error message or a log line: cut short."""
+        if len(value) <= self.shown_chars:
+            return value
+        return f"{value[: self.shown_chars]}... ({len(value)} chars)"
+
+
 class Role(enum.Enum):
     SYSTEM = "system"
     USER = "user"

@@ -23,7 +23,6 @@ from application.ports import Provider
 from container import Container, serve
 
 FAST = {
-    "grpc_host": "127.0.0.1",
     "grpc_port": 0,
     "metrics_port": 0,
     "openai_api_keys": "sk-test-one,sk-test-two",
@@ -113,8 +112,12 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 async def scrape(s: Stack) -> Samples:
     """The proxy's /metrics, parsed: (name, sorted labels) -> value."""
+    return await scrape_port(s.proxy.metrics_port)
+
+
+async def scrape_port(metrics_port: int) -> Samples:
     async with httpx.AsyncClient() as client:
-        text = (await client.get(f"http://127.0.0.1:{s.proxy.metrics_port}/metrics")).text
+        text = (await client.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
     return {
         (sample.name, tuple(sorted(sample.labels.items()))): sample.value
         for family in text_string_to_metric_families(text)

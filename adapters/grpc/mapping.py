@@ -29,6 +29,7 @@ from domain.model import (
     FinishReason,
     InferenceRequest,
     Message,
+    RequestLimits,
     Role,
     Usage,
 )
@@ -48,7 +49,10 @@ _CACHE = {
 }
 
 
-def to_domain(request: pb.InferenceRequest, tenant: str = "") -> InferenceRequest:
+def to_domain(
+    request: pb.InferenceRequest, limits: RequestLimits | None = None, tenant: str = ""
+) -> InferenceRequest:
+    (limits or RequestLimits()).check(request.model, len(request.messages))
     if request.prompt and request.messages:
         raise InvalidRequest("give either prompt or messages, not both")
     if request.prompt:

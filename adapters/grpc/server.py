@@ -5,7 +5,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from adapters.grpc.auth import BearerAuth
+from adapters.grpc.admission import Admission
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.grpc.interceptor import ErrorBoundary
@@ -23,14 +23,16 @@ class GrpcServer:
         host: str,
         port: int,
         max_message_bytes: int,
-        auth_tokens: tuple[str, ...] = (),
+        admission: Admission | None = None,
         tracing: grpc.aio.ServerInterceptor | None = None,
+        credentials: grpc.ServerCredentials | None = None,
     ) -> None:
         self._address = f"{host}:{port}"
+        self._credentials = credentials
         self.health = health_aio.HealthServicer()
         interceptors: list[grpc.aio.ServerInterceptor] = [ErrorBoundary()]
-        if auth_tokens:
-            interceptors.insert(0, BearerAuth(auth_tokens))
+        if admission is not None:
+            interceptors.insert(0, admission)
         if tracing is not None:  # first, so its span covers auth and the error boundary
             interceptors.insert(0, tracing)
         self._server = grpc.aio.server(
@@ -54,7 +56,14 @@ class GrpcServer:
         self.serving = False
 
     async def start(self) -> int:
-        self.port = self._server.add_insecure_port(self._address)
+        """Raises OSError when the address cannot be bound (e.g. the port is in use)."""
+        try:
+            if self._credentials is None:
+                self.port = self._server.add_insecure_port(self._address)
+            else:
+                self.port = self._server.add_secure_port(self._address, self._credentials)
+        except RuntimeError as error:  # grpc's way of saying the bind failed
+            raise OSError(f"cannot listen on {self._address}: {error}") from None
         if self.port == 0:
             raise OSError(f"cannot listen on {self._address}")
         await self._server.start()

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,12 +10,13 @@ from typing import Any
 import grpc
 
 from adapters.grpc import mapping
+from adapters.grpc.admission import ClientAuth
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from application.inference import InferenceService
 from application.ports import Clock, Metrics
 from domain.errors import ProxyError
-from domain.model import Answer, CacheStatus, InferenceRequest
+from domain.model import Answer, CacheStatus, InferenceRequest, RequestLimits
 
 Context = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger("llm_proxy.requests")
@@ -36,14 +36,25 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     """Translates RPCs to the use case and records each request's outcome. Domain errors leave
     through the error interceptor."""
 
-    def __init__(self, service: InferenceService, metrics: Metrics, clock: Clock) -> None:
+    def __init__(
+        self,
+        service: InferenceService,
+        metrics: Metrics,
+        clock: Clock,
+        auth: ClientAuth | None = None,
+        limits: RequestLimits | None = None,
+    ) -> None:
         self._service = service
         self._metrics = metrics
         self._clock = clock
+        self._auth = auth or ClientAuth(())
+        self._limits = limits or RequestLimits()
 
     async def Infer(self, request: pb.InferenceRequest, context: Context) -> pb.InferenceResponse:
         async with self._observed(request) as outcome:
-            answer = await self._service.infer(_domain(request, context), context.time_remaining())
+            answer = await self._service.infer(
+                self._domain(request, context), context.time_remaining()
+            )
             outcome.answered(answer)
             return mapping.response(answer)
 
@@ -51,13 +62,17 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.InferenceRequest, context: Context
     ) -> AsyncIterator[pb.StreamChunk]:
         async with self._observed(request) as outcome:
-            events = self._service.stream(_domain(request, context), context.time_remaining())
+            events = self._service.stream(self._domain(request, context), context.time_remaining())
             async for event in events:
                 if isinstance(event, Answer):
                     outcome.answered(event)
                     yield mapping.last_chunk(event)
                 else:
                     yield pb.StreamChunk(content=event.content)
+
+    def _domain(self, request: pb.InferenceRequest, context: Context) -> InferenceRequest:
+        tenant = self._auth.tenant(context.invocation_metadata())
+        return mapping.to_domain(request, self._limits, tenant=tenant)
 
     @asynccontextmanager
     async def _observed(self, request: pb.InferenceRequest) -> AsyncIterator[_Outcome]:
@@ -77,33 +92,21 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             raise
         finally:
             seconds = self._clock.now() - started
+            model = self._limits.shown(request.model)  # a hostile name is not logged whole
             self._metrics.request_finished(
-                outcome.provider, request.model, outcome.cache_status, status, seconds
+                outcome.provider, model, outcome.cache_status, status, seconds
             )
             log.info(
                 "request %s %s %s %.1fms",
                 status,
-                request.model,
+                model,
                 outcome.cache_status.value,
                 seconds * 1000,
                 extra={
                     "outcome": status,
                     "latency_ms": round(seconds * 1000, 2),
                     "provider": outcome.provider,
-                    "model": request.model,
+                    "model": model,
                     "cache_status": outcome.cache_status.value,
                 },
             )
-
-
-def _domain(request: pb.InferenceRequest, context: Context) -> InferenceRequest:
-    return mapping.to_domain(request, tenant=_tenant(context))
-
-
-def _tenant(context: Context) -> str:
-    """Clients are told apart by a fingerprint of their bearer token (never the token)."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
-            raw = value.encode() if isinstance(value, str) else value
-            return "tenant-" + hashlib.sha256(raw).hexdigest()[:16]
-    return ""

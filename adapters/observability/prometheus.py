@@ -46,6 +46,7 @@ GRPC_STATUSES: Final = (
 ATTEMPT_OUTCOMES: Final = (
     "success", "aborted", "rate_limited", "key_rejected", "upstream_fault", "rejected",
 )  # fmt: skip
+AUTH_FAILURE_REASONS: Final = ("missing", "malformed", "invalid")
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
 KNOWN_PROVIDERS: Final = ("openai", "gemini")
@@ -118,6 +119,7 @@ class PrometheusMetrics(Metrics):
         self._status = BoundedLabel(GRPC_STATUSES)
         self._outcome = BoundedLabel(ATTEMPT_OUTCOMES, capacity=8)
         self._backend = BoundedLabel(CACHE_BACKENDS, capacity=4)
+        self._auth_reason = BoundedLabel(AUTH_FAILURE_REASONS)
         self._operation = BoundedLabel(CACHE_OPERATIONS, capacity=8)
         self._lock = threading.Lock()
         self._hits = 0
@@ -159,6 +161,12 @@ class PrometheusMetrics(Metrics):
         self.requests = Counter(
             "requests", "Requests by outcome (gRPC status, lower case)", ("status",), registry=r
         )
+        self.auth_failures = Counter(
+            "auth_failures",
+            "Calls refused for a missing, malformed or unknown client credential",
+            ("reason",),
+            registry=r,
+        )
         self.upstream_attempts = Counter(
             "upstream_attempts",
             "Calls to an upstream provider by outcome",
@@ -197,6 +205,15 @@ class PrometheusMetrics(Metrics):
         self._breakers = _Children(self.circuit_breaker_state)
         self._keys = _Children(self.key_pool_keys)
         self._backends_up = _Children(self.cache_backend_up)
+
+    # -- admission (the gRPC adapter, before the use case) -----------------------------------
+
+    def request_refused(self, status: str) -> None:
+        """A call turned away before it started (bad credential, over a limit)."""
+        self._requests(self._status(status.lower())).inc()
+
+    def auth_failure(self, reason: str) -> None:
+        self.auth_failures.labels(self._auth_reason(reason)).inc()
 
     # -- the Metrics port ------------------------------------------------------------------
 

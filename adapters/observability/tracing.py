@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import logging
 import os
+import traceback
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -35,6 +36,8 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from application.ports import AttributeValue, SpanHandle, Tracer
+
+Redact: TypeAlias = Callable[[str], str]
 
 log = logging.getLogger(__name__)
 
@@ -142,23 +145,28 @@ class OtelTracer(Tracer):
     `setup_tracing` installs the SDK; a tracer taken before that follows it)."""
 
     def __init__(
-        self, provider: trace.TracerProvider | None = None, name: str = INSTRUMENTATION
+        self,
+        provider: trace.TracerProvider | None = None,
+        name: str = INSTRUMENTATION,
+        redact: Redact = str,
     ) -> None:
         self._tracer = trace.get_tracer(name, tracer_provider=provider)
+        self._redact = redact
 
     @contextmanager
     def span(
         self, name: str, attributes: Mapping[str, AttributeValue] | None = None
     ) -> Iterator[SpanHandle]:
         with self._tracer.start_as_current_span(name, attributes=attributes) as span:
-            yield _OtelSpan(span)
+            yield _OtelSpan(span, self._redact)
 
 
 class _OtelSpan(SpanHandle):
-    __slots__ = ("_span",)
+    __slots__ = ("_redact", "_span")
 
-    def __init__(self, span: trace.Span) -> None:
+    def __init__(self, span: trace.Span, redact: Redact = str) -> None:
         self._span = span
+        self._redact = redact
 
     def set(self, key: str, value: AttributeValue) -> None:
         self._span.set_attribute(key, value)
@@ -167,7 +175,7 @@ class _OtelSpan(SpanHandle):
         self._span.add_event(name, attributes)
 
     def error(self, exc: BaseException) -> None:
-        self._span.record_exception(exc)
+        record_exception(self._span, exc, self._redact)
         self._span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
 
 
@@ -224,9 +232,11 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
         self,
         provider: trace.TracerProvider | None = None,
         untraced: Collection[str] = DEFAULT_UNTRACED,
+        redact: Redact = str,
     ) -> None:
         self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=provider)
         self._untraced = tuple(untraced)
+        self._redact = redact
 
     async def intercept_service(
         self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
@@ -256,9 +266,9 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                 try:
                     response = await behaviour(request, context)
                 except BaseException as exc:
-                    _finish(span, context, exc)
+                    _finish(span, context, exc, self._redact)
                     raise
-                _finish(span, context, None)
+                _finish(span, context, None, self._redact)
                 return response
 
         return traced
@@ -276,12 +286,12 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
                         async for response in responses:
                             yield response
                 except BaseException as exc:
-                    _finish(span, context, exc)
+                    _finish(span, context, exc, self._redact)
                     raise
                 finally:
                     if inspect.isasyncgen(responses):
                         await responses.aclose()
-                _finish(span, context, None)
+                _finish(span, context, None, self._redact)
 
         return traced
 
@@ -316,13 +326,29 @@ def _carrier(metadata: Sequence[Any]) -> dict[str, list[str]]:
     return carrier
 
 
+def record_exception(span: trace.Span, exc: BaseException, redact: Redact) -> None:
+    """The exception event with its message and stack trace passed through `redact`: an error
+    can quote a URL with a password or a key, and spans leave the process."""
+    stacktrace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    span.record_exception(
+        exc,
+        attributes={
+            "exception.message": redact(str(exc)),
+            "exception.stacktrace": redact(stacktrace),
+        },
+    )
+
+
 def _finish(
-    span: trace.Span, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None
+    span: trace.Span,
+    context: grpc.aio.ServicerContext[Any, Any],
+    exc: BaseException | None,
+    redact: Redact,
 ) -> None:
     code = _status_code(context, exc)
     span.set_attribute("rpc.grpc.status_code", code.value[0])
     if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
-        span.record_exception(exc)
+        record_exception(span, exc, redact)
     if code in _SERVER_ERRORS:
         span.set_status(Status(StatusCode.ERROR, code.name))
 

@@ -22,6 +22,7 @@ class Proxy:
     openai: FakeProvider
     gemini: FakeProvider
     port: int
+    metrics_port: int
 
 
 @asynccontextmanager
@@ -29,7 +30,7 @@ async def running_proxy(**settings: Any) -> AsyncIterator[Proxy]:
     """The real server from the container, with fake providers swapped in."""
     openai, gemini = FakeProvider("openai"), FakeProvider("gemini")
     async with harness.running_proxy({"openai": openai, "gemini": gemini}, **settings) as p:
-        yield Proxy(p.stub, p.channel, p.container, openai, gemini, p.port)
+        yield Proxy(p.stub, p.channel, p.container, openai, gemini, p.port, p.metrics_port)
 
 
 @pytest.fixture
