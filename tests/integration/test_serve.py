@@ -41,7 +41,6 @@ async def start_proxy(*args: str, **env: str) -> asyncio.subprocess.Process:
         cwd=ROOT,
         env={
             "PATH": os.environ["PATH"],
-            "GRPC_HOST": "127.0.0.1",
             "METRICS_PORT": "0",
             "CACHE_DIR": str(CACHE_DIR),
             **env,
@@ -120,6 +119,68 @@ async def test_invalid_configuration_fails_at_startup_naming_the_variable() -> N
     assert "CACHE_TTL" in err
     assert "CB_FAILURE_THRESHOLD" in err
     assert "Traceback" not in err
+
+
+async def ended(process: asyncio.subprocess.Process) -> tuple[int, str]:
+    async with asyncio.timeout(20):
+        code = await process.wait()
+    assert process.stderr is not None
+    return code, (await process.stderr.read()).decode()
+
+
+async def test_without_tokens_it_serves_on_loopback_only() -> None:
+    port = free_port()
+    process = await start_proxy(GRPC_PORT=str(port), CACHE_MODE="off")
+    try:
+        log = await read_until(process, "serving inferenceproxy.InferenceService")
+        assert f"on 127.0.0.1:{port} (plaintext, no client tokens;" in log
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await ended(process)
+
+
+async def test_a_public_bind_without_tokens_refuses_to_start() -> None:
+    process = await start_proxy(GRPC_HOST="0.0.0.0", GRPC_PORT=str(free_port()))
+    code, err = await ended(process)
+    assert code == 2
+    assert "AUTH_TOKENS" in err
+    assert "ALLOW_UNAUTHENTICATED" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("variable", ["GRPC_PORT", "METRICS_PORT"])
+async def test_a_port_in_use_stops_startup_naming_the_variable(variable: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = {"GRPC_PORT": str(free_port()), "METRICS_PORT": "0"}
+        ports[variable] = str(taken.getsockname()[1])
+        process = await start_proxy(CACHE_MODE="off", **ports)
+        code, err = await ended(process)
+    assert code == 2
+    assert variable in err
+    assert "another instance" in err
+    assert "Traceback" not in err
+
+
+async def test_a_cache_dir_that_cannot_be_created_is_a_warning_and_serving_goes_on() -> None:
+    blocker = CACHE_DIR / "a-regular-file"
+    blocker.write_text("CACHE_DIR cannot be a directory under this")  # root ignores chmod
+    port = free_port()
+    process = await start_proxy(GRPC_PORT=str(port), CACHE_DIR=str(blocker / "cache"))
+    try:
+        log = await read_until(process, "serving inferenceproxy.InferenceService")
+        assert "CACHE_DIR=" in log
+        assert "WITHOUT the cache" in log
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code, rest = await ended(process)
+    assert code == 0
+    assert "Traceback" not in log + rest
 
 
 async def test_shutdown_lets_in_flight_calls_finish_and_refuses_new_ones() -> None:

@@ -1,0 +1,108 @@
+"""Settings that keep the proxy safe: bind address, URL credentials, where the embedding key goes."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from adapters.settings import ConfigError, load_settings, redact_url
+from container import Container, build_tracer, describe_cache, warn_if_open
+
+REDIS = "redis://cache-user:redis-pass-123@redis.internal:6379/0"
+QDRANT = "https://qdrant-key-456@qdrant.internal:6333"
+
+
+def test_without_client_authentication_the_default_bind_is_loopback() -> None:
+    assert load_settings().host == "127.0.0.1"
+    assert load_settings(auth_tokens="tok-alpha-1").host == "0.0.0.0"
+    assert load_settings(grpc_host="::1").host == "::1"
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "proxy.example"])
+def test_a_public_bind_without_tokens_is_refused_naming_both_ways_out(host: str) -> None:
+    with pytest.raises(ConfigError, match="AUTH_TOKENS") as caught:
+        load_settings(grpc_host=host)
+    assert "ALLOW_UNAUTHENTICATED=true" in str(caught.value)
+    assert load_settings(grpc_host=host, allow_unauthenticated=True).host == host
+    assert load_settings(grpc_host=host, auth_tokens="tok-alpha-1").host == host
+
+
+def test_an_unauthenticated_public_bind_says_so_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    warn_if_open(load_settings(grpc_host="0.0.0.0", allow_unauthenticated=True))
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert "UNAUTHENTICATED" in caplog.text
+    caplog.clear()
+    warn_if_open(load_settings(allow_unauthenticated=True))  # loopback: nothing to say
+    warn_if_open(load_settings(grpc_host="0.0.0.0", auth_tokens="tok-alpha-1"))
+    assert caplog.records == []
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (REDIS, "redis://cache-user:[redacted]@redis.internal:6379/0"),
+        ("redis://:only-a-pass@r:6379", "redis://[redacted]@r:6379"),
+        (QDRANT, "https://[redacted]@qdrant.internal:6333"),
+        ("user:pw-pw-pw@host:6379", "user:[redacted]@host:6379"),
+        ("localhost:6379", "localhost:6379"),
+        ("http://localhost:6333", "http://localhost:6333"),
+    ],
+)
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_url_credentials_are_secrets_everywhere_settings_show() -> None:
+    settings = load_settings(redis_addr=REDIS, qdrant_url=QDRANT, cache_mode="remote",
+                             embedder="local")  # fmt: skip
+    shown = repr(settings) + str(settings) + describe_cache(settings)
+    for secret in ("redis-pass-123", "qdrant-key-456"):
+        assert secret not in shown
+        assert secret in settings.secrets()  # so the log filter blanks it too
+    assert "redis.internal" in describe_cache(settings)
+
+
+def test_exceptions_on_spans_are_redacted() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracer = build_tracer(provider, load_settings(redis_addr=REDIS))
+    with tracer.span("cache.lookup") as span:
+        try:
+            raise ConnectionError(f"cannot reach {REDIS}")
+        except ConnectionError as error:
+            span.error(error)
+    (event,) = exporter.get_finished_spans()[0].events
+    recorded = str(event.attributes)
+    assert "redis-pass-123" not in recorded
+    assert "[redacted]" in str(event.attributes["exception.message"])
+    assert "[redacted]" in str(event.attributes["exception.stacktrace"])
+
+
+@pytest.mark.parametrize(
+    ("embedder", "public"),
+    [
+        ("openai", "https://api.openai.com/v1"),
+        ("gemini", "https://generativelanguage.googleapis.com"),
+    ],
+)
+def test_the_embedding_key_goes_to_the_embedding_api_not_the_chat_base_url(
+    embedder: str, public: str
+) -> None:
+    settings = load_settings(
+        cache_mode="remote",
+        embedder=embedder,
+        embedding_api_key="emb-key-123456",
+        openai_base_url="http://vllm.internal:8000/v1",
+        gemini_base_url="http://gemini-proxy.internal",
+    )
+    container = Container(settings=settings)
+    assert str(container.embedding_http().base_url).rstrip("/") == public
+    own = load_settings(**{**settings.model_dump(), "embedding_base_url": "http://emb.internal"})
+    assert str(Container(settings=own).embedding_http().base_url).rstrip("/") == (
+        "http://emb.internal"
+    )
