@@ -1,4 +1,4 @@
-"""Settings that keep the proxy safe: bind address, URL credentials, where the embedding key goes."""
+"""Settings that keep the proxy safe: bind address, URL credentials, the embedding key."""
 
 from __future__ import annotations
 
