@@ -23,6 +23,7 @@ from application.ports import Provider
 from container import Container, serve
 
 FAST = {
+    "grpc_host": "127.0.0.1",  # explicit: with AUTH_TOKENS the default would be 0.0.0.0
     "grpc_port": 0,
     "metrics_port": 0,
     "openai_api_keys": "sk-test-one,sk-test-two",

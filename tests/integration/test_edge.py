@@ -67,7 +67,7 @@ async def test_failed_auth_is_logged_by_fingerprint_and_counted(
     assert samples[("requests_total", (("status", "unauthenticated"),))] == 3
     assert "tok-wrong-guess" not in caplog.text
     refused = [r for r in caplog.records if r.name == "llm_proxy.auth"]
-    assert refused, caplog.text
+    assert len(refused) == 1, caplog.text  # at most a line a second; the counter has them all
     assert "/inferenceproxy.InferenceService/Infer" in refused[0].getMessage()
     assert "missing" in refused[0].getMessage()
 
