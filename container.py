@@ -513,6 +513,11 @@ def simulated(settings: Settings, simulator: RunningSimulator) -> Settings:
             **SIMULATED_KEYS,
             "openai_base_url": simulator.openai_base_url,
             "gemini_base_url": simulator.gemini_base_url,
+            "embedding_base_url": (
+                simulator.gemini_base_url
+                if settings.embedder_kind == "gemini"
+                else simulator.openai_base_url
+            ),
         }
     )
 

@@ -39,16 +39,23 @@ def test_tenants_have_their_own_buckets() -> None:
     assert limit.take("beta", 0.0) == 0
 
 
-def test_the_table_stays_bounded_and_keeps_busy_tenants() -> None:
-    limit = TenantRateLimit(rate=1, burst=1, max_tenants=3)
-    limit.take("busy", 0.0)  # its bucket is empty: forgetting it would hand it a new burst
-    for i in range(100):
-        limit.take(f"one-off-{i}", 0.0 + i)
-    assert len(limit) <= 3
-    limit2 = TenantRateLimit(rate=1, burst=1, max_tenants=3)
-    limit2.take("busy", 0.0)
-    limit2.take("a", 0.0)
-    limit2.take("b", 0.0)
-    limit2.take("c", 0.5)  # nobody is full yet at 0.5 s: the oldest goes
-    assert len(limit2) == 3
-    assert limit2.take("c", 0.5) > 0  # c kept its spent bucket
+def test_the_table_stays_bounded_and_forgets_idle_tenants_first() -> None:
+    limit = TenantRateLimit(rate=1, burst=1, max_tenants=2)
+    limit.take("idle", 0.0)  # spent at 0 s, full again from 1 s: the same as a new bucket
+    limit.take("busy", 5.0)
+    limit.take("new", 5.5)  # the table is full: "idle" goes, "busy" keeps its spent bucket
+    assert len(limit) == 2
+    assert limit.take("busy", 5.5) > 0
+    assert limit.take("idle", 5.5) == 0  # a fresh bucket, as it would have refilled anyway
+
+
+def test_when_every_tenant_is_busy_the_oldest_is_forgotten() -> None:
+    limit = TenantRateLimit(rate=1, burst=1, max_tenants=2)
+    limit.take("first", 0.0)
+    limit.take("second", 0.1)
+    limit.take("third", 0.2)
+    assert len(limit) == 2
+    assert limit.take("third", 0.2) > 0
+    for i in range(1000):
+        limit.take(f"one-off-{i}", 0.3)
+    assert len(limit) == 2

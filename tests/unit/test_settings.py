@@ -10,7 +10,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from adapters.settings import ConfigError, load_settings, redact_url
-from container import Container, build_tracer, describe_cache, warn_if_open
+from adapters.simulator import RunningSimulator
+from container import Container, build_tracer, describe_cache, simulated, warn_if_open
 
 REDIS = "redis://cache-user:redis-pass-123@redis.internal:6379/0"
 QDRANT = "https://qdrant-key-456@qdrant.internal:6333"
@@ -106,3 +107,12 @@ def test_the_embedding_key_goes_to_the_embedding_api_not_the_chat_base_url(
     assert str(Container(settings=own).embedding_http().base_url).rstrip("/") == (
         "http://emb.internal"
     )
+
+
+def test_with_the_simulator_embeddings_go_to_the_simulator_too() -> None:
+    simulator = RunningSimulator("http://127.0.0.1:8787", simulator=None)  # type: ignore[arg-type]
+    for embedder, path in (("openai", "/v1"), ("gemini", "")):
+        settings = load_settings(
+            cache_mode="remote", embedder=embedder, embedding_api_key="emb-key-123456"
+        )
+        assert simulated(settings, simulator).embedding_url == f"http://127.0.0.1:8787{path}"
