@@ -595,8 +595,9 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser(
         "serve",
         help="run the gRPC server",
-        description="Run inferenceproxy.InferenceService on GRPC_PORT until SIGTERM or SIGINT, "
-        "then drain in-flight calls for up to SHUTDOWN_GRACE.",
+        description="Run inferenceproxy.InferenceService on GRPC_HOST:GRPC_PORT until SIGTERM "
+        "or SIGINT, then drain in-flight calls for up to SHUTDOWN_GRACE. Without AUTH_TOKENS "
+        "(or mTLS) it listens on loopback only; see docs/security.md.",
     )
     serve_cmd.add_argument(
         "--simulator",
