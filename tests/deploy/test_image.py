@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import grpc
 import httpx
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.grpc.generated import proxy_pb2, proxy_pb2_grpc
 from tests.containers import LABEL
@@ -162,6 +163,15 @@ def test_infer_stream_streams_to_done(stub: proxy_pb2_grpc.InferenceServiceStub)
     assert "".join(chunk.content for chunk in chunks)
     assert chunks[-1].done
     assert not any(chunk.done for chunk in chunks[:-1])
+
+
+def test_grpc_health_answers_without_a_token(proxy: Proxy) -> None:
+    """The Deployment's startupProbe is a native gRPC probe: it sends no token."""
+    with grpc.insecure_channel(proxy.grpc_target) as channel:
+        answer = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=10
+        )
+    assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def test_sigterm_drains_and_exits_0_within_the_grace(proxy: Proxy) -> None:
