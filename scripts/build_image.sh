@@ -29,6 +29,5 @@ DOCKER_BUILDKIT=0 docker build -q --build-arg "BUILDER_IMAGE=$builder" \
   --build-arg "RUNTIME_IMAGE=$runtime" \
   --label "org.opencontainers.image.revision=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
   -t "$tag" . >/dev/null
-docker image prune -f --filter "label=llm-proxy.stage=builder" >/dev/null 2>&1 || true
 size=$(docker image inspect -f '{{.Size}}' "$tag")
 echo "built $tag: $((size / 1024 / 1024)) MiB (bases: $builder, $runtime)"
