@@ -73,7 +73,7 @@ build_builder() {
   # (a TLS-intercepting egress proxy, say), as the host does. The runtime image does not.
   if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
     cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
-    chroot "$root" update-ca-certificates >/dev/null
+    chroot "$root" update-ca-certificates >/dev/null 2>&1
   fi
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   ln -sf python3.11 "$root/usr/bin/python3"
@@ -84,9 +84,8 @@ build_builder() {
 build_runtime() {
   local root=$work/runtime debs=$work/debs
   mkdir -p "$root" "$debs"
-  chmod 755 "$work" "$debs"  # apt-get download fetches as the _apt user
   note "unpacking ${#RUNTIME_PACKAGES[@]} Debian packages for $RUNTIME_TAG"
-  (cd "$debs" && apt-get download -qq "${RUNTIME_PACKAGES[@]}")
+  (cd "$debs" && apt-get download -qq -o APT::Sandbox::User=root "${RUNTIME_PACKAGES[@]}")
   for deb in "$debs"/*.deb; do dpkg-deb -x "$deb" "$root"; done
   # Unpacked debs keep their docs and lintian notes; a runtime has no use for them.
   rm -rf "$root"/usr/share/{doc,man,info,lintian,locale}
