@@ -174,13 +174,22 @@ def test_grpc_health_answers_without_a_token(proxy: Proxy) -> None:
     assert answer.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_sigterm_drains_and_exits_0_within_the_grace(proxy: Proxy) -> None:
-    """Last in this module: it stops the container."""
+def test_sigterm_drains_a_stream_in_flight_and_exits_0_within_the_grace(
+    proxy: Proxy, stub: proxy_pb2_grpc.InferenceServiceStub
+) -> None:
+    """Last in this module: it stops the container (as `docker stop` and the kubelet do)."""
     wrapped = proxy.container.get_wrapped_container()
+    stream = stub.InferStream(request("drain me"), metadata=AUTH, timeout=30)
+    first = next(stream)  # the call is in flight: the simulator streams for about a second
     started = time.monotonic()
     wrapped.kill(signal="SIGTERM")
+    rest = list(stream)
     status = wrapped.wait(timeout=GRACE_S + 10)
     elapsed = time.monotonic() - started
-    assert status["StatusCode"] == 0, wrapped.logs().decode(errors="replace")[-2000:]
+    logs = wrapped.logs().decode(errors="replace")
+    assert rest, "the stream ended before SIGTERM: nothing was drained"
+    assert rest[-1].done, "the stream in flight was cut instead of drained"
+    assert not first.done
+    assert status["StatusCode"] == 0, logs[-2000:]
     assert elapsed < GRACE_S + 2, f"took {elapsed:.1f}s to exit after SIGTERM"
-    assert b"shutting down" in wrapped.logs()
+    assert "shutting down" in logs
