@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh clone (only python3 >= 3.11 and make needed):
 #   make serve   start the proxy, answering through the built-in upstream simulator
 #   make test    run every check and the whole test suite
+#   make image   build the llm-proxy:dev image (no registry needed; see docs/deployment.md)
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.9
@@ -9,7 +10,7 @@ UV := .uv/bin/uv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: setup serve test check lint typecheck proto proto-check bench clean
+.PHONY: setup serve test check lint typecheck proto proto-check bench clean image deploy-lint
 
 setup: $(VENV)/.synced
 
@@ -26,11 +27,20 @@ serve: setup
 
 check: setup lint typecheck proto-check
 
-lint:
+lint: deploy-lint
 	ruff check .
 	ruff format --check .
 	lint-imports
 	buf lint
+
+# The Dockerfile (hadolint) and every Kubernetes manifest, offline against a pinned version.
+K8S_VERSION := 1.31.0
+deploy-lint:
+	hadolint Dockerfile scripts/redis-image/Dockerfile
+	kubernetes-validate --strict --quiet -k $(K8S_VERSION) $$(find k8s -name '*.yaml' | sort)
+
+image:
+	scripts/build_image.sh llm-proxy:dev
 
 typecheck:
 	mypy
