@@ -5,7 +5,7 @@ Grammar (whitespace around items is ignored)::
     spec     := item ("," item)*
     item     := name [":" arg] ["*" count] ["%" percent] ["@" target]
     name     := 4xx/5xx status | quota | badkey | reset | malformed | truncate | stall
-              | midstream | delay | slow | words
+              | midstream | html | empty | garbage | delay | slow | words
     target   := chat | embed | openai | gemini
 
 ``*N`` fires the item for the first N matching requests only, ``%P`` with probability P %,
@@ -38,7 +38,10 @@ TARGETS = frozenset({"chat", "embed", "openai", "gemini"})
 #: Terminal faults besides plain status codes.
 TERMINAL_NAMES = frozenset(
     {"quota", "badkey", "reset", "malformed", "truncate", "stall", "midstream"}
+    | {"html", "empty", "garbage"}
 )
+#: Faults that answer 200 with a body that is not the API's (see ``body_fault``).
+BODY_NAMES = frozenset({"html", "empty", "garbage"})
 #: Modifiers: they change latency or length and never end the request by themselves.
 MODIFIER_NAMES = frozenset({"delay", "slow", "words"})
 #: Faults whose ``:N`` argument counts stream content events delivered before the fault.
