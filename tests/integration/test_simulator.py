@@ -689,13 +689,24 @@ async def test_bodies_that_are_not_the_apis(
     assert garbage.headers["content-type"].startswith(expected_type)
     if streaming:
         data = sse_data(garbage.text)
-        assert data and "[DONE]" not in data
+        assert data
+        assert "[DONE]" not in data
         texts = data
     else:
         texts = [garbage.text]
     for text in texts:
         with pytest.raises(json.JSONDecodeError):
             json.loads(text)
+
+
+async def test_tokens_fault_reports_the_given_prompt_token_count(client: httpx.AsyncClient) -> None:
+    huge = 2**40
+    spec = {"x-sim-fault": f"tokens:{huge}"}
+    r = await client.post(CHAT, json=chat_body(), headers={**OA_AUTH, **spec})
+    assert r.json()["usage"]["prompt_tokens"] == huge
+    assert r.json()["choices"][0]["message"]["content"].startswith("sim-")
+    r = await client.post(GEN, json=gemini_body(), headers={**GM_AUTH, **spec})
+    assert r.json()["usageMetadata"]["promptTokenCount"] == huge
 
 
 async def test_midstream_error_event(client: httpx.AsyncClient) -> None:
