@@ -89,10 +89,14 @@ async def test_timed_out_unary_calls_do_not_leak_pool_connections() -> None:
         max_retries=0,
         cb_failure_threshold=100,  # this row is about the pool, not the breaker
     ) as s:
-        timed_out = await asyncio.gather(
-            *(failure(s.stub.Infer(ask(f"Hang number {i}. [[sim:stall]]"))) for i in range(pool)),
-            *(failure(s.stub.Infer(ask(f"Hang again {i}. [[sim:stall]]"))) for i in range(pool)),
-        )
+        timed_out = []
+        for round_ in range(3):  # rounds of `pool` calls at once: each one times out
+            timed_out += await asyncio.gather(
+                *(
+                    failure(s.stub.Infer(ask(f"Hang {round_}.{i}. [[sim:stall]]")))
+                    for i in range(pool)
+                )
+            )
         # each abandoned upstream request was closed: the simulator saw its client leave
         released = await s.sim.stats.wait_until(lambda st: st.in_flight == 0, within_s=3)
         healthy = await s.stub.Infer(ask("A healthy question."), timeout=5)
