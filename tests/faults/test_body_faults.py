@@ -119,9 +119,10 @@ async def test_a_malformed_body_is_a_clear_error_and_never_cached(
 async def test_an_html_answer_to_a_stream_is_malformed_not_truncated(model: str) -> None:
     async with stack(max_retries=0) as s:
         error = await failure(ask_broken(s, "Explain goroutines. [[sim:html]]", True, model))
-    details = (error.details() or "").lower()
-    assert "truncat" not in details
-    assert "html" in details or "content type" in details or "content-type" in details
+    details = error.details() or ""
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "malformed" in details  # today: "stream ended before [DONE] (truncated)"
+    assert "truncated" not in details
 
 
 @pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("malformed answers not retried"))
@@ -130,7 +131,7 @@ async def test_a_malformed_answer_is_not_retried_as_a_provider_outage() -> None:
         await failure(s.stub.Infer(ask("Explain goroutines. [[sim:malformed]]")))
         attempts = chat_requests(s)
         healthy = await s.stub.Infer(ask("Explain channels."))
-    assert attempts == 1
+    assert attempts <= 2  # today: 4, each a breaker failure
     assert healthy.content.startswith("sim-")  # one bad body did not open the breaker
 
 
