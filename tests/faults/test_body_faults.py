@@ -175,3 +175,22 @@ async def test_client_cancel_of_50_streams_closes_their_upstream_connections() -
     assert completed == 0
     assert active_after == 0
     assert open_after == 0
+
+
+@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("MAX_RESPONSE_BYTES bound"))
+@pytest.mark.parametrize("model", MODELS)
+async def test_an_answer_larger_than_max_response_bytes_is_an_error_not_unbounded(
+    model: str,
+) -> None:
+    huge = "Tell me everything. [[sim:words:5000]]"  # tens of kilobytes, unary or streamed
+    async with stack(max_response_bytes=4096, max_retries=0, cb_failure_threshold=10) as s:
+        unary = await failure(s.stub.Infer(ask(huge, model)))
+        chunks: list[pb.StreamChunk] = []
+        streamed = await failure(collect(s.stub.InferStream(ask(huge, model)), chunks))
+        healthy = await s.stub.Infer(ask("A short question.", model))
+    for error in (unary, streamed):
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "MAX_RESPONSE_BYTES" in (error.details() or "")  # names the setting to raise
+    assert sum(len(c.content) for c in chunks) < 4096  # stopped at the bound
+    assert not any(c.done for c in chunks)
+    assert healthy.content.startswith("sim-")
