@@ -33,6 +33,7 @@ from adapters.simulator.content import (
     key_fingerprint,
 )
 from adapters.simulator.faults import (
+    BODY_NAMES,
     STREAM_POSITION_NAMES,
     FaultItem,
     FaultPlan,
@@ -61,6 +62,7 @@ from adapters.simulator.wire import (
     GenerationRequest,
     RateState,
     StreamStyle,
+    body_fault,
     dump_pretty,
     json_response,
 )
@@ -356,6 +358,8 @@ class Simulator:
             return ex.dialect.quota_exceeded(model)
         if fault.name == "badkey":
             return ex.dialect.invalid_key(ex.key, real=True)
+        if fault.name in BODY_NAMES:
+            return body_fault(fault.name, streaming=ex.endpoint in _STREAM_ENDPOINTS)
         # reset: drop the connection without any response
         _reset_connection(ex.request)
         ex.outcome = "reset"
@@ -371,7 +375,11 @@ class Simulator:
             words=plan.words or self.config.answer_words,
             echo_words=self.config.echo_words,
             max_tokens=req.max_tokens,
-            prompt_tokens=sum(count_tokens(text) for _, text in req.turns),
+            prompt_tokens=(
+                plan.prompt_tokens
+                if plan.prompt_tokens is not None
+                else sum(count_tokens(text) for _, text in req.turns)
+            ),
         )
 
     async def _chat(self, ex: _Exchange, raw: Any) -> web.StreamResponse:
@@ -686,6 +694,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
 
 SIMULATOR_KEY = web.AppKey("simulator", Simulator)
+_STREAM_ENDPOINTS = frozenset({OPENAI_CHAT_STREAM, GEMINI_STREAM})
 
 
 def build_app(config: SimulatorConfig | None = None) -> web.Application:

@@ -5,12 +5,12 @@ Grammar (whitespace around items is ignored)::
     spec     := item ("," item)*
     item     := name [":" arg] ["*" count] ["%" percent] ["@" target]
     name     := 4xx/5xx status | quota | badkey | reset | malformed | truncate | stall
-              | midstream | delay | slow | words
+              | midstream | html | empty | garbage | delay | slow | words | tokens
     target   := chat | embed | openai | gemini
 
 ``*N`` fires the item for the first N matching requests only, ``%P`` with probability P %,
 ``@target`` only on generation (chat) or embedding (embed) endpoints, or one provider.
-Modifiers (delay, slow, words) always combine; of the terminal faults the first that fires
+Modifiers (delay, slow, words, tokens) always combine; of the terminal faults the first that fires
 wins.
 """
 
@@ -38,9 +38,12 @@ TARGETS = frozenset({"chat", "embed", "openai", "gemini"})
 #: Terminal faults besides plain status codes.
 TERMINAL_NAMES = frozenset(
     {"quota", "badkey", "reset", "malformed", "truncate", "stall", "midstream"}
+    | {"html", "empty", "garbage"}
 )
+#: Faults that answer 200 with a body that is not the API's (see ``body_fault``).
+BODY_NAMES = frozenset({"html", "empty", "garbage"})
 #: Modifiers: they change latency or length and never end the request by themselves.
-MODIFIER_NAMES = frozenset({"delay", "slow", "words"})
+MODIFIER_NAMES = frozenset({"delay", "slow", "words", "tokens"})
 #: Faults whose ``:N`` argument counts stream content events delivered before the fault.
 STREAM_POSITION_NAMES = frozenset({"malformed", "truncate", "stall", "midstream"})
 
@@ -95,6 +98,8 @@ def parse_fault_item(text: str) -> FaultItem:
             raise FaultSpecError(f"{text!r}: {name} needs an argument, e.g. {name}:100")
         if name == "words" and (arg < 1 or arg != int(arg)):
             raise FaultSpecError(f"{text!r}: words needs a whole number >= 1")
+        if name == "tokens" and arg != int(arg):
+            raise FaultSpecError(f"{text!r}: tokens needs a whole number")
     elif name in STREAM_POSITION_NAMES:
         if arg is not None and arg != int(arg):
             raise FaultSpecError(f"{text!r}: {name} takes a whole number of chunks")
@@ -139,6 +144,7 @@ class FaultPlan:
     extra_delay_s: float = 0.0
     chunk_delay_s: float | None = None
     words: int | None = None
+    prompt_tokens: int | None = None
     fired: tuple[str, ...] = ()
 
 
@@ -184,6 +190,7 @@ class FaultResolver:
         delay = 0.0
         slow: float | None = None
         words: int | None = None
+        prompt_tokens: int | None = None
         fired: list[str] = []
         for source in sources:
             for item in source.items:
@@ -200,6 +207,8 @@ class FaultResolver:
                     slow = (item.arg or 0.0) / 1000.0
                 elif item.name == "words":
                     words = int(item.arg or 1)
+                elif item.name == "tokens":
+                    prompt_tokens = int(item.arg or 0)
                 else:
                     terminal = item
         return FaultPlan(
@@ -207,5 +216,6 @@ class FaultResolver:
             extra_delay_s=delay,
             chunk_delay_s=slow,
             words=words,
+            prompt_tokens=prompt_tokens,
             fired=tuple(fired),
         )

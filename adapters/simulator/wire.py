@@ -157,6 +157,27 @@ def gateway_html(status: int) -> web.Response:
     return web.Response(status=status, text=body, content_type="text/html")
 
 
+def body_fault(name: str, *, streaming: bool) -> web.Response:
+    """A 200 whose body is not what the API sends, as a misrouted or broken upstream answers:
+    ``html`` a login or captive-portal page (``text/html``, also to a stream request), ``empty``
+    no body at all (the stream's content type on a stream request), ``garbage`` bytes that are
+    not JSON (on a stream request, SSE frames whose data is not JSON, with no ``[DONE]``)."""
+    if name == "html":
+        page = (
+            "<!DOCTYPE html>\n<html><head><title>Sign in</title></head>"
+            "<body>simulator</body></html>\n"
+        )
+        return web.Response(status=200, text=page, content_type="text/html")
+    content_type = "text/event-stream" if streaming else "application/json"
+    if name == "empty":
+        return web.Response(status=200, body=b"", content_type=content_type)
+    if streaming:
+        garbage = b'data: <<not json>>\n\ndata: \x00\x01\x02\n\ndata: {"choices": [\n\n'
+    else:
+        garbage = b'<<not json>> \x00\x01\x02 {"choices": ['
+    return web.Response(status=200, body=garbage, content_type=content_type)
+
+
 def go_duration(seconds: float) -> str:
     """A duration as OpenAI's ``x-ratelimit-reset-*`` headers print it: 20ms, 1s, 6m0s."""
     if seconds < 1:

@@ -667,6 +667,48 @@ async def test_malformed_bodies(client: httpx.AsyncClient) -> None:
         [json.loads(p) for p in sse_data(r.text, "\r\n\r\n")]
 
 
+@pytest.mark.parametrize(
+    ("path", "body", "auth"),
+    [(CHAT, chat_body(), OA_AUTH), (CHAT, chat_body(stream=True), OA_AUTH),
+     (GEN, gemini_body(), GM_AUTH), (GEN_SSE, gemini_body(), GM_AUTH)],
+)  # fmt: skip
+async def test_bodies_that_are_not_the_apis(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], auth: dict[str, str]
+) -> None:
+    streaming = "stream" in path or body.get("stream") is True
+    html = await client.post(path, json=body, headers={**auth, "x-sim-fault": "html"})
+    assert html.status_code == 200
+    assert html.headers["content-type"].startswith("text/html")
+    assert html.text.startswith("<!DOCTYPE html>")
+    empty = await client.post(path, json=body, headers={**auth, "x-sim-fault": "empty"})
+    expected_type = "text/event-stream" if streaming else "application/json"
+    assert (empty.status_code, empty.content) == (200, b"")
+    assert empty.headers["content-type"].startswith(expected_type)
+    garbage = await client.post(path, json=body, headers={**auth, "x-sim-fault": "garbage"})
+    assert garbage.status_code == 200
+    assert garbage.headers["content-type"].startswith(expected_type)
+    if streaming:
+        data = sse_data(garbage.text)
+        assert data
+        assert "[DONE]" not in data
+        texts = data
+    else:
+        texts = [garbage.text]
+    for text in texts:
+        with pytest.raises(json.JSONDecodeError):
+            json.loads(text)
+
+
+async def test_tokens_fault_reports_the_given_prompt_token_count(client: httpx.AsyncClient) -> None:
+    huge = 2**40
+    spec = {"x-sim-fault": f"tokens:{huge}"}
+    r = await client.post(CHAT, json=chat_body(), headers={**OA_AUTH, **spec})
+    assert r.json()["usage"]["prompt_tokens"] == huge
+    assert r.json()["choices"][0]["message"]["content"].startswith("sim-")
+    r = await client.post(GEN, json=gemini_body(), headers={**GM_AUTH, **spec})
+    assert r.json()["usageMetadata"]["promptTokenCount"] == huge
+
+
 async def test_midstream_error_event(client: httpx.AsyncClient) -> None:
     r = await client.post(
         CHAT, json=chat_body(stream=True), headers={**OA_AUTH, "x-sim-fault": "midstream:2"}
