@@ -18,7 +18,7 @@ from tests.fakes import WordEmbedder
 from tests.harness import SLACK, Stack, remote_cache, scrape, stack
 
 PROMPT = "What is the capital of France?"
-PARAPHRASE = "What's the capital of France?"
+PARAPHRASE = "What exactly is the capital of France?"
 
 
 def ask(prompt: str, model: str = "gpt-4o-mini", **kw: Any) -> pb.InferenceRequest:
