@@ -92,6 +92,7 @@ _FORM = frozenset(
     or but if then also still yet about regarding hi hello hey thanks thank exactly quite
     very much many get got own of for""".split()  # noqa: SIM905
 )
+_NEGATIONS = frozenset({"not", "no", "never", "without"})
 # Words that relate the content word after them ("to PDF", "before 9"); like negations, they
 # are content words too, never set aside.
 _ORDERING = frozenset(
@@ -120,11 +121,11 @@ _SYNONYMS = [
     "mean meaning",
     "cost price",
     "frequently often",
-    "setup enable configure",
+    "setup configure",
+    "enable activate",
     "tip advice",
     "recommend suggest",
     "int integer",
-    "apply request",
     "summary summarize summarise",
     "pick choose select",
     "large big",
@@ -148,7 +149,8 @@ class Reading:
     def of(cls, text: str) -> Reading:
         head, _, rest = text.strip().partition("\n")
         body = tuple(line.rstrip() for line in rest.split("\n") if line.strip())
-        return cls(tuple(_canonical(w) for w in _words(text if not body else head)), body)
+        words = [_canonical(w) for w in _words(text if not body else head)]
+        return cls(tuple(_genitive_first(words)), body)
 
     def content(self) -> list[str]:
         return [w for w in self.words if w not in _FORM]
@@ -176,7 +178,47 @@ def same_question(asked: str, stored: str, similarity: float, threshold: float) 
     content_a, content_b = a.content(), b.content()
     if Counter(content_a) != Counter(content_b):
         return False
-    return _same_relations(a.words, b.words) and _one_block_moved(content_a, content_b)
+    if not _same_relations(a.words, b.words):
+        return False
+    # where "not" stands follows the auxiliary ("isn't the tap" / "is the tap not"): its count
+    # is compared above, its position is not
+    return _one_block_moved(_without(_NEGATIONS, content_a), _without(_NEGATIONS, content_b))
+
+
+_DETERMINERS = frozenset("the a an this that my your our their its".split())  # noqa: SIM905
+
+
+def _genitive_first(words: list[str]) -> list[str]:
+    """ "the language of the app" -> "the app language", as "the app's language" and "the app
+    language" read: one word on each side of "of" / "for", so the two readings of one phrase
+    meet, and "mother of the child" still differs from "child of the mother"."""
+    out = list(words)
+    i = 1
+    while i < len(out) - 1:
+        if out[i] in ("of", "for"):
+            j = i + 2 if out[i + 1] in _DETERMINERS and i + 2 < len(out) else i + 1
+            x, y = out[i - 1], out[j]
+            before = out[i - 2] if i >= 2 else ""
+            after = out[j + 1] if j + 1 < len(out) else ""
+            single = (not before or _is_form(before)) and (not after or _is_form(after))
+            if single and not _is_form(x) and not _is_form(y) and y not in _ORDERING:
+                out[i - 1 : j + 1] = [y, x]
+                continue
+        i += 1
+    return out
+
+
+def _is_form(word: str) -> bool:
+    """A word that ends a noun phrase: a form word, an ordering word, or a question word (which
+    starts the next clause: "For a family of four, which plan ...")."""
+    return word in _FORM or word in _ORDERING or word in _QUESTION_WORDS
+
+
+_QUESTION_WORDS = frozenset("what who whose how why where when".split())  # noqa: SIM905
+
+
+def _without(words: frozenset[str], sequence: list[str]) -> list[str]:
+    return [w for w in sequence if w not in words]
 
 
 def _words(text: str) -> list[str]:
@@ -251,10 +293,13 @@ def _relations(words: tuple[str, ...]) -> Counter[tuple[str, str]]:
 
 
 def _one_block_moved(a: list[str], b: list[str]) -> bool:
-    """`b` is `a`, or `a` with one contiguous run of words moved elsewhere."""
+    """`b` is `a`, or `a` with one contiguous run of words moved elsewhere, past at least two
+    others (two words trading places is a swap: "EUR USD rate" / "USD EUR rate")."""
     if a == b:
         return True
     start = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
     end = len(a) - next(i for i, (x, y) in enumerate(zip(a[::-1], b[::-1], strict=True)) if x != y)
     middle_a, middle_b = a[start:end], b[start:end]
+    if len(middle_a) < 3:
+        return False
     return any(middle_a[cut:] + middle_a[:cut] == middle_b for cut in range(1, len(middle_a)))

@@ -90,6 +90,8 @@ def test_scope_qualifiers_are_different_questions(a: str, b: str) -> None:
     ("call getUserById", "call getUserByName"),
     ("Redirect HTTP to HTTPS", "Redirect HTTPS to HTTP"),
     ("Where is the meeting?", "When is the meeting?"),
+    ("What is the EUR USD rate?", "What is the USD EUR rate?"),
+    ("Is the mother of the child here?", "Is the child of the mother here?"),
 )
 def test_swapped_entities_and_directions_are_different_questions(a: str, b: str) -> None:
     assert not judged_same(a, b)
@@ -120,6 +122,10 @@ def test_code_differing_only_in_indentation_is_a_different_question() -> None:
         ("How do I update my address?", "How do I change my address?"),
         ("What's the best way to learn Go?", "How do I learn Go?"),
         ("convert 100 USD to EUR", "Convert 100 usd to eur."),
+        ("Why isn't the dishwasher draining?", "Why is the dishwasher not draining?"),
+        ("How do I change the language of the app?", "How do I change the app language?"),
+        ("What are the museum's opening hours?", "What are the opening hours of the museum?"),
+        ("Which plan is best for a family of four?", "For a family of 4, which plan is best?"),
     ],
 )
 def test_form_and_true_paraphrases_are_the_same_question(a: str, b: str) -> None:
