@@ -67,6 +67,8 @@ _PHRASES = [
         (r"\bwhat is the meaning of\b", "what does mean"),
         (r"\bwhat are the signs\b", "what are the symptoms"),
         (r"\bin order to\b", "to"),
+        (r"\b(?:(?:can|could|would) you )?(?:tell|show) me how to\b", "how do i"),
+        (r"\bhow to\b", "how do i"),
         (
             r"\b(?:(?:can|could|would) you )?(?:tell|give|show) me (the|a|an|your|my|some)\b",
             r"what is \1",
@@ -85,14 +87,16 @@ _PHRASES = [
 
 # The form of a question, not its content.
 _FORM = frozenset(
-    """a an the this that these those it its you your yours is are was were be been being am do
-    does did doing done have has had having can could will would shall should may might must
+    """a an the this that these those it its you your yours is are be been being am do
+    does doing done have has had having can could would should may might must
     please kindly tell show give explain describe let know want need like help just really
     actually quickly briefly simply possible way ways best good some any there here so and
     or but if then also still yet about regarding hi hello hey thanks thank exactly quite
     very much many get got own of for""".split()  # noqa: SIM905
 )
 _NEGATIONS = frozenset({"not", "no", "never", "without"})
+_TENSES = {"did": "(past)", "was": "(past)", "were": "(past)", "will": "(future)",
+           "shall": "(future)"}  # fmt: skip
 # Words that relate the content word after them ("to PDF", "before 9"); like negations, they
 # are content words too, never set aside.
 _ORDERING = frozenset(
@@ -153,7 +157,10 @@ class Reading:
         return cls(tuple(_genitive_first(words)), body)
 
     def content(self) -> list[str]:
-        return [w for w in self.words if w not in _FORM]
+        """The content words in order, then the tenses the auxiliaries mark ("when did it
+        open" / "when will it open"), once each."""
+        words = [w for w in self.words if w not in _FORM and w not in _TENSES]
+        return words + sorted({_TENSES[w] for w in self.words if w in _TENSES})
 
 
 def embedding_text(prompt: str) -> str:
