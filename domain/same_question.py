@@ -67,6 +67,8 @@ _PHRASES = [
         (r"\bwhat is the meaning of\b", "what does mean"),
         (r"\bwhat are the signs\b", "what are the symptoms"),
         (r"\bin order to\b", "to"),
+        (r"\b(?:have|has|had|need|needs|ought) to\b", "must"),
+        (r"\b(?:am|is|are) (?:i |we |they |you |it )?required to\b", "must"),
         (r"\b(?:(?:can|could|would) you )?(?:tell|show) me how to\b", "how do i"),
         (r"\bhow to\b", "how do i"),
         (
@@ -88,15 +90,16 @@ _PHRASES = [
 # The form of a question, not its content.
 _FORM = frozenset(
     """a an the this that these those it its you your yours is are be been being am do
-    does doing done have has had having can could would should may might must
-    please kindly tell show give explain describe let know want need like help just really
-    actually quickly briefly simply possible way ways best good some any there here so and
-    or but if then also still yet about regarding hi hello hey thanks thank exactly quite
-    very much many get got own of for""".split()  # noqa: SIM905
+    does doing done have has had having can could would should may might please kindly
+    explain describe let know like help just really actually quickly briefly simply possible
+    way ways best good some any there here so and or but if then also still yet about
+    regarding hi hello hey thanks thank exactly quite very much many own of for""".split()  # noqa: SIM905
 )
 _NEGATIONS = frozenset({"not", "no", "never", "without"})
+# What the auxiliaries mark, compared once each: tense ("when did it open" / "when will it
+# open") and obligation ("do I have to pay" / "can I pay").
 _TENSES = {"did": "(past)", "was": "(past)", "were": "(past)", "will": "(future)",
-           "shall": "(future)"}  # fmt: skip
+           "shall": "(future)", "must": "(must)"}  # fmt: skip
 # Words that relate the content word after them ("to PDF", "before 9"); like negations, they
 # are content words too, never set aside.
 _ORDERING = frozenset(

@@ -33,6 +33,8 @@ def different(*pairs: tuple[str, str]) -> pytest.MarkDecorator:
     ("Can I park here overnight?", "Can't I park here overnight?"),
     ("How do I enable autosave?", "How do I disable autosave?"),
     ("Is the charger included?", "Is the charger sold separately?"),
+    ("How do I give a refund?", "How do I get a refund?"),
+    ("Do I have to pay for parking?", "Can I pay for parking?"),
 )
 def test_negation_antonyms_and_prefix_polarity_are_different_questions(a: str, b: str) -> None:
     assert not judged_same(a, b)
@@ -130,6 +132,7 @@ def test_code_differing_only_in_indentation_is_a_different_question() -> None:
         ("Which plan is best for a family of four?", "For a family of 4, which plan is best?"),
         ("Can you tell me how to reset my PIN?", "How do I reset my PIN?"),
         ("How to reset my PIN", "How do I reset my PIN?"),
+        ("Do I need to bring ID?", "Do I have to bring ID?"),
     ],
 )
 def test_form_and_true_paraphrases_are_the_same_question(a: str, b: str) -> None:
