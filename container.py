@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import signal
 import sys
@@ -45,7 +44,7 @@ from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
 from adapters.vector import IncompatibleIndex
 from adapters.vector.edge import EdgeIndex
 from adapters.vector.qdrant import QdrantIndex
-from application.calibration import LabelledPair, MemoEmbedder, ThresholdReport, sweep
+from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
 from application.inference import InferenceService
 from application.ports import Provider, ResponseCache, Tracer
 from application.resilience import Upstream
@@ -421,7 +420,7 @@ def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
     configured embedder): rates per category at SIMILARITY_THRESHOLD, then per threshold."""
     try:
         settings = load_settings(cache_mode="embedded")
-        pairs = read_pairs(path, half)
+        pairs = parse_pairs(path.read_text(), str(path), half)
         start, stop, step = (float(part) for part in thresholds.split(":"))
     except (ConfigError, OSError, ValueError, KeyError) as error:
         print(f"llm-proxy calibrate: {error}", file=sys.stderr)
@@ -448,61 +447,22 @@ def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
                 return await sweep(cache_at, embedder, pairs, [default, *levels])
             finally:
                 await container.embedding_http().aclose()
-                await caches[0].close()
+                if caches:
+                    await caches[0].close()  # they share the index and the store
 
-        rows = asyncio.run(run())
+        try:
+            rows = asyncio.run(run())
+        except Exception as error:  # the embedder (an API) failed: say so, no traceback
+            print(f"llm-proxy calibrate: embedding failed: {error}", file=sys.stderr)
+            return 1
     if any(state == "down" for cache in caches for state in cache.states.values()):
         print("llm-proxy calibrate: a cache backend failed; the figures would be wrong",
               file=sys.stderr)  # fmt: skip
         return 1
     print(f"embedder {settings.embedder_kind}; {len(pairs)} pairs from {path}"
           + (f" (half {half})" if half else ""))  # fmt: skip
-    print(render_calibration(rows[0], rows[1:]))
+    print(render(rows[0], rows[1:]))
     return 0
-
-
-def render_calibration(default: ThresholdReport, rows: list[ThresholdReport]) -> str:
-    summary = default.summary
-    lines = [
-        f"at SIMILARITY_THRESHOLD {default.threshold:.2f}:",
-        f"{'category':<24} {'pairs':>5}  {'should hit':<10}  {'hits':>5}  rate",
-    ]
-    for c in summary.categories:
-        lines.append(
-            f"{c.category:<24} {c.rate.pairs:5d}  {'yes' if c.should_hit else 'no':<10}  "
-            f"{c.rate.hits:5d}  {c.rate.share:6.1%}"
-        )
-    lines += [
-        f"hit rate {summary.hit_rate.share:.1%} ({summary.hit_rate.hits}/"
-        f"{summary.hit_rate.pairs} should-hit pairs); false-hit rate "
-        f"{summary.false_hit_rate.share:.1%} ({summary.false_hit_rate.hits}/"
-        f"{summary.false_hit_rate.pairs} must-not pairs)",
-        "",
-        "threshold  hit rate  false-hit rate  false-hit rate of cosine alone",
-    ]
-    for row in rows:
-        lines.append(
-            f"{row.threshold:9.2f}  {row.summary.hit_rate.share:8.1%}  "
-            f"{row.summary.false_hit_rate.share:14.1%}  "
-            f"{row.false_hits_of_cosine_alone.share:30.1%}"
-        )
-    return "\n".join(lines)
-
-
-def read_pairs(path: Path, half: str | None = None) -> list[LabelledPair]:
-    pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            item = json.loads(line)
-            if not isinstance(item.get("should_hit"), bool):
-                raise ValueError(f"{path}:{number}: should_hit must be true or false")
-            if half is None or item.get("half") == half:
-                category = str(item.get("category", "uncategorised"))
-                pairs.append(LabelledPair(str(item["a"]), str(item["b"]), item["should_hit"],
-                                          category))  # fmt: skip
-    if not pairs:
-        raise ValueError(f"{path}: no labelled pairs" + (f" in half {half!r}" if half else ""))
-    return pairs
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -7,6 +7,7 @@ embedder's input window, cosine and the same-question judge. Nothing here re-imp
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -75,6 +76,56 @@ class ThresholdReport:
     threshold: float
     summary: Summary
     false_hits_of_cosine_alone: Rate  # must-not pairs whose embeddings are that close
+
+
+def parse_pairs(text: str, source: str, half: str | None = None) -> list[LabelledPair]:
+    """JSON lines `{"a", "b", "should_hit", "category"?, "half"?}`; only those of `half` when
+    given. ValueError (naming the line) for anything else."""
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if not isinstance(item, dict) or not isinstance(item.get("should_hit"), bool):
+            raise ValueError(f"{source}:{number}: should_hit must be true or false")
+        if not isinstance(item.get("a"), str) or not isinstance(item.get("b"), str):
+            raise ValueError(f"{source}:{number}: a and b must be strings")
+        if half is None or item.get("half") == half:
+            category = str(item.get("category", "uncategorised"))
+            pairs.append(LabelledPair(item["a"], item["b"], item["should_hit"], category))
+    if not pairs:
+        raise ValueError(f"{source}: no labelled pairs" + (f" in half {half!r}" if half else ""))
+    return pairs
+
+
+def render(default: ThresholdReport, rows: Sequence[ThresholdReport]) -> str:
+    """The report `llm-proxy calibrate` prints: per category at the configured threshold, then
+    the sweep."""
+    summary = default.summary
+    lines = [
+        f"at SIMILARITY_THRESHOLD {default.threshold:.2f}:",
+        f"{'category':<24} {'pairs':>5}  {'should hit':<10}  {'hits':>5}  rate",
+    ]
+    for c in summary.categories:
+        lines.append(
+            f"{c.category:<24} {c.rate.pairs:5d}  {'yes' if c.should_hit else 'no':<10}  "
+            f"{c.rate.hits:5d}  {c.rate.share:6.1%}"
+        )
+    lines += [
+        f"hit rate {summary.hit_rate.share:.1%} ({summary.hit_rate.hits}/"
+        f"{summary.hit_rate.pairs} should-hit pairs); false-hit rate "
+        f"{summary.false_hit_rate.share:.1%} ({summary.false_hit_rate.hits}/"
+        f"{summary.false_hit_rate.pairs} must-not pairs)",
+        "",
+        "threshold  hit rate  false-hit rate  false-hit rate of cosine alone",
+    ]
+    for row in rows:
+        lines.append(
+            f"{row.threshold:9.2f}  {row.summary.hit_rate.share:8.1%}  "
+            f"{row.summary.false_hit_rate.share:14.1%}  "
+            f"{row.false_hits_of_cosine_alone.share:30.1%}"
+        )
+    return "\n".join(lines)
 
 
 def _request(text: str, pair: int) -> InferenceRequest:

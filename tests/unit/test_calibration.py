@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from application.calibration import LabelledPair, MemoEmbedder, sweep
+import pytest
+
+from application.calibration import LabelledPair, MemoEmbedder, parse_pairs, sweep
 from application.semantic_cache import CachePolicy, SemanticCache
 from tests.fakes import (
     FakeClock,
@@ -51,3 +53,16 @@ async def test_pairs_go_through_the_cache_per_category_and_threshold() -> None:
     # each text embedded once over the whole sweep (MemoEmbedder); the long must-not pair only
     # for the cosine-alone column
     assert len(inner.calls) == len(set(inner.calls)) == 6
+
+
+def test_pairs_are_parsed_by_half_and_a_bad_line_is_named() -> None:
+    text = (
+        '{"a": "x", "b": "y", "should_hit": true, "category": "near", "half": "tune"}\n\n'
+        '{"a": "x", "b": "z", "should_hit": false, "half": "check"}\n'
+    )
+    assert [p.category for p in parse_pairs(text, "f")] == ["near", "uncategorised"]
+    assert [p.b for p in parse_pairs(text, "f", "check")] == ["z"]
+    with pytest.raises(ValueError, match="f:2: should_hit"):
+        parse_pairs('{"a": "x", "b": "y", "should_hit": true}\n{"a": "x", "b": "y"}', "f")
+    with pytest.raises(ValueError, match="no labelled pairs in half 'other'"):
+        parse_pairs(text, "f", "other")
