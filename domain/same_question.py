@@ -34,7 +34,9 @@ from dataclasses import dataclass
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 _ARROWS = re.compile(r"\s*(?:->|=>|\u2192|\u27f6|\u21d2)\s*")
-_TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[%$\u00a3\u20ac&+*/=<>#@]")
+# Letters and digits of any script (a run of CJK characters is one word), and the symbols
+# that carry meaning in a question.
+_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[%$\u00a3\u20ac&+*/=<>#@]")
 _NUMBER_PART = re.compile(r"(\d+)([a-z]+)$")
 
 _CONTRACTIONS = {
@@ -183,8 +185,8 @@ def same_question(asked: str, stored: str, similarity: float, threshold: float) 
     if asked == stored:
         return True
     a, b = Reading.of(asked), Reading.of(stored)
-    if a.body != b.body:
-        return False
+    if a.body != b.body or not a.words or not b.words:
+        return False  # nothing to compare but the bytes (emoji, symbols): those differ
     content_a, content_b = a.content(), b.content()
     if Counter(content_a) != Counter(content_b):
         return False

@@ -101,6 +101,16 @@ def test_swapped_entities_and_directions_are_different_questions(a: str, b: str)
     assert not judged_same(a, b)
 
 
+@different(
+    ("Как дела?", "Где вокзал?"),
+    ("¿Dónde está la estación?", "¿Cuándo abre la estación?"),
+    ("你好吗", "火车站在哪里"),
+    ("🚀🚀", "🎉🎉"),
+)
+def test_prompts_in_other_scripts_or_without_words_are_compared_too(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
 def test_code_differing_only_in_indentation_is_a_different_question() -> None:
     a = "Why does this loop print once?\nfor x in xs:\n    if x:\n        log(x)\n    done()"
     b = "Why does this loop print once?\nfor x in xs:\n    if x:\n        log(x)\n        done()"
@@ -133,6 +143,7 @@ def test_code_differing_only_in_indentation_is_a_different_question() -> None:
         ("Can you tell me how to reset my PIN?", "How do I reset my PIN?"),
         ("How to reset my PIN", "How do I reset my PIN?"),
         ("Do I need to bring ID?", "Do I have to bring ID?"),
+        ("¿Dónde está la estación?", "¿DÓNDE ESTÁ LA ESTACIÓN"),
     ],
 )
 def test_form_and_true_paraphrases_are_the_same_question(a: str, b: str) -> None:
