@@ -79,6 +79,11 @@ _PHRASES = [
         ),
         (r"\b(tell|give|show|send) me\b", r"\1"),
         (r"\bset up\b", "setup"),
+        (r"\b(?:log|sign) (?:in|on)\b|\bsignin\b|\blogon\b", "login"),
+        (r"\b(?:log|sign) out\b|\bsignout\b", "logout"),
+        (r"\bwi fi\b", "wifi"),
+        (r"\be mail\b", "email"),
+        (r"\bmoney back\b", "refund"),
         (r"\bturn on\b", "enable"),
         (r"\bswitch on\b", "enable"),
         (r"\bturn off\b", "disable"),
@@ -93,8 +98,8 @@ _PHRASES = [
 _FORM = frozenset(
     """a an the this that these those it its you your yours is are be been being am do
     does doing done have has had having can could would should may might please kindly
-    explain describe let know like help just really actually quickly briefly simply possible
-    way ways best good some any there here so and or but if then also still yet about
+    tell show explain describe let know like help assist just really actually quickly briefly
+    simply possible way ways best good some any there here so and or but if then also still yet about
     regarding hi hello hey thanks thank exactly quite very much many own of for""".split()  # noqa: SIM905
 )
 _NEGATIONS = frozenset({"not", "no", "never", "without"})
@@ -142,6 +147,23 @@ _SYNONYMS = [
     "begin start",
     "photo picture",
     "movie film",
+    "problem issue",
+    "receive get",
+    "delete remove erase",
+    "fast quick",
+    "fastest quickest",
+    "shop store",
+    "doctor physician",
+    "child kid children",
+    "holiday vacation",
+    "flat apartment",
+    "bill invoice",
+    "cancelled canceled",
+    "colour color",
+    "centre center",
+    "favourite favorite",
+    "travelling traveling",
+    "ok okay",
 ]
 _CANONICAL = {word: group.split()[0] for group in _SYNONYMS for word in group.split()}
 
