@@ -6,19 +6,21 @@ Word", "7am" and "7pm". So a candidate above the threshold is served only when t
 read as words, differ in nothing that can change the answer:
 
 1. Both are normalised first, so that form does not count: case, punctuation, contractions
-   ("can't" = "cannot" = "can not"), a few stock phrasings ("what time" = "when").
-2. Words that only carry the form of a question (articles, auxiliaries, pronouns, "please",
-   "tell me", "explain") are set aside. What remains must be the same on both sides, up to a
-   small set of synonyms (the only kind of substitution allowed). Any other content word present
-   on one side only is a different question: that one rule catches antonyms (open/closed),
-   swapped entities (Paris/Rome), scope qualifiers (full-time/part-time), times and dates
-   (August/October, weekdays/weekends) without listing them as pairs.
-3. Words that are never ignorable even as function words: negations, numbers (7am/7pm, 2/two),
-   and the prepositions and comparatives that order things (to/from, before/after, under/over,
-   within, than).
-4. Same words, other order: accepted when one block of words moved ("On my phone, how do I set
-   up voicemail?"), refused when a relation changed side ("Word to PDF" / "PDF to Word": what
-   follows "to" differs) or words swapped places ("dog chases cat" / "cat chases dog").
+   ("can't" = "cannot" = "can not"), plurals, number words, a few stock phrasings ("what time"
+   = "when", "how to" = "how do I", "the language of the app" = "the app language").
+2. Words that only carry the form of a question (articles, auxiliaries, "you", "please",
+   "tell", "explain") are set aside. What remains must be the same on both sides, up to a small
+   set of synonyms (the only kind of substitution allowed). Any other content word present on
+   one side only is a different question: that one rule catches antonyms (open/closed), prefix
+   polarity (safe/unsafe), swapped entities (Paris/Rome), scope qualifiers (full-time/part-time),
+   times and dates (August/October, weekdays/weekends) without listing them as pairs.
+3. Never set aside: negations, numbers (7am/7pm, 2/two), question words (where/when), the
+   prepositions and comparatives that order things (to/from, before/after, under/over, within,
+   than), and what the auxiliaries mark (did/will, must/have to).
+4. Same words, other order: accepted when one block of words moved past at least two others
+   ("On my phone, how do I set up voicemail?"), refused when a relation changed side ("Word to
+   PDF" / "PDF to Word": what follows "to" differs) or words swapped places ("dog chases cat" /
+   "cat chases dog", "EUR USD rate" / "USD EUR rate").
 5. Text over several lines (code, YAML, a pasted log) must match line for line, indentation
    included, below its first line: whitespace is meaning there.
 
@@ -99,8 +101,8 @@ _FORM = frozenset(
     """a an the this that these those it its you your yours is are be been being am do
     does doing done have has had having can could would should may might please kindly
     tell show explain describe let know like help assist just really actually quickly briefly
-    simply possible way ways best good some any there here so and or but if then also still yet about
-    regarding hi hello hey thanks thank exactly quite very much many own of for""".split()  # noqa: SIM905
+    simply possible way ways best good some any there here so and or but if then also still
+    yet about regarding hi hello hey thanks thank exactly quite very much many own of for""".split()  # noqa: SIM905
 )
 _NEGATIONS = frozenset({"not", "no", "never", "without"})
 # What the auxiliaries mark, compared once each: tense ("when did it open" / "when will it
@@ -285,6 +287,8 @@ def _expand(token: str) -> str:
 
 
 def _canonical(word: str) -> str:
+    if word in _FORM or word in _ORDERING or word in _TENSES:
+        return word  # "does" is not the plural of "doe"
     word = _singular(word)
     return _CANONICAL.get(word, word)
 
