@@ -75,6 +75,7 @@ _PHRASES = [
         (r"\b(?:am|is|are) (?:i |we |they |you |it )?required to\b", "must"),
         (r"\b(?:(?:can|could|would) you )?(?:tell|show) me how to\b", "how do i"),
         (r"\bhow to\b", "how do i"),
+        (r"\bhow (do|can|would|should) you\b", r"how \1 i"),  # the generic "you"
         (
             r"\b(?:(?:can|could|would) you )?(?:tell|give|show) me (the|a|an|your|my|some)\b",
             r"what is \1",
@@ -337,7 +338,9 @@ def _one_block_moved(a: list[str], b: list[str]) -> bool:
         return True
     start = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
     end = len(a) - next(i for i, (x, y) in enumerate(zip(a[::-1], b[::-1], strict=True)) if x != y)
-    middle_a, middle_b = a[start:end], b[start:end]
-    if len(middle_a) < 3:
-        return False
-    return any(middle_a[cut:] + middle_a[:cut] == middle_b for cut in range(1, len(middle_a)))
+    # the clauses swapped may begin alike ("if I work…, do I get…"): try the whole sequence too
+    return _rotated(a[start:end], b[start:end]) or _rotated(a, b)
+
+
+def _rotated(a: list[str], b: list[str]) -> bool:
+    return len(a) >= 3 and any(a[cut:] + a[:cut] == b for cut in range(1, len(a)))

@@ -143,6 +143,8 @@ def test_code_differing_only_in_indentation_is_a_different_question() -> None:
         ("Can you tell me how to reset my PIN?", "How do I reset my PIN?"),
         ("How to reset my PIN", "How do I reset my PIN?"),
         ("Do I need to bring ID?", "Do I have to bring ID?"),
+        ("If I work late, do I get paid extra?", "Do I get paid extra if I work late?"),
+        ("How do you boil an egg?", "How do I boil an egg?"),
         ("¿Dónde está la estación?", "¿DÓNDE ESTÁ LA ESTACIÓN"),
     ],
 )
