@@ -36,9 +36,10 @@ from dataclasses import dataclass
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 _ARROWS = re.compile(r"\s*(?:->|=>|\u2192|\u27f6|\u21d2)\s*")
-# Letters and digits of any script (a run of CJK characters is one word), and the symbols
-# that carry meaning in a question.
-_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[%$\u00a3\u20ac&+*/=<>#@]")
+# Letters and digits of any script (a run of CJK characters is one word), the symbols that
+# carry meaning in a question, and a minus before a digit (-5 is not 5; a dash in prose is
+# nothing).
+_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[%$\u00a3\u20ac&+*/=<>#@]|[-\u2212](?=\d)")
 _NUMBER_PART = re.compile(r"(\d+)([a-z]+)$")
 
 _CONTRACTIONS = {

@@ -63,6 +63,8 @@ def test_comparatives_are_different_questions(a: str, b: str) -> None:
     ("price of item 1.5", "price of item 15"),
     ("Convert 100 dollars to euros.", "Convert 200 dollars to euros."),
     ("Give me three tips.", "Give me five tips."),
+    ("What is -5 squared?", "What is 5 squared?"),
+    ("What is 5-3?", "What is 5+3?"),
     ("When did the shop open?", "When will the shop open?"),
     ("Kids under 12 ride free?", "Kids over 12 ride free?"),
 )
