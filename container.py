@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import os
 import signal
 import sys
 import tempfile
@@ -48,7 +46,7 @@ from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
 from adapters.vector import IncompatibleIndex
 from adapters.vector.edge import EdgeIndex
 from adapters.vector.qdrant import QdrantIndex
-from application.calibration import LabelledPair, ThresholdReport, report, score
+from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
 from application.inference import InferenceService
 from application.ports import Provider, ResponseCache, Tracer
 from application.resilience import Upstream
@@ -542,47 +540,54 @@ async def _run(settings: Settings, with_simulator: bool) -> None:
         await serve(Container(settings=settings), stop)
 
 
-def calibrate(path: Path, thresholds: str) -> int:
+def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
+    """The labelled pairs through a real cache (embedded backends in a temporary directory, the
+    configured embedder): rates per category at SIMILARITY_THRESHOLD, then per threshold."""
     try:
-        settings = load_settings(cache_mode=os.environ.get("CACHE_MODE", "embedded"))
-        pairs = read_pairs(path)
+        settings = load_settings(cache_mode="embedded")
+        pairs = parse_pairs(path.read_text(), str(path), half)
         start, stop, step = (float(part) for part in thresholds.split(":"))
     except (ConfigError, OSError, ValueError, KeyError) as error:
         print(f"llm-proxy calibrate: {error}", file=sys.stderr)
         return 2
+    default = settings.similarity_threshold
     levels = [round(start + i * step, 4) for i in range(round((stop - start) / step) + 1)]
-    container = Container(settings=settings)
+    with tempfile.TemporaryDirectory() as directory:
+        container = Container(settings=settings.model_copy(update={"cache_dir": directory}))
+        caches: list[SemanticCache] = []
 
-    async def run() -> list[ThresholdReport]:
+        def cache_at(threshold: float) -> SemanticCache:
+            policy = CachePolicy(threshold=threshold, ttl=3600.0, timeout=120.0)
+            caches.append(SemanticCache(
+                embedder, container.vector_index(), container.response_store(), policy,
+                container.clock(), container.metrics(), container.tracer(),
+            ))  # fmt: skip
+            return caches[-1]
+
+        embedder = MemoEmbedder(container.embedder())
+
+        async def run() -> list[ThresholdReport]:
+            try:
+                await embedder.prefill(pairs)
+                return await sweep(cache_at, embedder, pairs, [default, *levels])
+            finally:
+                await container.embedding_http().aclose()
+                if caches:
+                    await caches[0].close()  # they share the index and the store
+
         try:
-            return report(await score(container.embedder(), pairs), levels)
-        finally:
-            await container.embedding_http().aclose()
-
-    rows = asyncio.run(run())
-    positives = sum(p.should_hit for p in pairs)
-    print(
-        f"embedder {settings.embedder_kind}; {positives} should-hit and "
-        f"{len(pairs) - positives} should-not-hit pairs from {path}"
-    )
-    print("threshold  hit rate  false-hit rate  false-hit rate without the guard")
-    for row in rows:
-        print(
-            f"{row.threshold:9.2f}  {row.hit_rate:8.1%}  {row.false_hit_rate:14.1%}  "
-            f"{row.false_hits_without_guard:32.1%}"
-        )
+            rows = asyncio.run(run())
+        except Exception as error:  # the embedder (an API) failed: say so, no traceback
+            print(f"llm-proxy calibrate: embedding failed: {error}", file=sys.stderr)
+            return 1
+    if any(state == "down" for cache in caches for state in cache.states.values()):
+        print("llm-proxy calibrate: a cache backend failed; the figures would be wrong",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"embedder {settings.embedder_kind}; {len(pairs)} pairs from {path}"
+          + (f" (half {half})" if half else ""))  # fmt: skip
+    print(render(rows[0], rows[1:]))
     return 0
-
-
-def read_pairs(path: Path) -> list[LabelledPair]:
-    pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if line.strip():
-            item = json.loads(line)
-            if not isinstance(item.get("should_hit"), bool):
-                raise ValueError(f"{path}:{number}: should_hit must be true or false")
-            pairs.append(LabelledPair(str(item["a"]), str(item["b"]), item["should_hit"]))
-    return pairs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -614,17 +619,22 @@ def _parser() -> argparse.ArgumentParser:
     simulator_cli.add_arguments(simulate_cmd)
     calibrate_cmd = commands.add_parser(
         "calibrate",
-        help="show hit and false-hit rates of similarity thresholds on labelled prompt pairs",
-        description='Read JSON lines {"a": ..., "b": ..., "should_hit": true|false} and '
-        "print, for the configured embedder (EMBEDDER, EMBEDDING_MODEL) and the cache's guard, "
-        "the share of should-hit pairs that hit and of should-not-hit pairs that hit, per "
-        "threshold. Use it to choose SIMILARITY_THRESHOLD.",
+        help="show the cache's hit and false-hit rates on labelled prompt pairs",
+        description='Read JSON lines {"a": ..., "b": ..., "should_hit": true|false, '
+        '"category": ...}, store each "a" in a fresh cache (embedded backends in a temporary '
+        'directory, the configured EMBEDDER and EMBEDDING_MODEL) and look "b" up, as the proxy '
+        "does. Print the share of should-hit pairs that hit and of must-not pairs that hit, per "
+        "category at SIMILARITY_THRESHOLD, then per threshold. Use it to choose "
+        "SIMILARITY_THRESHOLD.",
     )
     calibrate_cmd.add_argument("pairs", type=Path, help="JSONL file of labelled pairs")
     calibrate_cmd.add_argument(
         "--thresholds",
         default="0.80:0.99:0.01",
         help="start:stop:step, inclusive (default %(default)s)",
+    )
+    calibrate_cmd.add_argument(
+        "--half", help='only the pairs whose "half" field has this value (e.g. tune, check)'
     )
     return parser
 
@@ -634,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "simulate":
         return simulator_cli.run(args)
     if args.command == "calibrate":
-        return calibrate(args.pairs, args.thresholds)
+        return calibrate(args.pairs, args.thresholds, args.half)
     try:
         settings = load_settings()
     except ConfigError as error:

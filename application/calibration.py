@@ -1,13 +1,32 @@
-"""How a similarity threshold would behave: hit and false-hit rates over labelled prompt pairs."""
+"""How the cache would answer labelled prompt pairs: per category and per threshold.
+
+Each pair goes through the cache itself (`SemanticCache.store` of `a`, then `lookup` of `b`, in
+a scope of its own), so what is measured is the decision the cache makes: the exact tier, the
+embedder's input window, cosine and the same-question judge. Nothing here re-implements it.
+"""
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from application.ports import Embedder
-from domain.cache_policy import interchangeable
+from application.ports import Embedder, ResponseCache
+from domain.model import (
+    CacheStatus,
+    Completion,
+    FinishReason,
+    InferenceRequest,
+    Message,
+    Role,
+    Usage,
+)
+from domain.same_question import embedding_text
+
+MODEL = "calibration"
+PROVIDER = "calibration"
+_ANSWER = Completion("the stored answer", MODEL, PROVIDER, FinishReason.STOP, Usage(1, 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,50 +34,188 @@ class LabelledPair:
     a: str
     b: str
     should_hit: bool
+    category: str = "uncategorised"
 
 
 @dataclass(frozen=True, slots=True)
-class ScoredPair:
+class Outcome:
     pair: LabelledPair
-    similarity: float
-    guard_allows: bool
+    status: CacheStatus  # EXACT, SEMANTIC or MISS
 
-    def hits(self, threshold: float) -> bool:
-        return self.guard_allows and self.similarity >= threshold
+    @property
+    def hit(self) -> bool:
+        return self.status is not CacheStatus.MISS
+
+
+@dataclass(frozen=True, slots=True)
+class Rate:
+    hits: int
+    pairs: int
+
+    @property
+    def share(self) -> float:
+        return self.hits / self.pairs if self.pairs else 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CategoryReport:
+    category: str
+    should_hit: bool
+    rate: Rate  # hits among the category's pairs: wanted when should_hit, false hits otherwise
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    hit_rate: Rate  # of the pairs that should hit, those that do
+    false_hit_rate: Rate  # of the pairs that must not hit, those that do
+    categories: list[CategoryReport]
 
 
 @dataclass(frozen=True, slots=True)
 class ThresholdReport:
     threshold: float
-    hit_rate: float  # of the pairs that should hit, the share that does
-    false_hit_rate: float  # of the pairs that should not hit, the share that does
-    false_hits_without_guard: float  # the same, with cosine alone
+    summary: Summary
+    false_hits_of_cosine_alone: Rate  # must-not pairs whose embeddings are that close
 
 
-async def score(embedder: Embedder, pairs: Sequence[LabelledPair]) -> list[ScoredPair]:
-    texts = sorted({text for p in pairs for text in (p.a, p.b)})
-    vectors = dict(zip(texts, await embedder.embed(texts), strict=True))
-    return [
-        ScoredPair(p, _cosine(vectors[p.a], vectors[p.b]), interchangeable(p.a, p.b)) for p in pairs
+def parse_pairs(text: str, source: str, half: str | None = None) -> list[LabelledPair]:
+    """JSON lines `{"a", "b", "should_hit", "category"?, "half"?}`; only those of `half` when
+    given. ValueError (naming the line) for anything else."""
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        if not isinstance(item, dict) or not isinstance(item.get("should_hit"), bool):
+            raise ValueError(f"{source}:{number}: should_hit must be true or false")
+        if not isinstance(item.get("a"), str) or not isinstance(item.get("b"), str):
+            raise ValueError(f"{source}:{number}: a and b must be strings")
+        if half is None or item.get("half") == half:
+            category = str(item.get("category", "uncategorised"))
+            pairs.append(LabelledPair(item["a"], item["b"], item["should_hit"], category))
+    if not pairs:
+        raise ValueError(f"{source}: no labelled pairs" + (f" in half {half!r}" if half else ""))
+    return pairs
+
+
+def render(default: ThresholdReport, rows: Sequence[ThresholdReport]) -> str:
+    """The report `llm-proxy calibrate` prints: per category at the configured threshold, then
+    the sweep."""
+    summary = default.summary
+    lines = [
+        f"at SIMILARITY_THRESHOLD {default.threshold:.2f}:",
+        f"{'category':<24} {'pairs':>5}  {'should hit':<10}  {'hits':>5}  rate",
     ]
-
-
-def report(scored: Sequence[ScoredPair], thresholds: Sequence[float]) -> list[ThresholdReport]:
-    positives = [s for s in scored if s.pair.should_hit]
-    negatives = [s for s in scored if not s.pair.should_hit]
-    return [
-        ThresholdReport(
-            t,
-            _share([s.hits(t) for s in positives]),
-            _share([s.hits(t) for s in negatives]),
-            _share([s.similarity >= t for s in negatives]),
+    for c in summary.categories:
+        lines.append(
+            f"{c.category:<24} {c.rate.pairs:5d}  {'yes' if c.should_hit else 'no':<10}  "
+            f"{c.rate.hits:5d}  {c.rate.share:6.1%}"
         )
-        for t in thresholds
+    lines += [
+        f"hit rate {summary.hit_rate.share:.1%} ({summary.hit_rate.hits}/"
+        f"{summary.hit_rate.pairs} should-hit pairs); false-hit rate "
+        f"{summary.false_hit_rate.share:.1%} ({summary.false_hit_rate.hits}/"
+        f"{summary.false_hit_rate.pairs} must-not pairs)",
+        "",
+        "threshold  hit rate  false-hit rate  false-hit rate of cosine alone",
     ]
+    for row in rows:
+        lines.append(
+            f"{row.threshold:9.2f}  {row.summary.hit_rate.share:8.1%}  "
+            f"{row.summary.false_hit_rate.share:14.1%}  "
+            f"{row.false_hits_of_cosine_alone.share:30.1%}"
+        )
+    return "\n".join(lines)
 
 
-def _share(outcomes: Sequence[bool]) -> float:
-    return sum(outcomes) / len(outcomes) if outcomes else 0.0
+def _request(text: str, pair: int) -> InferenceRequest:
+    # A tenant per pair: a pair's prompts never meet another pair's in the cache.
+    return InferenceRequest(MODEL, (Message(Role.USER, text),), tenant=f"pair-{pair}")
+
+
+async def store_all(cache: ResponseCache, pairs: Sequence[LabelledPair]) -> None:
+    for i, pair in enumerate(pairs):
+        await cache.store(_request(pair.a, i), _ANSWER)
+
+
+async def look_up_all(cache: ResponseCache, pairs: Sequence[LabelledPair]) -> list[Outcome]:
+    outcomes = []
+    for i, pair in enumerate(pairs):
+        answer = await cache.lookup(_request(pair.b, i), PROVIDER)
+        outcomes.append(Outcome(pair, answer.cache.status if answer else CacheStatus.MISS))
+    return outcomes
+
+
+def summarise(outcomes: Sequence[Outcome]) -> Summary:
+    categories: dict[str, list[Outcome]] = {}
+    for outcome in outcomes:
+        categories.setdefault(outcome.pair.category, []).append(outcome)
+    reports = []
+    for name, members in categories.items():
+        kinds = {o.pair.should_hit for o in members}
+        for should_hit in sorted(kinds, reverse=True):
+            chosen = [o for o in members if o.pair.should_hit is should_hit]
+            reports.append(CategoryReport(name, should_hit, _rate(chosen)))
+    return Summary(
+        _rate([o for o in outcomes if o.pair.should_hit]),
+        _rate([o for o in outcomes if not o.pair.should_hit]),
+        reports,
+    )
+
+
+async def sweep(
+    cache_at: Callable[[float], ResponseCache],
+    embedder: Embedder,
+    pairs: Sequence[LabelledPair],
+    thresholds: Sequence[float],
+) -> list[ThresholdReport]:
+    """The pairs looked up by a cache at each threshold (the entries stored once, by the first;
+    caches from `cache_at` share their backends), with what cosine alone would let through."""
+    if not thresholds:
+        return []
+    await store_all(cache_at(thresholds[0]), pairs)
+    cosines = await _cosines(embedder, [p for p in pairs if not p.should_hit])
+    reports = []
+    for threshold in thresholds:
+        summary = summarise(await look_up_all(cache_at(threshold), pairs))
+        alone = Rate(sum(c >= threshold for c in cosines), len(cosines))
+        reports.append(ThresholdReport(threshold, summary, alone))
+    return reports
+
+
+async def _cosines(embedder: Embedder, pairs: Sequence[LabelledPair]) -> list[float]:
+    texts = sorted({embedding_text(t) for p in pairs for t in (p.a, p.b)})
+    vectors = dict(zip(texts, await embedder.embed(texts), strict=True))
+    return [_cosine(vectors[embedding_text(p.a)], vectors[embedding_text(p.b)]) for p in pairs]
+
+
+class MemoEmbedder(Embedder):
+    """An embedder that embeds each text once, in batches when `prefill`ed: a sweep looks the
+    same pairs up at twenty thresholds."""
+
+    def __init__(self, inner: Embedder) -> None:
+        self._inner = inner
+        self.identity = inner.identity
+        self.dimension = inner.dimension
+        self.input_window = inner.input_window
+        self._vectors: dict[str, list[float]] = {}
+
+    def fits(self, text: str) -> bool:
+        return self._inner.fits(text)
+
+    async def prefill(self, pairs: Sequence[LabelledPair]) -> None:
+        texts = {embedding_text(t) for p in pairs for t in (p.a, p.b)}
+        await self.embed(sorted(t for t in texts if self.fits(t)))
+
+    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        missing = sorted({t for t in texts if t not in self._vectors})
+        if missing:
+            self._vectors.update(zip(missing, await self._inner.embed(missing), strict=True))
+        return [self._vectors[t] for t in texts]
+
+
+def _rate(outcomes: Sequence[Outcome]) -> Rate:
+    return Rate(sum(o.hit for o in outcomes), len(outcomes))
 
 
 def _cosine(a: Sequence[float], b: Sequence[float]) -> float:

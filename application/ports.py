@@ -37,12 +37,19 @@ class ResponseCache(Protocol):
 
 class Embedder(Protocol):
     """Turns texts into vectors. `identity` names the model (and dimension) so vectors of
-    different embedders never meet in one scope."""
+    different embedders never meet in one scope. `input_window` is how many tokens of a text
+    the model reads (special tokens included): beyond it a text is cut, and two texts that
+    differ only past it get the same vector."""
 
     identity: str
     dimension: int
+    input_window: int
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    def fits(self, text: str) -> bool:
+        """Whether the model reads all of `text` (False when it cannot tell)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +154,12 @@ class Metrics(Protocol):
 
     def cache_backend(self, backend: str, up: bool) -> None:
         """Whether the backend's last call succeeded."""
+        ...
+
+    def cache_semantic_skip(self, reason: str) -> None:
+        """The semantic tier declined: "beyond_window" (the prompt is longer than the embedder
+        reads: exact tier only) or "different_question" (a candidate above the threshold was
+        judged another question)."""
         ...
 
     def breaker_state(self, provider: str, state: BreakerState) -> None: ...

@@ -1,8 +1,8 @@
 """Latency of the embedded semantic cache as a client sees it: a miss (answered by an upstream
 simulator with a fixed latency), an exact hit and a semantic hit (a paraphrase the local MiniLM
-embedder and the similarity threshold accept), through the proxy over gRPC. Then, if
-benchmarks/calibration_pairs.jsonl exists, the hit and false-hit rates of thresholds 0.80-0.99
-over its labelled pairs.
+embedder, the similarity threshold and the same-question judge accept), through the proxy over
+gRPC. Then, if benchmarks/cache_pairs.jsonl exists, `llm-proxy calibrate` over its labelled
+pairs: hit and false-hit rates per category, and per threshold 0.80-0.99.
 
     .venv/bin/python benchmarks/cache_latency.py [--requests 100] [--upstream-latency 0.2]
         [--threshold 0.95] [--warmup 10] [--blas-threads N] [--busy-cores N]
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -38,25 +37,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 
-from adapters.embedders.local import LocalMiniLMEmbedder
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
 from adapters.simulator import SimulatorConfig, running_simulator
-from application.calibration import LabelledPair, report, score
 from container import Container, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "gpt-4o"
-PAIRS = ROOT / "benchmarks" / "calibration_pairs.jsonl"
+PAIRS = ROOT / "benchmarks" / "cache_pairs.jsonl"
 CHILD_LIMIT_S = 600.0  # the server child never outlives this
 CALL_TIMEOUT_S = 30.0
-# Stored prompts and their paraphrases: the numbers must be identical in both (the cache's
-# guard refuses a pair whose numbers or identifiers differ, however similar the embeddings).
+# Stored prompts and paraphrases the same-question judge accepts (same numbers, only form words
+# added). The embedder is given normalised words: a paraphrase must differ in them, or its
+# vector would come from the cache's embedding LRU and the embedding would not be measured.
 STORED = "What is the capital of country number {i}?"
-PARAPHRASE = "What's the capital of country number {i}?"
+PARAPHRASE = "What's the capital of country number {i}, please?"
 WARM_STORED = "Describe the history of city number {i}."
-WARM_PARAPHRASE = "Describe the history of city number {i}, please."
+WARM_PARAPHRASE = "Please describe the history of city number {i}."
 THRESHOLDS = [round(0.80 + 0.01 * step, 2) for step in range(20)]
 
 
@@ -231,49 +229,15 @@ async def measure(port: int, requests: int, warmup: int) -> None:
             print(f"warning: {unexpected[kind]} {kind} calls had another cache status")
 
 
-def calibrate_cli_available() -> bool:
-    """True when container.py has the `llm-proxy calibrate` command."""
-    probe = subprocess.run(
-        [sys.executable, str(ROOT / "container.py"), "calibrate", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        check=False,
-    )
-    return probe.returncode == 0
-
-
 def calibrate(path: Path) -> None:
     print()
-    if calibrate_cli_available():
-        shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
-        spec = f"{THRESHOLDS[0]:.2f}:{THRESHOLDS[-1]:.2f}:0.01"
-        print(f"$ llm-proxy calibrate {shown} --thresholds {spec}", flush=True)
-        command = [sys.executable, "container.py", "calibrate", str(shown), "--thresholds", spec]
-        done = subprocess.run(command, timeout=120, cwd=ROOT, check=False)
-        if done.returncode != 0:
-            print(f"llm-proxy calibrate exited with {done.returncode}")
-        return
-    # without `llm-proxy calibrate`: the scoring it is built on, with the same embedder
-    pairs = [
-        LabelledPair(row["a"], row["b"], bool(row["should_hit"]))
-        for row in (json.loads(line) for line in path.read_text().splitlines() if line.strip())
-    ]
-    embedder = LocalMiniLMEmbedder()
-    scored = asyncio.run(score(embedder, pairs))
-    positives = sum(p.should_hit for p in pairs)
-    print(f"calibration over {path}")
-    print(
-        f"{len(pairs)} labelled pairs ({positives} should hit, {len(pairs) - positives} should "
-        f"not); local MiniLM embedder, cosine + the cache's number/identifier/negation guard"
-    )
-    print("threshold  hit rate  false-hit rate  false hits, cosine alone")
-    for row in report(scored, THRESHOLDS):
-        print(
-            f"  {row.threshold:.2f}    {100 * row.hit_rate:6.1f}%        "
-            f"{100 * row.false_hit_rate:5.1f}%          {100 * row.false_hits_without_guard:5.1f}%"
-        )
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    spec = f"{THRESHOLDS[0]:.2f}:{THRESHOLDS[-1]:.2f}:0.01"
+    print(f"$ llm-proxy calibrate {shown} --thresholds {spec}", flush=True)
+    command = [sys.executable, "container.py", "calibrate", str(shown), "--thresholds", spec]
+    done = subprocess.run(command, timeout=900, cwd=ROOT, check=False)
+    if done.returncode != 0:
+        print(f"llm-proxy calibrate exited with {done.returncode}")
 
 
 def main() -> None:

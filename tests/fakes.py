@@ -191,6 +191,7 @@ class RecordingMetrics(Metrics):
     breaker: dict[str, BreakerState] = field(default_factory=dict)
     pools: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     backends: dict[str, bool] = field(default_factory=dict)
+    semantic_skips: list[str] = field(default_factory=list)
 
     def request_started(self) -> None:
         self.active += 1
@@ -215,6 +216,9 @@ class RecordingMetrics(Metrics):
 
     def cache_backend(self, backend: str, up: bool) -> None:
         self.backends[backend] = up
+
+    def cache_semantic_skip(self, reason: str) -> None:
+        self.semantic_skips.append(reason)
 
     def breaker_state(self, provider: str, state: BreakerState) -> None:
         self.breaker[provider] = state
@@ -256,6 +260,10 @@ class WordEmbedder(Embedder):
 
     identity = "fake:words"
     dimension = 64
+    input_window = 40  # words
+
+    def fits(self, text: str) -> bool:
+        return len(text.split()) <= self.input_window
 
     def __init__(self) -> None:
         self.calls: list[str] = []
@@ -281,9 +289,12 @@ def _bag_of_words(text: str, dimension: int) -> list[float]:
 
 
 class MemoryIndex(VectorIndex):
+    """`broken` makes it raise, `delay` makes searches slow."""
+
     def __init__(self) -> None:
         self.points: dict[str, VectorPoint] = {}
         self.broken = False
+        self.delay = 0.0
         self.dimension: int | None = None
 
     def _check(self) -> None:
@@ -297,6 +308,8 @@ class MemoryIndex(VectorIndex):
     async def search(
         self, vector: Sequence[float], scope: str, now: float, limit: int
     ) -> list[VectorMatch]:
+        if self.delay:
+            await asyncio.sleep(self.delay)
         self._check()
         matches = [
             VectorMatch(p.point_id, _cosine(vector, p.vector), p.entry_key, p.text, p.expires_at)

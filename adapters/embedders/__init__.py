@@ -33,6 +33,14 @@ def batches(texts: Sequence[str], size: int) -> Iterator[list[str]]:
         yield list(texts[start : start + size])
 
 
+def within_bytes(text: str, window: int) -> bool:
+    """Whether `text` surely fits a window of `window` tokens of a byte-level BPE or
+    SentencePiece-with-byte-fallback tokenizer: none makes more tokens than UTF-8 bytes (one is
+    spared for a special token). Conservative: a longer text may fit too, but is not judged by
+    its vector."""
+    return len(text) < window and len(text.encode()) < window
+
+
 def check_dimension(dimension: int) -> int:
     if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
         raise ValueError(f"an embedding dimension must be a positive integer, not {dimension!r}")

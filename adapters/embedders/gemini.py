@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import httpx
 
-from adapters.embedders import as_vector, batches, check_dimension, unit
+from adapters.embedders import as_vector, batches, check_dimension, unit, within_bytes
 from adapters.providers.errors import malformed, utcnow
 from adapters.providers.exchange import post_json
 from application.ports import Embedder
@@ -18,6 +18,8 @@ from domain.key_pool import ApiKey
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
 DEFAULT_MODEL = "gemini-embedding-001"
 NATIVE_DIMENSIONS = {"gemini-embedding-001": 3072, "text-embedding-004": 768}
+INPUT_WINDOW = 2048
+"""Tokens of a text that gemini-embedding-001 and text-embedding-004 read (the rest is cut)."""
 MAX_REQUESTS = 100
 """Texts the API takes in one batchEmbedContents call; longer lists are sent in several."""
 TASK_TYPE = "SEMANTIC_SIMILARITY"
@@ -64,6 +66,11 @@ class GeminiEmbedder(Embedder):
         self._label = f"{name} embeddings"
         self._max_requests = max_requests
         self._now = now
+
+    input_window = INPUT_WINDOW
+
+    def fits(self, text: str) -> bool:
+        return within_bytes(text, self.input_window)
 
     def __repr__(self) -> str:
         return f"GeminiEmbedder(identity={self.identity!r}, url={self._url!r})"

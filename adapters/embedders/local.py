@@ -228,6 +228,7 @@ class LocalMiniLMEmbedder(Embedder):
 
     identity = f"local:{MODEL_NAME}"
     dimension = 384
+    input_window = MAX_TOKENS
 
     def __init__(self, model_dir: Path | str | None = None, *, batch_size: int = 32) -> None:
         if batch_size < 1:
@@ -242,6 +243,7 @@ class LocalMiniLMEmbedder(Embedder):
             raise FileNotFoundError(f"{self.model_dir}: missing {', '.join(missing)}")
         self._batch_size = batch_size
         self._model: MiniLM | None = None
+        self._counter: Tokenizer | None = None
         self._lock = threading.Lock()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm")
 
@@ -257,6 +259,26 @@ class LocalMiniLMEmbedder(Embedder):
         batch = list(texts)
         vectors = await self._run(lambda: self.model().encode(batch, self._batch_size))
         return cast(list[list[float]], vectors.tolist())
+
+    def fits(self, text: str) -> bool:
+        """Counted with the model's own tokenizer: a word-piece covers at least one character,
+        so a text of at most `input_window - 2` characters fits without counting; one a hundred
+        times longer than the window is not counted either (it is not judged by its vector)."""
+        if len(text) + 2 <= self.input_window:
+            return True
+        if len(text) > 100 * self.input_window:
+            return False
+        return len(self._tokenizer().encode(text).ids) <= self.input_window
+
+    def _tokenizer(self) -> Tokenizer:
+        # No lock: the model's lock is held for a second while it loads; two threads building
+        # a tokenizer at once only waste one.
+        if self._counter is None:
+            counter = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
+            counter.no_padding()
+            counter.no_truncation()
+            self._counter = counter
+        return self._counter
 
     def model(self) -> MiniLM:
         with self._lock:

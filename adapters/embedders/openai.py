@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from adapters.embedders import as_vector, batches, check_dimension, unit
+from adapters.embedders import as_vector, batches, check_dimension, unit, within_bytes
 from adapters.providers.errors import malformed, utcnow
 from adapters.providers.exchange import post_json
 from application.ports import Embedder
@@ -21,6 +21,8 @@ NATIVE_DIMENSIONS = {
     "text-embedding-3-large": 3072,
     "text-embedding-ada-002": 1536,
 }
+INPUT_WINDOW = 8191
+"""Tokens an input may have, for every OpenAI embedding model (longer inputs are refused)."""
 MAX_INPUTS = 2048
 """Inputs the API takes in one request; longer lists are sent in several."""
 
@@ -61,6 +63,11 @@ class OpenAIEmbedder(Embedder):
         self._label = f"{name} embeddings"
         self._max_inputs = max_inputs
         self._now = now
+
+    input_window = INPUT_WINDOW
+
+    def fits(self, text: str) -> bool:
+        return within_bytes(text, self.input_window)
 
     def __repr__(self) -> str:
         return f"OpenAIEmbedder(identity={self.identity!r}, url={self._url!r})"

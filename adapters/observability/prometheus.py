@@ -47,6 +47,7 @@ ATTEMPT_OUTCOMES: Final = (
     "success", "aborted", "rate_limited", "key_rejected", "upstream_fault", "rejected",
 )  # fmt: skip
 AUTH_FAILURE_REASONS: Final = ("missing", "malformed", "invalid")
+SEMANTIC_SKIP_REASONS: Final = ("beyond_window", "different_question")
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
 KNOWN_PROVIDERS: Final = ("openai", "gemini")
@@ -191,6 +192,13 @@ class PrometheusMetrics(Metrics):
             ("backend",),
             registry=r,
         )
+        self.cache_semantic_skips = Counter(
+            "cache_semantic_skips",
+            "Semantic-tier lookups declined: beyond_window (prompt longer than the embedder "
+            "reads; exact tier only), different_question (a candidate judged another question)",
+            ("reason",),
+            registry=r,
+        )
         self.cache_hit_similarity = Histogram(
             "cache_hit_similarity",
             "Cosine similarity of semantic cache hits",
@@ -261,6 +269,10 @@ class PrometheusMetrics(Metrics):
 
     def cache_backend(self, backend: str, up: bool) -> None:
         self._backends_up(self._backend(backend)).set(1 if up else 0)
+
+    def cache_semantic_skip(self, reason: str) -> None:
+        if reason in SEMANTIC_SKIP_REASONS:
+            self.cache_semantic_skips.labels(reason).inc()
 
     def breaker_state(self, provider: str, state: BreakerState) -> None:
         self._breakers(self._provider(provider)).set(int(state))

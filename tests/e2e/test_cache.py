@@ -18,7 +18,7 @@ from tests.fakes import WordEmbedder
 from tests.harness import SLACK, Stack, remote_cache, scrape, stack
 
 PROMPT = "What is the capital of France?"
-PARAPHRASE = "What's the capital of France?"
+PARAPHRASE = "What exactly is the capital of France?"
 
 
 def ask(prompt: str, model: str = "gpt-4o-mini", **kw: Any) -> pb.InferenceRequest:
@@ -80,6 +80,56 @@ async def test_a_different_sum_is_a_miss(s: Stack) -> None:
     await s.stub.Infer(ask("What is 2+3?"))
     await stored(s)
     answer = await s.stub.Infer(ask("What is 2+2?"))
+    assert answer.cache.status == pb.CACHE_STATUS_MISS
+    assert upstream_calls(s) == 2
+
+
+# A support bot's instructions, longer than the 256 word-pieces MiniLM reads: prompts that share
+# it differ only past the embedder's window, so their vectors are identical.
+PREAMBLE = (
+    "You are the support assistant of a bookshop. Answer in two sentences at most, politely, "
+    "in the customer's language. Never promise refunds; explain that a person decides and "
+    "offer to open a ticket. Never ask for card numbers or passwords. Orders ship within two "
+    "working days; tracking links arrive by email. Returns are accepted within thirty days "
+    "with a receipt, except for opened audiobooks and gift cards. "
+) * 4
+
+
+async def test_prompts_sharing_a_preamble_longer_than_the_window_never_share_an_answer(
+    s: Stack,
+) -> None:
+    first = PREAMBLE + "Question: what is the capital of France?"
+    second = PREAMBLE + "Question: who wrote Hamlet?"
+    assert not s.proxy.container.embedder().fits(first)
+    answer = await s.stub.Infer(ask(first))
+    await stored(s)
+    other = await s.stub.Infer(ask(second))
+    again = await s.stub.Infer(ask(first))
+    assert other.cache.status == pb.CACHE_STATUS_MISS
+    assert again.cache.status == pb.CACHE_STATUS_EXACT
+    assert again.content == answer.content
+    assert upstream_calls(s) == 2
+    skips = (await scrape(s))[("cache_semantic_skips_total", (("reason", "beyond_window"),))]
+    assert skips == 2  # both first lookups; the repeat was an exact hit before that point
+
+
+async def test_code_differing_only_in_indentation_is_a_miss(s: Stack) -> None:
+    question = "What does this print?\n\nfor i in range(3):\n    if i:\n        print(i)\n"
+    stored_code = question + "    print('done')\n"
+    indented = question + "        print('done')\n"
+    await s.stub.Infer(ask(stored_code))
+    await stored(s)
+    answer = await s.stub.Infer(ask(indented))
+    again = await s.stub.Infer(ask(stored_code))
+    assert answer.cache.status == pb.CACHE_STATUS_MISS
+    assert again.cache.status == pb.CACHE_STATUS_EXACT
+    assert upstream_calls(s) == 2
+
+
+async def test_an_antonym_is_a_miss(s: Stack) -> None:
+    await s.stub.Infer(ask("Is the bookshop open on Sundays?"))
+    await stored(s)
+    answer = await s.stub.Infer(ask("Is the bookshop closed on Sundays?"))
     assert answer.cache.status == pb.CACHE_STATUS_MISS
     assert upstream_calls(s) == 2
 
@@ -236,5 +286,5 @@ async def test_a_failing_embedder_fails_open_and_semantic_hits_resume(tmp_path: 
         assert answer.content.startswith("sim-")
         assert cache_errors(await scrape(s), "embedder") >= 1
         embedder.broken = False
-        hit = await s.stub.Infer(ask("what is the capital city of France"))
+        hit = await s.stub.Infer(ask("what exactly is the capital of France"))
         assert hit.cache.status == pb.CACHE_STATUS_SEMANTIC

@@ -230,6 +230,18 @@ async def test_a_model_of_unknown_dimension_needs_dimensions() -> None:
             OpenAIEmbedder(shared, OPENAI_KEY, dimensions=0)
 
 
+async def test_api_windows_are_their_documented_limits_counted_conservatively() -> None:
+    async with httpx.AsyncClient() as shared:
+        openai, gemini = OpenAIEmbedder(shared, OPENAI_KEY), GeminiEmbedder(shared, GEMINI_KEY)
+        assert (openai.input_window, gemini.input_window) == (8191, 2048)
+        for embedder in (openai, gemini):
+            assert embedder.fits("How do I reset my password?")
+            # no tokenizer makes more tokens than UTF-8 bytes: within them, it surely fits
+            assert embedder.fits("x" * (embedder.input_window - 1))
+            assert not embedder.fits("x" * embedder.input_window)
+            assert not embedder.fits("é" * (embedder.input_window // 2 + 1))
+
+
 async def test_reprs_hold_no_key() -> None:
     async with httpx.AsyncClient() as shared:
         embedders = (OpenAIEmbedder(shared, OPENAI_KEY), GeminiEmbedder(shared, GEMINI_KEY))

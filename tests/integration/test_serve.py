@@ -265,3 +265,37 @@ async def test_a_vector_collection_of_another_dimension_stops_startup_clearly(
     assert "384" in err
     assert "64" in err
     assert "Traceback" not in err
+
+
+def test_calibrate_reports_rates_per_category_through_a_real_cache(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from container import main
+
+    monkeypatch.delenv("CACHE_MODE", raising=False)
+    monkeypatch.delenv("EMBEDDER", raising=False)
+    preamble = "Please follow the house rules carefully before you answer this. " * 30
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(
+        "\n".join(
+            [
+                '{"a": "How do I reset my password?", "b": "HOW DO I RESET MY PASSWORD",'
+                ' "should_hit": true, "category": "near_repeat", "half": "tune"}',
+                '{"a": "Is the shop open on Sundays?", "b": "Is the shop closed on Sundays?",'
+                ' "should_hit": false, "category": "negation_antonym", "half": "check"}',
+                f'{{"a": "{preamble}Who wrote Hamlet?", "b": "{preamble}Who wrote Macbeth?",'
+                ' "should_hit": false, "category": "long_preamble", "half": "check"}',
+            ]
+        )
+    )
+    assert main(["calibrate", str(pairs), "--thresholds", "0.90:0.95:0.05"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert rows["near_repeat"] == ["1", "yes", "1", "100.0%"]
+    assert rows["negation_antonym"] == ["1", "no", "0", "0.0%"]
+    assert rows["long_preamble"] == ["1", "no", "0", "0.0%"]
+    assert "hit rate 100.0% (1/1 should-hit pairs); false-hit rate 0.0% (0/2" in out
+    assert rows["0.90"] == ["100.0%", "0.0%", "100.0%"]  # cosine alone lets both through
+    assert main(["calibrate", str(pairs), "--half", "tune"]) == 0
+    assert "1 pairs from" in capsys.readouterr().out
+    assert main(["calibrate", str(pairs), "--half", "nope"]) == 2

@@ -75,6 +75,20 @@ async def test_long_texts_are_truncated_to_256_word_pieces(
     assert max_diff(original, extended) < 1e-6
 
 
+def test_the_window_is_counted_in_word_pieces_with_the_special_tokens(
+    embedder: LocalMiniLMEmbedder, reference: list[dict[str, Any]]
+) -> None:
+    assert embedder.input_window == MAX_TOKENS == 256
+    # "hello" is one word-piece: 254 of them and [CLS] [SEP] fill the window exactly
+    assert embedder.fits("hello " * 254)
+    assert not embedder.fits("hello " * 255)
+    # "unbelievably" is several word-pieces: fewer words overflow
+    assert not embedder.fits("unbelievably " * 100)
+    long = max(reference, key=lambda item: item["tokens_before_truncation"])
+    assert not embedder.fits(long["text"])
+    assert embedder.fits("What is the capital of France?")
+
+
 async def test_vectors_have_unit_length(embedder: LocalMiniLMEmbedder) -> None:
     for vector in await embedder.embed(["a", "", "Unit length, always.", "🚀" * 300]):
         assert math.sqrt(math.fsum(x * x for x in vector)) == pytest.approx(1.0, abs=1e-5)

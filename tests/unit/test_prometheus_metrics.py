@@ -119,6 +119,18 @@ def test_operator_metrics() -> None:
     assert value(m, "cache_errors_total", backend="response_store", operation="lookup") == 1
 
 
+def test_semantic_skips_are_counted_by_a_bounded_reason() -> None:
+    m = PrometheusMetrics(process_metrics=False)
+    m.cache_semantic_skip("beyond_window")
+    m.cache_semantic_skip("beyond_window")
+    m.cache_semantic_skip("different_question")
+    m.cache_semantic_skip("something invented")
+    assert value(m, "cache_semantic_skips_total", reason="beyond_window") == 2
+    assert value(m, "cache_semantic_skips_total", reason="different_question") == 1
+    reasons = {s.labels["reason"] for s in samples(m) if s.name == "cache_semantic_skips_total"}
+    assert reasons == {"beyond_window", "different_question"}
+
+
 def test_invented_model_names_create_at_most_n_plus_one_series() -> None:
     m = PrometheusMetrics(process_metrics=False, max_models=16)
     for i in range(10_000):

@@ -58,7 +58,7 @@ def c() -> Cache:
 
 async def test_the_same_request_is_an_exact_hit(c: Cache) -> None:
     await c.cache.store(ask("What is the capital of France?"), answer("Paris"))
-    hit = await c.cache.lookup(ask("What  is the capital of France?"), "openai")
+    hit = await c.cache.lookup(ask("What is the capital of France?"), "openai")
     assert hit is not None
     assert hit.cache.status is CacheStatus.EXACT
     assert hit.completion.content == "Paris"
@@ -112,58 +112,125 @@ async def test_below_the_threshold_is_a_miss() -> None:
 
 
 async def test_expired_entries_miss_and_the_sweep_removes_their_vectors(c: Cache) -> None:
-    await c.cache.store(ask("hello there"), answer())
+    await c.cache.store(ask("How do I reset my password?"), answer())
     c.clock.advance(61.0)
-    assert await c.cache.lookup(ask("hello there"), "openai") is None
-    assert await c.cache.lookup(ask("hello there friend"), "openai") is None
+    assert await c.cache.lookup(ask("How do I reset my password?"), "openai") is None
+    assert await c.cache.lookup(ask("How can I reset my password"), "openai") is None
     assert await c.cache.sweep() == 1
     assert c.index.points == {}
 
 
 async def test_a_vector_whose_answer_is_gone_is_a_miss_and_is_deleted(c: Cache) -> None:
-    await c.cache.store(ask("hello there"), answer())
+    await c.cache.store(ask("How do I reset my password?"), answer())
     c.store.entries.clear()
-    assert await c.cache.lookup(ask("hello there friend"), "openai") is None
+    assert await c.cache.lookup(ask("How can I reset my password"), "openai") is None
     assert c.index.points == {}
 
 
 async def test_storing_twice_keeps_one_vector(c: Cache) -> None:
-    await c.cache.store(ask("hello there"), answer("one"))
-    await c.cache.store(ask("hello   there"), answer("two"))
+    await c.cache.store(ask("How do I reset my password?"), answer("one"))
+    await c.cache.store(ask("How do I reset my password?"), answer("two"))
     assert len(c.index.points) == 1
-    hit = await c.cache.lookup(ask("hello there"), "openai")
+    hit = await c.cache.lookup(ask("How do I reset my password?"), "openai")
     assert hit is not None
     assert hit.completion.content == "two"
 
 
 async def test_identical_text_is_embedded_once(c: Cache) -> None:
-    await c.cache.lookup(ask("hello there"), "openai")
-    await c.cache.store(ask("hello there"), answer())
-    await c.cache.lookup(ask("hello there friend"), "openai")
-    assert c.embedder.calls == ["hello there", "hello there friend"]
+    await c.cache.lookup(ask("How do I reset my password?"), "openai")
+    await c.cache.store(ask("How do I reset my password?"), answer())
+    await c.cache.lookup(ask("How can I reset my password"), "openai")
+    # the embedder is given the normalised words (case, punctuation and contractions do not
+    # move the vector), and each text once
+    assert c.embedder.calls == ["how do i reset my password", "how can i reset my password"]
+
+
+async def test_the_embedding_lru_is_keyed_by_a_digest_not_by_the_prompt(c: Cache) -> None:
+    await c.cache.lookup(ask("How do I reset my password?"), "openai")
+    keys = list(c.cache._vectors)
+    assert len(keys) == 1
+    assert isinstance(keys[0], bytes)
+    assert len(keys[0]) == 32
+    assert b"password" not in keys[0]
 
 
 @pytest.mark.parametrize("backend", ["embedder", "index", "store"])
 async def test_a_broken_backend_is_a_counted_miss_and_recovers(c: Cache, backend: str) -> None:
-    await c.cache.store(ask("hello there"), answer())
+    await c.cache.store(ask("How do I reset my password?"), answer())
     target = {"embedder": c.embedder, "index": c.index, "store": c.store}[backend]
     target.broken = True
-    assert await c.cache.lookup(ask("hello there friend"), "openai") is None
+    assert await c.cache.lookup(ask("How can I reset my password"), "openai") is None
     await c.cache.store(ask("another question"), answer())
     assert c.metrics.cache_errors
     target.broken = False
-    hit = await c.cache.lookup(ask("hello there friend"), "openai")
+    hit = await c.cache.lookup(ask("How can I reset my password"), "openai")
     assert hit is not None
 
 
 async def test_a_slow_backend_is_bounded_by_the_timeout() -> None:
     c = Cache(timeout=0.05)
-    await c.cache.store(ask("hello there"), answer())
+    await c.cache.store(ask("How do I reset my password?"), answer())
     c.embedder.delay = 5.0
-    assert await c.cache.lookup(ask("hello there friend"), "openai") is None
+    assert await c.cache.lookup(ask("How can I reset my password"), "openai") is None
     assert c.metrics.cache_errors == ["embed"]
 
 
 async def test_the_index_is_made_ready_with_the_embedder_dimension(c: Cache) -> None:
     await c.cache.store(ask("hello"), answer())
     assert c.index.dimension == c.embedder.dimension
+
+
+PREAMBLE = " ".join(["You are a support assistant for a phone company, answer politely."] * 6)
+
+
+async def test_a_prompt_longer_than_the_embedder_window_is_served_by_the_exact_tier_only(
+    c: Cache,
+) -> None:
+    first, second = PREAMBLE + " What is the capital of France?", PREAMBLE + " Who wrote Hamlet?"
+    assert not c.embedder.fits(first)
+    await c.cache.store(ask(first), answer("Paris"))
+    assert await c.cache.lookup(ask(second), "openai") is None
+    assert c.metrics.semantic_skips == ["beyond_window"]
+    assert c.embedder.calls == []  # neither stored as a vector nor embedded at lookup
+    hit = await c.cache.lookup(ask(first), "openai")
+    assert hit is not None
+    assert hit.cache.status is CacheStatus.EXACT
+
+
+async def test_code_differing_only_in_indentation_is_a_miss(c: Cache) -> None:
+    stored = "What does this print?\nfor x in xs:\n    f(x)\n    print('done')"
+    asked = "What does this print?\nfor x in xs:\n    f(x)\nprint('done')"
+    await c.cache.store(ask(stored), answer())
+    assert await c.cache.lookup(ask(asked), "openai") is None
+    assert await c.cache.lookup(ask(stored), "openai") is not None
+
+
+async def test_one_budget_bounds_the_whole_lookup_not_each_call() -> None:
+    c = Cache(timeout=0.3)
+    await c.cache.store(ask("How do I reset my password?"), answer())
+    c.embedder.delay = 0.2  # each call alone is within the budget; together they are not
+    c.index.delay = 0.2
+    assert await c.cache.lookup(ask("How can I reset my password"), "openai") is None
+    assert c.metrics.cache_errors == ["search"]
+
+
+async def test_a_down_backend_logs_its_state_changes_and_a_periodic_summary(
+    c: Cache, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="application.semantic_cache")
+    c.store.broken = True
+    for _ in range(50):
+        await c.cache.lookup(ask("How do I reset my password?"), "openai")
+    c.clock.advance(61.0)
+    for _ in range(50):
+        await c.cache.lookup(ask("How do I reset my password?"), "openai")
+    c.store.broken = False
+    await c.cache.lookup(ask("How do I reset my password?"), "openai")
+    await c.cache.lookup(ask("How do I reset my password?"), "openai")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(c.metrics.cache_errors) == 100  # every failure is counted
+    assert lines == [
+        "cache response_store is down (ConnectionError): lookups miss until it recovers",
+        "cache response_store still down: 50 more failed calls (last: ConnectionError)",
+        "cache response_store is back after 100 failed calls",
+    ]

@@ -1,0 +1,347 @@
+"""Whether a cached prompt asks the same question as a new one: the judge after cosine.
+
+Cosine similarity of sentence embeddings is high for prompts on the same topic, whatever they
+ask: "Is the store open on Sundays?" and "…closed on Sundays?", "Word to PDF" and "PDF to
+Word", "7am" and "7pm". So a candidate above the threshold is served only when the two prompts,
+read as words, differ in nothing that can change the answer:
+
+1. Both are normalised first, so that form does not count: case, punctuation, contractions
+   ("can't" = "cannot" = "can not"), plurals, number words, a few stock phrasings ("what time"
+   = "when", "how to" = "how do I", "the language of the app" = "the app language").
+2. Words that only carry the form of a question (articles, auxiliaries, "you", "please",
+   "tell", "explain") are set aside. What remains must be the same on both sides, up to a small
+   set of synonyms (the only kind of substitution allowed). Any other content word present on
+   one side only is a different question: that one rule catches antonyms (open/closed), prefix
+   polarity (safe/unsafe), swapped entities (Paris/Rome), scope qualifiers (full-time/part-time),
+   times and dates (August/October, weekdays/weekends) without listing them as pairs.
+3. Never set aside: negations, numbers (7am/7pm, 2/two), question words (where/when), the
+   prepositions and comparatives that order things (to/from, before/after, under/over, within,
+   than), and what the auxiliaries mark (did/will, must/have to).
+4. Same words, other order: accepted when one block of words moved past at least two others
+   ("On my phone, how do I set up voicemail?"), refused when a relation changed side ("Word to
+   PDF" / "PDF to Word": what follows "to" differs) or words swapped places ("dog chases cat" /
+   "cat chases dog", "EUR USD rate" / "USD EUR rate").
+5. Text over several lines (code, YAML, a pasted log) must match line for line, indentation
+   included, below its first line: whitespace is meaning there.
+
+It errs towards a miss: a paraphrase with words outside its synonym sets is not served from
+the cache, but a different question never is.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+_ARROWS = re.compile(r"\s*(?:->|=>|\u2192|\u27f6|\u21d2)\s*")
+# Letters and digits of any script (a run of CJK characters is one word), the symbols that
+# carry meaning in a question, and a minus before a digit (-5 is not 5; a dash in prose is
+# nothing).
+_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[%$\u00a3\u20ac&+*/=<>#@]|[-\u2212](?=\d)")
+_NUMBER_PART = re.compile(r"(\d+)([a-z]+)$")
+
+_CONTRACTIONS = {
+    "can't": "can not", "cannot": "can not", "won't": "will not", "shan't": "shall not",
+    "ain't": "is not", "cant": "can not", "wont": "will not", "dont": "do not",
+    "doesnt": "does not", "didnt": "did not", "isnt": "is not", "arent": "are not",
+    "wasnt": "was not", "werent": "were not", "hasnt": "has not", "havent": "have not",
+    "hadnt": "had not", "shouldnt": "should not", "wouldnt": "would not",
+    "couldnt": "could not", "whats": "what is", "hows": "how is", "wheres": "where is",
+    "whos": "who is", "thats": "that is", "im": "i am", "ive": "i have", "youre": "you are",
+    "what's": "what is", "where's": "where is", "who's": "who is", "how's": "how is",
+    "when's": "when is", "why's": "why is", "that's": "that is", "it's": "it is",
+    "there's": "there is", "here's": "here is", "he's": "he is", "she's": "she is",
+    "let's": "let us",
+}  # fmt: skip
+_SUFFIXES = {"n't": " not", "'re": " are", "'m": " am", "'ve": " have", "'ll": " will",
+             "'d": " would", "'s": ""}  # fmt: skip
+_PHRASES = [
+    (re.compile(p), r)
+    for p, r in (
+        (r"\bwhat time\b", "when"),
+        (r"\bwhich\b", "what"),
+        (r"\bwhom\b", "who"),
+        (r"\bwhat (is|are) the (best |easiest |quickest )?(way|steps) to\b", "how do i"),
+        (r"\bhow come\b", "why"),
+        (r"\bam i allowed to\b", "can i"),
+        (r"\bis it possible to\b", "can i"),
+        (r"\bis it possible\b", "can"),
+        (r"\bhow can i tell\b", "how do i know"),
+        (r"\bwhat is the meaning of\b", "what does mean"),
+        (r"\bwhat are the signs\b", "what are the symptoms"),
+        (r"\bin order to\b", "to"),
+        (r"\b(?:have|has|had|need|needs|ought) to\b", "must"),
+        (r"\b(?:am|is|are) (?:i |we |they |you |it )?required to\b", "must"),
+        (r"\b(?:(?:can|could|would) you )?(?:tell|show) me how to\b", "how do i"),
+        (r"\bhow to\b", "how do i"),
+        (r"\bhow (do|can|would|should) you\b", r"how \1 i"),  # the generic "you"
+        (
+            r"\b(?:(?:can|could|would) you )?(?:tell|give|show) me (the|a|an|your|my|some)\b",
+            r"what is \1",
+        ),
+        (r"\b(tell|give|show|send) me\b", r"\1"),
+        (r"\bset up\b", "setup"),
+        (r"\b(?:log|sign) (?:in|on)\b|\bsignin\b|\blogon\b", "login"),
+        (r"\b(?:log|sign) out\b|\bsignout\b", "logout"),
+        (r"\bwi fi\b", "wifi"),
+        (r"\be mail\b", "email"),
+        (r"\bmoney back\b", "refund"),
+        (r"\bturn on\b", "enable"),
+        (r"\bswitch on\b", "enable"),
+        (r"\bturn off\b", "disable"),
+        (r"\bswitch off\b", "disable"),
+        (r"\bcome with\b", "include"),
+        (r"\bcheck in\b", "checkin"),
+        (r"\bcheck out\b", "checkout"),
+    )
+]
+
+# The form of a question, not its content.
+_FORM = frozenset(
+    """a an the this that these those it its you your yours is are be been being am do
+    does doing done have has had having can could would should may might please kindly
+    tell show explain describe let know like help assist just really actually quickly briefly
+    simply possible way ways best good some any there here so and or but if then also still
+    yet about regarding hi hello hey thanks thank exactly quite very much many own of for""".split()  # noqa: SIM905
+)
+_NEGATIONS = frozenset({"not", "no", "never", "without"})
+# What the auxiliaries mark, compared once each: tense ("when did it open" / "when will it
+# open") and obligation ("do I have to pay" / "can I pay").
+_TENSES = {"did": "(past)", "was": "(past)", "were": "(past)", "will": "(future)",
+           "shall": "(future)", "must": "(must)"}  # fmt: skip
+# Words that relate the content word after them ("to PDF", "before 9"); like negations, they
+# are content words too, never set aside.
+_ORDERING = frozenset(
+    """to from into onto than over under above below before after within inside outside until
+    till since between through via versus vs against per more less most least fewer higher
+    lower max min maximum minimum first last earliest latest early late next previous off on
+    in out up down by at for of with""".split()  # noqa: SIM905
+)  # "of" and "for" are form words, but still relate their objects when on both sides
+_NUMBER_WORDS = {
+    "zero": "0", "one": "1", "single": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11",
+    "twelve": "12", "twenty": "20", "thirty": "30", "fifty": "50", "hundred": "100",
+    "thousand": "1000", "half": "0.5", "double": "x2", "twice": "x2", "dozen": "12",
+}  # fmt: skip
+# Substitutions a paraphrase makes. Erring here serves a wrong answer: true synonyms only.
+_SYNONYMS = [
+    "change update modify edit",
+    "buy purchase",
+    "fix repair",
+    "symptom sign",
+    "shipping delivery",
+    "make create",
+    "contact reach",
+    "see view",
+    "sea ocean",
+    "mean meaning",
+    "cost price",
+    "frequently often",
+    "setup configure",
+    "enable activate",
+    "tip advice",
+    "recommend suggest",
+    "int integer",
+    "summary summarize summarise",
+    "pick choose select",
+    "large big",
+    "small little",
+    "begin start",
+    "photo picture",
+    "movie film",
+    "problem issue",
+    "receive get",
+    "delete remove erase",
+    "fast quick",
+    "fastest quickest",
+    "shop store",
+    "doctor physician",
+    "child kid children",
+    "holiday vacation",
+    "flat apartment",
+    "bill invoice",
+    "cancelled canceled",
+    "colour color",
+    "centre center",
+    "favourite favorite",
+    "travelling traveling",
+    "ok okay",
+]
+_CANONICAL = {word: group.split()[0] for group in _SYNONYMS for word in group.split()}
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """A prompt as the judge reads it: its words in order (normalised, synonyms merged), which
+    of them are content, and the body of a multi-line prompt verbatim."""
+
+    words: tuple[str, ...]
+    body: tuple[str, ...]
+
+    @classmethod
+    def of(cls, text: str) -> Reading:
+        head, _, rest = text.strip().partition("\n")
+        body = tuple(line.rstrip() for line in rest.split("\n") if line.strip())
+        words = [_canonical(w) for w in _words(text if not body else head)]
+        return cls(tuple(_genitive_first(words)), body)
+
+    def content(self) -> list[str]:
+        """The content words in order, then the tenses the auxiliaries mark ("when did it
+        open" / "when will it open"), once each."""
+        words = [w for w in self.words if w not in _FORM and w not in _TENSES]
+        return words + sorted({_TENSES[w] for w in self.words if w in _TENSES})
+
+
+def embedding_text(prompt: str) -> str:
+    """What the embedder is given for `prompt`: its normalised words, so that form (case,
+    punctuation, contractions: "?" alone moves MiniLM's cosine by 0.1) does not move the vector.
+    A multi-line prompt is given as it is (its layout is its meaning)."""
+    if Reading.of(prompt).body:
+        return prompt
+    return " ".join(_words(prompt)) or prompt
+
+
+def same_question(asked: str, stored: str, similarity: float, threshold: float) -> bool:
+    """Whether `stored`'s answer answers `asked`: cosine at least `threshold`, and no
+    difference the embedding blurs (see the module docstring)."""
+    if similarity < threshold:
+        return False
+    if asked == stored:
+        return True
+    a, b = Reading.of(asked), Reading.of(stored)
+    if a.body != b.body or not a.words or not b.words:
+        return False  # nothing to compare but the bytes (emoji, symbols): those differ
+    content_a, content_b = a.content(), b.content()
+    if Counter(content_a) != Counter(content_b):
+        return False
+    if not _same_relations(a.words, b.words):
+        return False
+    # where "not" stands follows the auxiliary ("isn't the tap" / "is the tap not"): its count
+    # is compared above, its position is not
+    return _one_block_moved(_without(_NEGATIONS, content_a), _without(_NEGATIONS, content_b))
+
+
+_DETERMINERS = frozenset("the a an this that my your our their its".split())  # noqa: SIM905
+
+
+def _genitive_first(words: list[str]) -> list[str]:
+    """ "the language of the app" -> "the app language", as "the app's language" and "the app
+    language" read: one word on each side of "of" / "for", so the two readings of one phrase
+    meet, and "mother of the child" still differs from "child of the mother"."""
+    out = list(words)
+    i = 1
+    while i < len(out) - 1:
+        if out[i] in ("of", "for"):
+            j = i + 2 if out[i + 1] in _DETERMINERS and i + 2 < len(out) else i + 1
+            x, y = out[i - 1], out[j]
+            before = out[i - 2] if i >= 2 else ""
+            after = out[j + 1] if j + 1 < len(out) else ""
+            single = (not before or _is_form(before)) and (not after or _is_form(after))
+            if single and not _is_form(x) and not _is_form(y) and y not in _ORDERING:
+                out[i - 1 : j + 1] = [y, x]
+                continue
+        i += 1
+    return out
+
+
+def _is_form(word: str) -> bool:
+    """A word that ends a noun phrase: a form word, an ordering word, or a question word (which
+    starts the next clause: "For a family of four, which plan ...")."""
+    return word in _FORM or word in _ORDERING or word in _QUESTION_WORDS
+
+
+_QUESTION_WORDS = frozenset("what who whose how why where when".split())  # noqa: SIM905
+
+
+def _without(words: frozenset[str], sequence: list[str]) -> list[str]:
+    return [w for w in sequence if w not in words]
+
+
+def _words(text: str) -> list[str]:
+    text = _ARROWS.sub(" to ", text.translate(_APOSTROPHES).lower())
+    text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)  # non-refundable, part-time, check-in
+    words: list[str] = []
+    for token in _TOKEN.findall(text):
+        token = _expand(token)
+        words.extend(token.split())
+    joined = " ".join(words)
+    for pattern, replacement in _PHRASES:
+        joined = pattern.sub(replacement, joined)
+    out: list[str] = []
+    for word in joined.split():
+        number = _NUMBER_PART.match(word)
+        if number and number.group(2) not in ("st", "nd", "rd", "th"):
+            out.extend(number.groups())  # 7am -> 7 am, 30k -> 30 k; 1st stays 1st
+        else:
+            out.append(_NUMBER_WORDS.get(word, word))
+    return out
+
+
+def _expand(token: str) -> str:
+    if token in _CONTRACTIONS:
+        return _CONTRACTIONS[token]
+    for suffix, replacement in _SUFFIXES.items():
+        if token.endswith(suffix):
+            return token[: -len(suffix)] + replacement
+    return token
+
+
+def _canonical(word: str) -> str:
+    if word in _FORM or word in _ORDERING or word in _TENSES:
+        return word  # "does" is not the plural of "doe"
+    word = _singular(word)
+    return _CANONICAL.get(word, word)
+
+
+def _singular(word: str) -> str:
+    """Plural to singular, roughly; never for a word without a vowel before its "s" (an
+    acronym: HTTPS is not the plural of HTTP)."""
+    if (
+        len(word) > 3
+        and word.endswith("s")
+        and not word.endswith(("ss", "us", "is"))
+        and any(c in "aeiouy" for c in word[:-1])
+    ):
+        return word[:-3] + "y" if word.endswith("ies") else word[:-1]
+    return word
+
+
+def _same_relations(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Each ordering word found on both sides relates the same word ("to PDF")."""
+    relations_a, relations_b = _relations(a), _relations(b)
+    shared = {r for r, _ in relations_a} & {r for r, _ in relations_b}
+    return all(
+        Counter(x for x in relations_a.elements() if x[0] == r)
+        == Counter(x for x in relations_b.elements() if x[0] == r)
+        for r in shared
+    )
+
+
+def _relations(words: tuple[str, ...]) -> Counter[tuple[str, str]]:
+    """(ordering word, its object): the next word that is neither a form word nor another
+    ordering word ("time off in Workday" relates "in" to "workday", and "off" to nothing)."""
+    found: Counter[tuple[str, str]] = Counter()
+    for i, word in enumerate(words):
+        if word not in _ORDERING:
+            continue
+        following = next((w for w in words[i + 1 :] if w not in _FORM or w in _ORDERING), "")
+        if following and following not in _ORDERING:
+            found[(word, following)] += 1
+    return found
+
+
+def _one_block_moved(a: list[str], b: list[str]) -> bool:
+    """`b` is `a`, or `a` with one contiguous run of words moved elsewhere, past at least two
+    others (two words trading places is a swap: "EUR USD rate" / "USD EUR rate")."""
+    if a == b:
+        return True
+    start = next(i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y)
+    end = len(a) - next(i for i, (x, y) in enumerate(zip(a[::-1], b[::-1], strict=True)) if x != y)
+    # the clauses swapped may begin alike ("if I work…, do I get…"): try the whole sequence too
+    return _rotated(a[start:end], b[start:end]) or _rotated(a, b)
+
+
+def _rotated(a: list[str], b: list[str]) -> bool:
+    return len(a) >= 3 and any(a[cut:] + a[:cut] == b for cut in range(1, len(a)))
