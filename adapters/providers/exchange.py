@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from adapters.providers.cancellation import cancelled_once
 from adapters.providers.errors import (
     MAX_ANSWER_BYTES,
     json_or_none,
@@ -33,10 +34,14 @@ async def post_json(
     now: datetime,
 ) -> Any:
     """POSTs `body` and returns the parsed JSON answer (None when it is not JSON)."""
-    try:
+
+    async def exchange() -> bytes | None:
         async with client.stream("POST", url, json=body, headers=headers) as response:
             await raise_for_outcome(response, provider=provider, key=key, now=now)
-            raw = await read_limited(response, MAX_ANSWER_BYTES)
+            return await read_limited(response, MAX_ANSWER_BYTES)
+
+    try:
+        raw = await cancelled_once(exchange())
     except httpx.HTTPError as exc:
         raise transport_failure(exc, provider=provider, key=key) from None
     if raw is None:
@@ -62,7 +67,7 @@ async def post_sse(
         try:
             async with asyncio.timeout(idle_timeout):
                 request = client.build_request("POST", url, json=body, headers=headers)
-                response = await client.send(request, stream=True)
+                response = await cancelled_once(client.send(request, stream=True), _close)
         except TimeoutError:
             raise StreamStalled(idle_timeout) from None
         try:
@@ -71,6 +76,10 @@ async def post_sse(
                 async for event in events:
                     yield event
         finally:
-            await response.aclose()
+            await cancelled_once(response.aclose())
     except (httpx.HTTPError, SSEError, StreamStalled) as exc:
         raise transport_failure(exc, provider=provider, key=key) from None
+
+
+async def _close(response: httpx.Response) -> None:
+    await response.aclose()
