@@ -42,7 +42,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._clock = clock
 
     async def Infer(self, request: pb.InferenceRequest, context: Context) -> pb.InferenceResponse:
-        async with self._observed(request) as outcome:
+        async with self._observed(request, context) as outcome:
             answer = await self._service.infer(_domain(request, context), context.time_remaining())
             outcome.answered(answer)
             return mapping.response(answer)
@@ -50,7 +50,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def InferStream(
         self, request: pb.InferenceRequest, context: Context
     ) -> AsyncIterator[pb.StreamChunk]:
-        async with self._observed(request) as outcome:
+        async with self._observed(request, context) as outcome:
             events = self._service.stream(_domain(request, context), context.time_remaining())
             async for event in events:
                 if isinstance(event, Answer):
@@ -60,7 +60,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                     yield pb.StreamChunk(content=event.content)
 
     @asynccontextmanager
-    async def _observed(self, request: pb.InferenceRequest) -> AsyncIterator[_Outcome]:
+    async def _observed(
+        self, request: pb.InferenceRequest, context: Context
+    ) -> AsyncIterator[_Outcome]:
         outcome = _Outcome()
         started = self._clock.now()
         self._metrics.request_started()
@@ -73,7 +75,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             outcome.provider = getattr(error, "provider", outcome.provider)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            status = "cancelled"
+            # gRPC cancels the handler when the client's deadline passes: that is no cancellation
+            left = context.time_remaining()
+            status = "deadline_exceeded" if left is not None and left <= 0 else "cancelled"
             raise
         finally:
             seconds = self._clock.now() - started

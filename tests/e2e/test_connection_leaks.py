@@ -14,6 +14,8 @@ from tests.harness import stack
 
 POOL = 3
 SILENT = SimulatorConfig(stall_timeout_s=60)
+# Timeouts on a silent provider open its breaker; these tests are about the pool, not the breaker.
+PATIENT = {"cb_failure_threshold": 100}
 
 
 def ask(prompt: str) -> pb.InferenceRequest:
@@ -21,7 +23,9 @@ def ask(prompt: str) -> pb.InferenceRequest:
 
 
 async def test_timed_out_unary_calls_leave_the_pool_free() -> None:
-    async with stack(SILENT, upstream_max_connections=POOL, request_timeout="400ms") as s:
+    async with stack(
+        SILENT, upstream_max_connections=POOL, **PATIENT, request_timeout="400ms"
+    ) as s:
         for i in range(POOL + 1):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await s.stub.Infer(ask(f"silent {i} [[sim:stall]]"))
@@ -32,7 +36,7 @@ async def test_timed_out_unary_calls_leave_the_pool_free() -> None:
 
 
 async def test_client_deadlines_on_unary_calls_leave_the_pool_free() -> None:
-    async with stack(SILENT, upstream_max_connections=POOL) as s:
+    async with stack(SILENT, upstream_max_connections=POOL, **PATIENT) as s:
         for i in range(POOL + 1):
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await s.stub.Infer(ask(f"silent {i} [[sim:stall]]"), timeout=0.4)
@@ -43,7 +47,9 @@ async def test_client_deadlines_on_unary_calls_leave_the_pool_free() -> None:
 
 @pytest.mark.parametrize("client_deadline", [None, 0.4])
 async def test_timed_out_streams_leave_the_pool_free(client_deadline: float | None) -> None:
-    async with stack(SILENT, upstream_max_connections=POOL, request_timeout="400ms") as s:
+    async with stack(
+        SILENT, upstream_max_connections=POOL, **PATIENT, request_timeout="400ms"
+    ) as s:
         for i in range(POOL + 1):
             call = s.stub.InferStream(ask(f"s{i} [[sim:stall:2]]"), timeout=client_deadline)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -54,7 +60,9 @@ async def test_timed_out_streams_leave_the_pool_free(client_deadline: float | No
 
 
 async def test_many_concurrent_timeouts_leave_the_pool_free() -> None:
-    async with stack(SILENT, upstream_max_connections=POOL, request_timeout="400ms") as s:
+    async with stack(
+        SILENT, upstream_max_connections=POOL, **PATIENT, request_timeout="400ms"
+    ) as s:
         calls = [s.stub.Infer(ask(f"silent {i} [[sim:stall]]")) for i in range(3 * POOL)]
         outcomes = await asyncio.gather(*calls, return_exceptions=True)
         response = await s.stub.Infer(ask("healthy"), timeout=5)
