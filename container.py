@@ -223,6 +223,7 @@ class Container(containers.DeclarativeContainer):
         openai_http,
         base_url=settings.provided.openai_base_url,
         stream_idle_timeout=settings.provided.openai_stream_idle_timeout,
+        max_response_bytes=settings.provided.max_response_bytes,
         max_tokens_field=providers.Callable(
             openai_max_tokens_field, settings.provided.openai_base_url
         ),
@@ -232,6 +233,7 @@ class Container(containers.DeclarativeContainer):
         gemini_http,
         base_url=settings.provided.gemini_base_url,
         stream_idle_timeout=settings.provided.gemini_stream_idle_timeout,
+        max_response_bytes=settings.provided.max_response_bytes,
     )
     provider_adapters: providers.Provider[dict[str, Provider]] = providers.Dict(
         openai=openai, gemini=gemini
@@ -321,6 +323,7 @@ class Container(containers.DeclarativeContainer):
         cache=cache,
         backoff=backoff,
         request_timeout=settings.provided.request_timeout,
+        upstream_timeout=settings.provided.attempt_timeout,
         clock=clock,
         sleeper=sleeper,
         random=random,

@@ -44,7 +44,8 @@ GRPC_STATUSES: Final = (
     "out_of_range", "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated",
 )  # fmt: skip
 ATTEMPT_OUTCOMES: Final = (
-    "success", "aborted", "rate_limited", "key_rejected", "upstream_fault", "rejected",
+    "success", "aborted", "timeout", "rate_limited", "key_rejected", "upstream_fault",
+    "malformed", "proxy_busy", "rejected",
 )  # fmt: skip
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
