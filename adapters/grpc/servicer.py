@@ -20,6 +20,7 @@ from domain.model import Answer, CacheStatus, InferenceRequest
 
 Context = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger("llm_proxy.requests")
+DEADLINE_SLACK = 0.25  # seconds: a cancellation this close to the deadline is the deadline
 
 
 @dataclass
@@ -75,9 +76,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             outcome.provider = getattr(error, "provider", outcome.provider)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            # gRPC cancels the handler when the client's deadline passes: that is no cancellation
+            # A client's deadline ends the call as a cancellation: the client's timer fires
+            # first (the server's deadline is later by the transit time), or the server's.
             left = context.time_remaining()
-            status = "deadline_exceeded" if left is not None and left <= 0 else "cancelled"
+            status = (
+                "deadline_exceeded" if left is not None and left <= DEADLINE_SLACK else "cancelled"
+            )
             raise
         finally:
             seconds = self._clock.now() - started
