@@ -348,6 +348,7 @@ class Container(containers.DeclarativeContainer):
 async def serve(container: Container, stop: asyncio.Event) -> None:
     """Runs until `stop` is set, then drains in-flight calls within SHUTDOWN_GRACE."""
     settings: Settings = container.settings()
+    container.metrics().watch(container.upstreams(), container.clock().now)
     sweeper = await start_cache(container)
     server: GrpcServer = container.grpc_server()
     ops: OpsServer = container.ops_server()

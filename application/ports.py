@@ -7,7 +7,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from domain.circuit_breaker import BreakerState
 from domain.key_pool import ApiKey
 from domain.model import Answer, CacheStatus, Completion, InferenceRequest, StreamEvent, Usage
 
@@ -148,10 +147,6 @@ class Metrics(Protocol):
     def cache_backend(self, backend: str, up: bool) -> None:
         """Whether the backend's last call succeeded."""
         ...
-
-    def breaker_state(self, provider: str, state: BreakerState) -> None: ...
-
-    def key_pool(self, provider: str, usable: int, cooling_down: int, disabled: int) -> None: ...
 
 
 AttributeValue = str | bool | int | float

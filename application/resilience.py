@@ -237,16 +237,8 @@ class Attempts:
     def _end(self, verdict: Verdict, outcome: str) -> None:
         self._up.breaker.record(self._permit, verdict, self._clock.now())
         self._metrics.attempt(self._up.name, outcome)
-        self._publish()
         if self._scope is not None:
             if self._span is not None:
                 self._span.set("llm_proxy.outcome", outcome)
             scope, self._scope, self._span = self._scope, None, None
             scope.__exit__(None, None, None)
-
-    def _publish(self) -> None:
-        now, keys = self._clock.now(), self._up.keys
-        self._metrics.breaker_state(self._up.name, self._up.breaker.state(now))
-        self._metrics.key_pool(
-            self._up.name, len(keys.usable(now)), keys.cooling_down(now), keys.disabled()
-        )
