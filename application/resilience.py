@@ -17,7 +17,7 @@ from application.ports import (
     Tracer,
 )
 from domain.backoff import BackoffPolicy
-from domain.circuit_breaker import CircuitBreaker, Permit, Verdict
+from domain.circuit_breaker import BreakerState, CircuitBreaker, Permit, Verdict
 from domain.errors import (
     ConnectionsExhausted,
     DeadlineExceeded,
@@ -235,7 +235,21 @@ class Attempts:
         self._span = self._scope.__enter__()
 
     def _end(self, verdict: Verdict, outcome: str) -> None:
-        self._up.breaker.record(self._permit, verdict, self._clock.now())
+        now, breaker = self._clock.now(), self._up.breaker
+        before = breaker.state(now)
+        breaker.record(self._permit, verdict, now)
+        after = breaker.state(now)
+        if after is not before:  # one line per transition, not per rejected call
+            level = logging.WARNING if after is BreakerState.OPEN else logging.INFO
+            log.log(
+                level,
+                "%s circuit breaker %s -> %s (last attempt: %s)",
+                self._up.name,
+                before.name.lower(),
+                after.name.lower(),
+                outcome,
+                extra={"provider": self._up.name, "breaker": after.name.lower()},
+            )
         self._metrics.attempt(self._up.name, outcome)
         if self._scope is not None:
             if self._span is not None:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -535,3 +536,21 @@ async def test_the_proxys_own_full_pool_is_neither_retried_nor_the_providers_fai
     assert len(world.provider.calls) == 1
     assert world.breaker.state(world.clock.now()) is BreakerState.CLOSED
     assert world.metrics.attempts == [("openai", "proxy_busy")]
+
+
+async def test_breaker_transitions_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    world = World(openai(*[Fail(UpstreamFault("500"))] * 2), max_retries=0, threshold=2)
+    with caplog.at_level(logging.INFO, logger="application.resilience"):
+        for _ in range(2):
+            with pytest.raises(UpstreamUnavailable):
+                await world.service.infer(ask())
+        for _ in range(3):
+            with pytest.raises(CircuitOpen):
+                await world.service.infer(ask())
+        world.clock.advance(30.0)
+        await world.service.infer(ask("probe"))
+    lines = [r.getMessage() for r in caplog.records if "circuit breaker" in r.getMessage()]
+    assert lines == [
+        "openai circuit breaker closed -> open (last attempt: upstream_fault)",
+        "openai circuit breaker half_open -> closed (last attempt: success)",
+    ]
