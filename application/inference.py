@@ -306,8 +306,9 @@ class _Shared:
     """One upstream call shared by requests that would share a cache entry (DESIGN §5).
 
     It runs under the latest deadline of its waiters; each waiter leaves at its own deadline or
-    on its own cancellation; the last one to leave cancels it (the only cancellation it gets)
-    and, at the same moment, makes it unjoinable: a later request starts a call of its own.
+    on its own cancellation; the last one to leave cancels it (the call has no deadline timer
+    of its own that could cancel it a second time) and, at the same moment, makes it
+    unjoinable: a later request starts a call of its own.
     """
 
     def __init__(self, deadline: Deadline, forget: Callable[[], None]) -> None:
