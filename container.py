@@ -271,6 +271,7 @@ class Container(containers.DeclarativeContainer):
         openai_http,
         base_url=settings.provided.openai_base_url,
         stream_idle_timeout=settings.provided.openai_stream_idle_timeout,
+        max_response_bytes=settings.provided.max_response_bytes,
         max_tokens_field=providers.Callable(
             openai_max_tokens_field, settings.provided.openai_base_url
         ),
@@ -280,6 +281,7 @@ class Container(containers.DeclarativeContainer):
         gemini_http,
         base_url=settings.provided.gemini_base_url,
         stream_idle_timeout=settings.provided.gemini_stream_idle_timeout,
+        max_response_bytes=settings.provided.max_response_bytes,
     )
     provider_adapters: providers.Provider[dict[str, Provider]] = providers.Dict(
         openai=openai, gemini=gemini
@@ -369,6 +371,7 @@ class Container(containers.DeclarativeContainer):
         cache=cache,
         backoff=backoff,
         request_timeout=settings.provided.request_timeout,
+        upstream_timeout=settings.provided.attempt_timeout,
         clock=clock,
         sleeper=sleeper,
         random=random,
@@ -445,6 +448,7 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
     StartupError when a port cannot be bound."""
     settings: Settings = container.settings()
     warn_if_open(settings)
+    container.metrics().watch(container.upstreams(), container.clock().now)
     sweeper = await start_cache(container)
     server: GrpcServer = container.grpc_server()
     ops: OpsServer = container.ops_server()

@@ -146,6 +146,9 @@ class Settings(BaseSettings):
     gemini_read_timeout: PositiveDuration = 300.0
     gemini_stream_idle_timeout: PositiveDuration = 30.0
     upstream_max_connections: int = Field(100, ge=1)
+    # 0: no per-attempt limit (an attempt may use the whole REQUEST_TIMEOUT)
+    upstream_timeout: Duration = 0.0
+    max_response_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     auth_tokens: Keys = ()
     retry_wait_initial: Duration = 0.2
     retry_wait_max: Duration = 5.0
@@ -238,6 +241,13 @@ class Settings(BaseSettings):
     def api_keys(self, provider: str) -> tuple[str, ...]:
         keys = {"openai": self.openai_api_keys, "gemini": self.gemini_api_keys}[provider]
         return tuple(k.get_secret_value() for k in keys)
+
+    @property
+    def attempt_timeout(self) -> float | None:
+        """UPSTREAM_TIMEOUT, None when 0 (off) or when REQUEST_TIMEOUT would end first anyway."""
+        if not self.upstream_timeout or self.upstream_timeout >= self.request_timeout:
+            return None
+        return self.upstream_timeout
 
     @model_validator(mode="after")
     def _embedder_has_a_key(self) -> Settings:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Hashable, Mapping
+import math
+from collections.abc import AsyncGenerator, Awaitable, Callable, Coroutine, Hashable, Mapping
 from contextlib import aclosing
 from dataclasses import replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from application.ports import (
     AttributeValue,
@@ -19,7 +20,7 @@ from application.ports import (
     SpanHandle,
     Tracer,
 )
-from application.resilience import GEN_AI_SYSTEM, Attempts, Observers, Upstream
+from application.resilience import GEN_AI_SYSTEM, Attempts, Deadline, Observers, Upstream
 from domain.backoff import BackoffPolicy
 from domain.errors import DeadlineExceeded, ProviderFailure, UpstreamFault
 from domain.key_pool import ApiKey
@@ -38,11 +39,16 @@ from domain.routing import ModelRouter, Route
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+DEADLINE_PASSED = "the request deadline passed before an answer came"
+
 # Cached answers are replayed through InferStream in pieces of this many characters.
 REPLAY_CHUNK_CHARS = 64
 
 
 class InferenceService:
+    """`upstream_timeout` (UPSTREAM_TIMEOUT; None: none) bounds each attempt: a unary call's
+    whole answer, a stream's first event. Expiring, it is the provider's fault and is retried."""
+
     def __init__(
         self,
         router: ModelRouter,
@@ -55,12 +61,14 @@ class InferenceService:
         random: RandomSource,
         metrics: Metrics,
         tracer: Tracer,
+        upstream_timeout: float | None = None,
     ) -> None:
         self._router = router
         self._upstreams = upstreams
         self._cache = cache
         self._backoff = backoff
         self._request_timeout = request_timeout
+        self._upstream_timeout = upstream_timeout
         self._clock = clock
         self._sleeper = sleeper
         self._random = random
@@ -77,25 +85,11 @@ class InferenceService:
         deadline = self._deadline(time_left)
         route = self.route(request)
         with self._tracer.span("inference", _request_attributes(request, route)) as span:
-            try:
-                async with asyncio.timeout(deadline - self._clock.now()):
-                    cached = await self._lookup(request, route)
-                    if cached is not None:
-                        return cached
-                    key = _coalescing_key(request, route)
-                    shared = self._inflight.get(key)
-                    if shared is None:
-                        call = self._call(request, route, deadline, span)
-                        task = asyncio.ensure_future(call)
-                        shared = self._inflight[key] = _Shared(task)
-                        task.add_done_callback(lambda _: self._inflight.pop(key, None))
-                    else:
-                        span.event("coalesced")
-                    return await shared.join()
-            except TimeoutError:
-                raise DeadlineExceeded(
-                    "the request deadline passed before an answer came"
-                ) from None
+            cached = await self._bounded(deadline, self._lookup(request, route))
+            if cached is not None:
+                return cached
+            shared = self._shared(request, route, deadline, span)
+            return await shared.join(deadline, self._clock.now())
 
     async def stream(
         self, request: InferenceRequest, time_left: float | None = None
@@ -112,8 +106,9 @@ class InferenceService:
                 return
             upstream = self._upstreams[route.provider]
             upstream_request = _for_upstream(request, route)
-            attempts = self._attempts(upstream, upstream_request, span, deadline)
+            attempts = self._attempts(upstream, upstream_request, span, lambda: deadline.at)
             while True:
+                await self._sleep(attempts.key_wait())
                 key = attempts.start()
                 parts: list[str] = []
                 try:
@@ -134,6 +129,9 @@ class InferenceService:
                         raise
                     await self._sleep(attempts.failed(key, failure))
                     continue
+                except DeadlineExceeded:
+                    attempts.timed_out() if deadline.own else attempts.aborted()
+                    raise
                 except BaseException:
                     attempts.aborted()
                     raise
@@ -152,23 +150,42 @@ class InferenceService:
 
     # -- unary path -------------------------------------------------------------------------
 
+    def _shared(
+        self, request: InferenceRequest, route: Route, deadline: Deadline, span: SpanHandle
+    ) -> _Shared:
+        """The in-flight call this request can share (DESIGN §5), or a new one."""
+        key = _coalescing_key(request, route)
+        shared = self._inflight.get(key)
+        if shared is not None and shared.joinable:
+            span.event("coalesced")
+            return shared
+
+        def forget() -> None:
+            if self._inflight.get(key) is shared:
+                del self._inflight[key]
+
+        shared = self._inflight[key] = _Shared(deadline, forget)
+        shared.start(self._call(request, route, shared, span))
+        return shared
+
     async def _call(
-        self, request: InferenceRequest, route: Route, deadline: float, span: SpanHandle
+        self, request: InferenceRequest, route: Route, shared: _Shared, span: SpanHandle
     ) -> Answer:
         upstream = self._upstreams[route.provider]
         upstream_request = _for_upstream(request, route)
-        attempts = self._attempts(upstream, upstream_request, span, deadline)
+        attempts = self._attempts(upstream, upstream_request, span, lambda: shared.deadline.at)
         while True:
+            await self._sleep(attempts.key_wait())
             key = attempts.start()
             try:
-                completion = await self._bounded(
-                    deadline, upstream.provider.complete(upstream_request, key)
+                completion = await self._attempt(
+                    upstream.name, upstream.provider.complete(upstream_request, key)
                 )
             except ProviderFailure as failure:
                 await self._sleep(attempts.failed(key, failure))
                 continue
             except BaseException:
-                attempts.aborted()
+                attempts.timed_out() if shared.expired else attempts.aborted()
                 raise
             attempts.succeeded(
                 StreamEnd(completion.model, completion.finish_reason, completion.usage)
@@ -176,39 +193,66 @@ class InferenceService:
             self._after_answer(request, completion)
             return Answer(completion, self._miss_info(request))
 
+    async def _attempt(self, provider: str, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._upstream_timeout):
+                return await call
+        except TimeoutError:
+            raise UpstreamFault(
+                f"{provider} did not answer within UPSTREAM_TIMEOUT ({self._upstream_timeout:g}s)"
+            ) from None
+
     # -- helpers ----------------------------------------------------------------------------
 
     def _attempts(
-        self, upstream: Upstream, request: InferenceRequest, span: SpanHandle, deadline: float
+        self,
+        upstream: Upstream,
+        request: InferenceRequest,
+        span: SpanHandle,
+        deadline: Callable[[], float],
     ) -> Attempts:
         observers = Observers(self._metrics, self._tracer)
         return Attempts(
             upstream, request, self._backoff, self._clock, self._random, observers, span, deadline
         )
 
-    def _deadline(self, time_left: float | None) -> float:
-        budget = self._request_timeout
-        if time_left is not None:
-            budget = min(budget, max(0.0, time_left))
-        return self._clock.now() + budget
+    def _deadline(self, time_left: float | None) -> Deadline:
+        if time_left is not None and time_left < self._request_timeout:
+            return Deadline(self._clock.now() + max(0.0, time_left), own=False)
+        return Deadline(self._clock.now() + self._request_timeout, own=True)
 
-    async def _bounded(self, deadline: float, call: Awaitable[T]) -> T:
+    async def _bounded(self, deadline: Deadline, call: Awaitable[T]) -> T:
         try:
-            async with asyncio.timeout(deadline - self._clock.now()):
+            async with asyncio.timeout(deadline.at - self._clock.now()):
                 return await call
         except TimeoutError:
-            raise DeadlineExceeded("the request deadline passed before an answer came") from None
+            raise DeadlineExceeded(DEADLINE_PASSED) from None
 
     async def _events(
-        self, upstream: Upstream, request: InferenceRequest, key: ApiKey, deadline: float
+        self, upstream: Upstream, request: InferenceRequest, key: ApiKey, deadline: Deadline
     ) -> AsyncGenerator[Delta | StreamEnd, None]:
+        """The provider's events under the deadline; the first one also under UPSTREAM_TIMEOUT
+        (one timer per wait, so the upstream call is cancelled once)."""
         events = upstream.provider.stream(request, key)
+        first_by = math.inf
+        if self._upstream_timeout is not None:
+            first_by = self._clock.now() + self._upstream_timeout
         try:
             while True:
+                until = min(deadline.at, first_by)
                 try:
-                    event = await self._bounded(deadline, anext(events))
+                    async with asyncio.timeout(until - self._clock.now()):
+                        event = await anext(events)
                 except StopAsyncIteration:
                     return
+                except TimeoutError:
+                    if until < deadline.at:
+                        raise UpstreamFault(
+                            f"{upstream.name} sent nothing within UPSTREAM_TIMEOUT "
+                            f"({self._upstream_timeout:g}s)"
+                        ) from None
+                    raise DeadlineExceeded(DEADLINE_PASSED) from None
+                first_by = math.inf
                 yield event
         finally:
             await events.aclose()
@@ -259,20 +303,54 @@ class InferenceService:
 
 
 class _Shared:
-    """An upstream call shared by identical concurrent requests; cancelled when all have left."""
+    """One upstream call shared by requests that would share a cache entry (DESIGN §5).
 
-    def __init__(self, task: asyncio.Future[Answer]) -> None:
-        self.task = task
-        self.waiters = 0
+    It runs under the latest deadline of its waiters; each waiter leaves at its own deadline or
+    on its own cancellation; the last one to leave cancels it (the call has no deadline timer
+    of its own that could cancel it a second time) and, at the same moment, makes it
+    unjoinable: a later request starts a call of its own.
+    """
 
-    async def join(self) -> Answer:
-        self.waiters += 1
+    def __init__(self, deadline: Deadline, forget: Callable[[], None]) -> None:
+        self.deadline = deadline
+        self.expired = False  # the last waiter left at the proxy's own deadline
+        self._forget = forget
+        self._waiters = 0
+        self._abandoned = False
+        self._task: asyncio.Future[Answer] | None = None
+
+    def start(self, call: Coroutine[Any, Any, Answer]) -> None:
+        self._task = task = asyncio.ensure_future(call)
+        task.add_done_callback(self._done)
+
+    @property
+    def joinable(self) -> bool:
+        return self._task is not None and not self._task.done() and not self._abandoned
+
+    async def join(self, deadline: Deadline, now: float) -> Answer:
+        assert self._task is not None
+        self._waiters += 1
+        if deadline.at > self.deadline.at:
+            self.deadline = deadline
         try:
-            return await asyncio.shield(self.task)
+            async with asyncio.timeout(deadline.at - now):
+                return await asyncio.shield(self._task)
+        except TimeoutError:
+            if self._waiters == 1:
+                self.expired = deadline.own
+            raise DeadlineExceeded(DEADLINE_PASSED) from None
         finally:
-            self.waiters -= 1
-            if self.waiters == 0 and not self.task.done():
-                self.task.cancel()
+            self._waiters -= 1
+            if self._waiters == 0 and not self._task.done():
+                self._abandoned = True
+                self._forget()
+                self._task.cancel()
+                await asyncio.wait({self._task})  # its attempt is recorded before we answer
+
+    def _done(self, task: asyncio.Future[Answer]) -> None:
+        self._forget()
+        if not task.cancelled():
+            task.exception()  # retrieved: every waiter may have left before it ended
 
 
 def _request_attributes(request: InferenceRequest, route: Route) -> dict[str, AttributeValue]:
@@ -284,7 +362,17 @@ def _request_attributes(request: InferenceRequest, route: Route) -> dict[str, At
 
 
 def _coalescing_key(request: InferenceRequest, route: Route) -> Hashable:
-    return (route.provider, route.model, request.messages, request.temperature, request.max_tokens)
+    """Everything that decides the cache entry: scope, tenant, parameters and cache control."""
+    return (
+        route.provider,
+        route.model,
+        request.model,
+        request.tenant,
+        request.messages,
+        request.temperature,
+        request.max_tokens,
+        request.cache,
+    )
 
 
 def _for_upstream(request: InferenceRequest, route: Route) -> InferenceRequest:

@@ -7,7 +7,6 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from domain.circuit_breaker import BreakerState
 from domain.key_pool import ApiKey
 from domain.model import Answer, CacheStatus, Completion, InferenceRequest, StreamEvent, Usage
 
@@ -161,10 +160,6 @@ class Metrics(Protocol):
         reads: exact tier only) or "different_question" (a candidate above the threshold was
         judged another question)."""
         ...
-
-    def breaker_state(self, provider: str, state: BreakerState) -> None: ...
-
-    def key_pool(self, provider: str, usable: int, cooling_down: int, disabled: int) -> None: ...
 
 
 AttributeValue = str | bool | int | float

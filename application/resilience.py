@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -16,10 +17,12 @@ from application.ports import (
     Tracer,
 )
 from domain.backoff import BackoffPolicy
-from domain.circuit_breaker import CircuitBreaker, Permit, Verdict
+from domain.circuit_breaker import BreakerState, CircuitBreaker, Permit, Verdict
 from domain.errors import (
+    ConnectionsExhausted,
     DeadlineExceeded,
     KeyRejected,
+    MalformedAnswer,
     NoUsableKey,
     ProviderFailure,
     RateLimited,
@@ -49,6 +52,15 @@ class Upstream:
 
 
 @dataclass(frozen=True, slots=True)
+class Deadline:
+    """When a request must be answered. `own`: the proxy's REQUEST_TIMEOUT set it (no shorter
+    client deadline), so a provider still silent when it passes has failed (DESIGN §4)."""
+
+    at: float
+    own: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Observers:
     metrics: Metrics
     tracer: Tracer
@@ -56,9 +68,11 @@ class Observers:
 
 class Attempts:
     """Bookkeeping for the attempts of one request. Every started attempt ends exactly once:
-    `succeeded`, `aborted` (cancelled, deadline), `settle` (failed, no retry wanted) or
-    `failed` (returns the wait before the next attempt, or raises the error that ends the
-    request). Each attempt is a span; retries and key switches are events of `request_span`."""
+    `succeeded`, `aborted` (cancelled, a client's deadline), `timed_out` (the proxy's own
+    deadline), `settle` (failed, no retry wanted) or `failed` (returns the wait before the next
+    attempt, or raises the error that ends the request). Each attempt is a span; retries and key
+    switches are events of `request_span`. `deadline` is read when a wait is decided (a
+    coalesced call runs under the latest deadline of its waiters, which can move)."""
 
     def __init__(
         self,
@@ -69,7 +83,7 @@ class Attempts:
         random: RandomSource,
         observers: Observers,
         request_span: SpanHandle,
-        deadline: float,
+        deadline: Callable[[], float],
     ) -> None:
         self._up = upstream
         self._request = request
@@ -83,6 +97,7 @@ class Attempts:
         self.count = 0
         self._retries = 0
         self._switches = 0
+        self._malformed = 0
         self._permit = Permit()
         self._scope: AbstractContextManager[SpanHandle] | None = None
         self._span: SpanHandle | None = None
@@ -108,8 +123,21 @@ class Attempts:
             self._span.set("gen_ai.usage.output_tokens", end.usage.output_tokens)
         self._end(Verdict.SUCCESS, "success")
 
+    def key_wait(self) -> float:
+        """0 when a key is usable now. Else the one rule for waiting on a key, at the start as
+        after a 429: the earliest key reset, if it fits the retries and the deadline (it uses
+        a retry); else NoUsableKey with when to retry."""
+        now = self._clock.now()
+        if self._up.keys.usable(now):
+            return 0.0
+        return self._wait_for_key(now, None)
+
     def aborted(self) -> None:
         self._end(Verdict.NEUTRAL, "aborted")
+
+    def timed_out(self) -> None:
+        """The proxy's own deadline passed with the provider silent: the provider's failure."""
+        self._end(Verdict.FAILURE, "timeout")
 
     def settle(self, key: ApiKey, failure: ProviderFailure) -> None:
         """Records what a failed attempt says about the provider and the key."""
@@ -128,6 +156,12 @@ class Attempts:
                 key.fingerprint,
                 extra={"provider": self._up.name, "key": key.fingerprint},
             )
+        elif isinstance(failure, ConnectionsExhausted):
+            self._end(Verdict.NEUTRAL, "proxy_busy")
+        elif isinstance(failure, MalformedAnswer):
+            # one request's bad answer counts once, however often it is retried
+            self._malformed += 1
+            self._end(Verdict.FAILURE if self._malformed == 1 else Verdict.NEUTRAL, "malformed")
         elif isinstance(failure, UpstreamFault):
             self._end(Verdict.FAILURE, "upstream_fault")
         else:
@@ -141,27 +175,39 @@ class Attempts:
             if self._switch_key(now):
                 self._request_span.event("key_switch", {"reason": type(failure).__name__})
                 return 0.0
-            floor = self._up.keys.earliest_reset(now)
-            if floor is None:
-                raise NoUsableKey(self._up.name, None) from failure
-        elif isinstance(failure, UpstreamFault):
-            floor = failure.retry_after
-        else:
+            return self._wait_for_key(now, failure)
+        if not isinstance(failure, UpstreamFault):
             raise failure
-        wait = self._backoff.delay(self._retries, self._random.random(), now, self.deadline, floor)
+        if self._malformed > 1:
+            raise UpstreamUnavailable(self._up.name, self.count, failure) from failure
+        wait = self._backoff.delay(
+            self._retries, self._random.random(), now, self.deadline(), failure.retry_after
+        )
         if wait is None:
-            if isinstance(failure, RateLimited | KeyRejected):
-                raise NoUsableKey(self._up.name, floor) from failure
             if self._retries >= self._backoff.max_retries:
                 raise UpstreamUnavailable(self._up.name, self.count, failure) from failure
             raise DeadlineExceeded(
                 f"deadline reached after {self.count} attempt(s) to {self._up.name}; "
                 f"last error: {failure}"
             ) from failure
+        return self._retry(wait, failure)
+
+    def _wait_for_key(self, now: float, failure: ProviderFailure | None) -> float:
+        floor = self._up.keys.earliest_reset(now)
+        if floor is None:
+            raise NoUsableKey(self._up.name, None) from failure
+        wait = self._backoff.delay(
+            self._retries, self._random.random(), now, self.deadline(), floor
+        )
+        if wait is None:
+            raise NoUsableKey(self._up.name, floor) from failure
+        return self._retry(wait, failure)
+
+    def _retry(self, wait: float, failure: ProviderFailure | None) -> float:
         self._retries += 1
+        reason = type(failure).__name__ if failure is not None else "NoUsableKey"
         self._request_span.event(
-            "retry",
-            {"retry": self._retries, "wait_seconds": wait, "reason": type(failure).__name__},
+            "retry", {"retry": self._retries, "wait_seconds": wait, "reason": reason}
         )
         return wait
 
@@ -189,18 +235,24 @@ class Attempts:
         self._span = self._scope.__enter__()
 
     def _end(self, verdict: Verdict, outcome: str) -> None:
-        self._up.breaker.record(self._permit, verdict, self._clock.now())
+        now, breaker = self._clock.now(), self._up.breaker
+        before = breaker.state(now)
+        breaker.record(self._permit, verdict, now)
+        after = breaker.state(now)
+        if after is not before:  # one line per transition, not per rejected call
+            level = logging.WARNING if after is BreakerState.OPEN else logging.INFO
+            log.log(
+                level,
+                "%s circuit breaker %s -> %s (last attempt: %s)",
+                self._up.name,
+                before.name.lower(),
+                after.name.lower(),
+                outcome,
+                extra={"provider": self._up.name, "breaker": after.name.lower()},
+            )
         self._metrics.attempt(self._up.name, outcome)
-        self._publish()
         if self._scope is not None:
             if self._span is not None:
                 self._span.set("llm_proxy.outcome", outcome)
             scope, self._scope, self._span = self._scope, None, None
             scope.__exit__(None, None, None)
-
-    def _publish(self) -> None:
-        now, keys = self._clock.now(), self._up.keys
-        self._metrics.breaker_state(self._up.name, self._up.breaker.state(now))
-        self._metrics.key_pool(
-            self._up.name, len(keys.usable(now)), keys.cooling_down(now), keys.disabled()
-        )

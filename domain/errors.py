@@ -98,5 +98,19 @@ class UpstreamFault(ProviderFailure):
         super().__init__(message)
 
 
+class MalformedAnswer(UpstreamFault):
+    """A 2xx answer the proxy cannot use (not JSON, missing fields, out-of-range numbers, the
+    wrong content type, too large). Retried once: the same answer again ends the request."""
+
+
+class ConnectionsExhausted(ProviderFailure):
+    """The proxy's own connection pool to the provider stayed full (UPSTREAM_MAX_CONNECTIONS):
+    the proxy is overloaded, the provider did nothing wrong. Neither retried nor counted."""
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
 class UpstreamRejected(ProviderFailure):
     """Another 4xx: the provider refused this request (a client error, not retried)."""

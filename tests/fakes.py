@@ -27,7 +27,6 @@ from application.ports import (
     VectorMatch,
     VectorPoint,
 )
-from domain.circuit_breaker import BreakerState
 from domain.errors import ProviderFailure
 from domain.key_pool import ApiKey
 from domain.model import (
@@ -188,8 +187,6 @@ class RecordingMetrics(Metrics):
     token_counts: list[tuple[str, str, Usage]] = field(default_factory=list)
     lookups: list[CacheStatus] = field(default_factory=list)
     cache_errors: list[str] = field(default_factory=list)
-    breaker: dict[str, BreakerState] = field(default_factory=dict)
-    pools: dict[str, tuple[int, int, int]] = field(default_factory=dict)
     backends: dict[str, bool] = field(default_factory=dict)
     semantic_skips: list[str] = field(default_factory=list)
 
@@ -219,12 +216,6 @@ class RecordingMetrics(Metrics):
 
     def cache_semantic_skip(self, reason: str) -> None:
         self.semantic_skips.append(reason)
-
-    def breaker_state(self, provider: str, state: BreakerState) -> None:
-        self.breaker[provider] = state
-
-    def key_pool(self, provider: str, usable: int, cooling_down: int, disabled: int) -> None:
-        self.pools[provider] = (usable, cooling_down, disabled)
 
 
 class DictCache(ResponseCache):

@@ -9,6 +9,7 @@ import grpc
 from adapters.grpc.generated import proxy_pb2 as pb
 from domain.errors import (
     CircuitOpen,
+    ConnectionsExhausted,
     DeadlineExceeded,
     InvalidRequest,
     KeyRejected,
@@ -134,7 +135,11 @@ def status_of(error: ProxyError) -> Status:
             return Status(grpc.StatusCode.NOT_FOUND, message)
         case NoUsableKey(retry_after=None):
             return Status(grpc.StatusCode.UNAVAILABLE, message)
-        case NoUsableKey(retry_after=seconds) | RateLimited(retry_after=seconds):
+        case (
+            NoUsableKey(retry_after=seconds)
+            | RateLimited(retry_after=seconds)
+            | ConnectionsExhausted(retry_after=seconds)
+        ):
             return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, seconds)
         case CircuitOpen(retry_after=seconds):
             return Status(grpc.StatusCode.UNAVAILABLE, message, seconds)

@@ -20,6 +20,7 @@ from domain.model import Answer, CacheStatus, InferenceRequest, RequestLimits
 
 Context = grpc.aio.ServicerContext[Any, Any]
 log = logging.getLogger("llm_proxy.requests")
+DEADLINE_SLACK = 0.25  # seconds: a cancellation this close to the deadline is the deadline
 
 
 @dataclass
@@ -51,7 +52,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self._limits = limits or RequestLimits()
 
     async def Infer(self, request: pb.InferenceRequest, context: Context) -> pb.InferenceResponse:
-        async with self._observed(request) as outcome:
+        async with self._observed(request, context) as outcome:
             answer = await self._service.infer(
                 self._domain(request, context), context.time_remaining()
             )
@@ -61,7 +62,7 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     async def InferStream(
         self, request: pb.InferenceRequest, context: Context
     ) -> AsyncIterator[pb.StreamChunk]:
-        async with self._observed(request) as outcome:
+        async with self._observed(request, context) as outcome:
             events = self._service.stream(self._domain(request, context), context.time_remaining())
             async for event in events:
                 if isinstance(event, Answer):
@@ -75,7 +76,9 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         return mapping.to_domain(request, self._limits, tenant=tenant)
 
     @asynccontextmanager
-    async def _observed(self, request: pb.InferenceRequest) -> AsyncIterator[_Outcome]:
+    async def _observed(
+        self, request: pb.InferenceRequest, context: Context
+    ) -> AsyncIterator[_Outcome]:
         outcome = _Outcome()
         started = self._clock.now()
         self._metrics.request_started()
@@ -88,7 +91,12 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             outcome.provider = getattr(error, "provider", outcome.provider)
             raise
         except (asyncio.CancelledError, GeneratorExit):
-            status = "cancelled"
+            # A client's deadline ends the call as a cancellation: the client's timer fires
+            # first (the server's deadline is later by the transit time), or the server's.
+            left = context.time_remaining()
+            status = (
+                "deadline_exceeded" if left is not None and left <= DEADLINE_SLACK else "cancelled"
+            )
             raise
         finally:
             seconds = self._clock.now() - started

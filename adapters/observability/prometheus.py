@@ -8,7 +8,8 @@ served, and becomes "other" when they are gone, so no client input can create se
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Final, Generic, TypeVar
 
 from prometheus_client import (
@@ -21,10 +22,12 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.registry import Collector
 
 from application.ports import Metrics
-from domain.circuit_breaker import BreakerState
+from application.resilience import Upstream
 from domain.model import CacheStatus, Usage
 
 OTHER: Final = "other"
@@ -44,7 +47,8 @@ GRPC_STATUSES: Final = (
     "out_of_range", "unimplemented", "internal", "unavailable", "data_loss", "unauthenticated",
 )  # fmt: skip
 ATTEMPT_OUTCOMES: Final = (
-    "success", "aborted", "rate_limited", "key_rejected", "upstream_fault", "rejected",
+    "success", "aborted", "timeout", "rate_limited", "key_rejected", "upstream_fault",
+    "malformed", "proxy_busy", "rejected",
 )  # fmt: skip
 AUTH_FAILURE_REASONS: Final = ("missing", "malformed", "invalid")
 SEMANTIC_SKIP_REASONS: Final = ("beyond_window", "different_question")
@@ -130,8 +134,8 @@ class PrometheusMetrics(Metrics):
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self._define(tuple(latency_buckets))
-        for provider in providers:
-            self.breaker_state(provider, BreakerState.CLOSED)
+        self._upstreams = _UpstreamStates(self._provider)
+        self.registry.register(self._upstreams)
 
     def _define(self, latency_buckets: tuple[float, ...]) -> None:
         r = self.registry
@@ -152,12 +156,6 @@ class PrometheusMetrics(Metrics):
         self.cache_hits = Counter("cache_hits", "Cache hits (exact or semantic)", registry=r)
         self.cache_lookups = Counter("cache_lookups", "Cache lookups", registry=r)
         self.cache_hit_ratio = Gauge("cache_hit_ratio", "cache hits / cache lookups", registry=r)
-        self.circuit_breaker_state = Gauge(
-            "circuit_breaker_state",
-            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
-            ("provider",),
-            registry=r,
-        )
         self.active_requests = Gauge("active_requests", "In-flight requests", registry=r)
         self.requests = Counter(
             "requests", "Requests by outcome (gRPC status, lower case)", ("status",), registry=r
@@ -172,12 +170,6 @@ class PrometheusMetrics(Metrics):
             "upstream_attempts",
             "Calls to an upstream provider by outcome",
             ("provider", "outcome"),
-            registry=r,
-        )
-        self.key_pool_keys = Gauge(
-            "key_pool_keys",
-            "API keys per provider by state (usable, cooling_down, disabled)",
-            ("provider", "state"),
             registry=r,
         )
         self.cache_errors = Counter(
@@ -210,8 +202,6 @@ class PrometheusMetrics(Metrics):
         self._requests = _Children(self.requests)
         self._attempts = _Children(self.upstream_attempts)
         self._errors = _Children(self.cache_errors)
-        self._breakers = _Children(self.circuit_breaker_state)
-        self._keys = _Children(self.key_pool_keys)
         self._backends_up = _Children(self.cache_backend_up)
 
     # -- admission (the gRPC adapter, before the use case) -----------------------------------
@@ -274,14 +264,11 @@ class PrometheusMetrics(Metrics):
         if reason in SEMANTIC_SKIP_REASONS:
             self.cache_semantic_skips.labels(reason).inc()
 
-    def breaker_state(self, provider: str, state: BreakerState) -> None:
-        self._breakers(self._provider(provider)).set(int(state))
-
-    def key_pool(self, provider: str, usable: int, cooling_down: int, disabled: int) -> None:
-        label = self._provider(provider)
-        self._keys(label, "usable").set(usable)
-        self._keys(label, "cooling_down").set(cooling_down)
-        self._keys(label, "disabled").set(disabled)
+    def watch(self, upstreams: Mapping[str, Upstream], now: Callable[[], float]) -> None:
+        """Publishes `circuit_breaker_state` and `key_pool_keys` of these upstreams, read from
+        their breakers and key pools at each scrape (`now`: the clock they run on)."""
+        self._upstreams.upstreams = dict(upstreams)
+        self._upstreams.now = now
 
     # -- exposition ------------------------------------------------------------------------
 
@@ -296,3 +283,36 @@ class PrometheusMetrics(Metrics):
 
     def model_labels(self) -> frozenset[str]:
         return self._model.values() | {OTHER}
+
+
+class _UpstreamStates(Collector):
+    """Breaker and key-pool gauges computed when scraped, so they are never stale: a breaker
+    whose cooldown has passed shows half-open (2) before the next call, a key whose cooldown
+    ended shows usable."""
+
+    def __init__(self, provider: BoundedLabel) -> None:
+        self._provider = provider
+        self.upstreams: dict[str, Upstream] = {}
+        self.now: Callable[[], float] = time.monotonic
+
+    def collect(self) -> Iterator[Metric]:
+        breakers = GaugeMetricFamily(
+            "circuit_breaker_state",
+            "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+            labels=("provider",),
+        )
+        keys = GaugeMetricFamily(
+            "key_pool_keys",
+            "API keys per provider by state (usable, cooling_down, disabled)",
+            labels=("provider", "state"),
+        )
+        now = self.now()
+        for name, upstream in self.upstreams.items():
+            label = self._provider(name)
+            breakers.add_metric((label,), int(upstream.breaker.state(now)))
+            pool = upstream.keys
+            keys.add_metric((label, "usable"), len(pool.usable(now)))
+            keys.add_metric((label, "cooling_down"), pool.cooling_down(now))
+            keys.add_metric((label, "disabled"), pool.disabled())
+        yield breakers
+        yield keys

@@ -19,7 +19,9 @@ import httpx
 from adapters.durations import parse_duration
 from adapters.providers.sse import SSEError, StreamStalled
 from domain.errors import (
+    ConnectionsExhausted,
     KeyRejected,
+    MalformedAnswer,
     ProviderFailure,
     RateLimited,
     UpstreamFault,
@@ -31,6 +33,10 @@ REDACTED = "[redacted]"
 MAX_MESSAGE_CHARS = 300
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
+"""The default bound of one answer's bytes, unary or streamed (MAX_RESPONSE_BYTES)."""
+MAX_TOKEN_COUNT = 2**31 - 1
+"""Usage numbers travel as int32 in the API; a larger one is a bogus upstream number."""
+POOL_FULL_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = 86_400.0
 """A reset further away than a day is treated as a day: a bogus header must not bench a key."""
 
@@ -307,12 +313,29 @@ async def raise_for_outcome(
     )
 
 
-def malformed(provider: str, what: str) -> UpstreamFault:
-    return UpstreamFault(f"{provider} sent a malformed answer: {what}")
+def malformed(provider: str, what: str) -> MalformedAnswer:
+    return MalformedAnswer(f"{provider} sent a malformed answer: {what}")
 
 
-def transport_failure(exc: Exception, *, provider: str, key: ApiKey) -> UpstreamFault:
-    """Timeouts, connection errors, stalls and undecodable streams; all the provider's fault."""
+def token_count(value: object, provider: str, field: str) -> int:
+    """A usage number: absent or not an integer is 0 (compatible servers may leave usage out);
+    negative or past int32 is a malformed answer, never passed on nor cached."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        return 0
+    if not 0 <= value <= MAX_TOKEN_COUNT:
+        raise malformed(provider, f"usage {field} is out of range ({value})")
+    return value
+
+
+def transport_failure(exc: Exception, *, provider: str, key: ApiKey) -> ProviderFailure:
+    """Timeouts, connection errors, stalls and undecodable streams are the provider's fault;
+    a full connection pool is the proxy's own limit (never the provider's failure)."""
+    if isinstance(exc, httpx.PoolTimeout):
+        return ConnectionsExhausted(
+            f"the proxy's connections to {provider} are all busy (UPSTREAM_MAX_CONNECTIONS); "
+            f"retry after {POOL_FULL_RETRY_AFTER:g}s",
+            POOL_FULL_RETRY_AFTER,
+        )
     if isinstance(exc, StreamStalled):
         return UpstreamFault(f"{provider} stream stalled: {exc}")
     if isinstance(exc, SSEError):

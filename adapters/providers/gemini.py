@@ -17,9 +17,12 @@ from urllib.parse import quote
 import httpx
 
 from adapters.providers.errors import (
+    MAX_ANSWER_BYTES,
+    MAX_TOKEN_COUNT,
     classify_stream_error,
     json_or_none,
     malformed,
+    token_count,
     utcnow,
 )
 from adapters.providers.exchange import post_json, post_sse
@@ -55,17 +58,16 @@ def finish_reason(value: object) -> FinishReason:
     return _FINISH.get(value, FinishReason.OTHER) if isinstance(value, str) else FinishReason.OTHER
 
 
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def usage_of(value: object) -> Usage:
+def usage_of(value: object, provider: str = "gemini") -> Usage:
     """Thinking tokens are output tokens too (billed as such; OpenAI counts them in
     `completion_tokens`), so output = candidatesTokenCount + thoughtsTokenCount."""
     if not isinstance(value, dict):
         return Usage()
-    output = _count(value.get("candidatesTokenCount")) + _count(value.get("thoughtsTokenCount"))
-    return Usage(_count(value.get("promptTokenCount")), output)
+    output = token_count(value.get("candidatesTokenCount"), provider, "candidatesTokenCount")
+    output += token_count(value.get("thoughtsTokenCount"), provider, "thoughtsTokenCount")
+    if output > MAX_TOKEN_COUNT:
+        raise malformed(provider, f"usage output tokens are out of range ({output})")
+    return Usage(token_count(value.get("promptTokenCount"), provider, "promptTokenCount"), output)
 
 
 @dataclass(slots=True)
@@ -94,6 +96,7 @@ class GeminiProvider(Provider):
         *,
         base_url: str = DEFAULT_BASE_URL,
         stream_idle_timeout: float = 30.0,
+        max_response_bytes: int = MAX_ANSWER_BYTES,
         name: str = "gemini",
         now: Callable[[], datetime] = utcnow,
     ) -> None:
@@ -103,6 +106,7 @@ class GeminiProvider(Provider):
         self._client = client
         self._base = base_url.rstrip("/") + "/v1beta/models/"
         self._idle = stream_idle_timeout
+        self._max_bytes = max_response_bytes
         self._now = now
 
     def __repr__(self) -> str:
@@ -145,6 +149,7 @@ class GeminiProvider(Provider):
         payload = await post_json(
             self._client, self.url(request.model, stream=False), self.body(request),
             self._headers(key), provider=self.name, key=key, now=self._now(),
+            max_bytes=self._max_bytes,
         )  # fmt: skip
         chunk = self._read(payload, key)
         if chunk.finish is not None:
@@ -170,7 +175,7 @@ class GeminiProvider(Provider):
         events = post_sse(
             self._client, self.url(request.model, stream=True), self.body(request),
             self._headers(key), provider=self.name, key=key, now=self._now(),
-            idle_timeout=self._idle,
+            idle_timeout=self._idle, max_bytes=self._max_bytes,
         )  # fmt: skip
         async with aclosing(events):
             async for event in events:
@@ -209,7 +214,7 @@ class GeminiProvider(Provider):
             text=self._text(candidate),
             finish=finish_reason(raw_finish) if raw_finish else None,
             model=version if isinstance(version, str) and version else None,
-            usage=usage_of(usage) if isinstance(usage, dict) else None,
+            usage=usage_of(usage, self.name) if isinstance(usage, dict) else None,
         )
 
     def _text(self, candidate: dict[str, Any]) -> str:

@@ -11,9 +11,11 @@ from typing import Any, Literal
 import httpx
 
 from adapters.providers.errors import (
+    MAX_ANSWER_BYTES,
     classify_stream_error,
     json_or_none,
     malformed,
+    token_count,
     utcnow,
 )
 from adapters.providers.exchange import post_json, post_sse
@@ -45,15 +47,14 @@ def finish_reason(value: object) -> FinishReason:
     return _FINISH.get(value, FinishReason.OTHER) if isinstance(value, str) else FinishReason.OTHER
 
 
-def _count(value: object) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def usage_of(value: object) -> Usage:
+def usage_of(value: object, provider: str = "openai") -> Usage:
     """OpenAI-compatible servers may leave `usage` out or null: zero tokens then."""
     if not isinstance(value, dict):
         return Usage()
-    return Usage(_count(value.get("prompt_tokens")), _count(value.get("completion_tokens")))
+    return Usage(
+        token_count(value.get("prompt_tokens"), provider, "prompt_tokens"),
+        token_count(value.get("completion_tokens"), provider, "completion_tokens"),
+    )
 
 
 def _model_of(payload: dict[str, Any], fallback: str) -> str:
@@ -83,6 +84,7 @@ class OpenAIProvider(Provider):
         *,
         base_url: str = DEFAULT_BASE_URL,
         stream_idle_timeout: float = 30.0,
+        max_response_bytes: int = MAX_ANSWER_BYTES,
         name: str = "openai",
         max_tokens_field: MaxTokensField = "max_tokens",
         now: Callable[[], datetime] = utcnow,
@@ -93,6 +95,7 @@ class OpenAIProvider(Provider):
         self._client = client
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._idle = stream_idle_timeout
+        self._max_bytes = max_response_bytes
         self._max_tokens_field = max_tokens_field
         self._now = now
 
@@ -120,7 +123,7 @@ class OpenAIProvider(Provider):
     async def complete(self, request: InferenceRequest, key: ApiKey) -> Completion:
         payload = await post_json(
             self._client, self._url, self.body(request, stream=False), self._headers(key),
-            provider=self.name, key=key, now=self._now(),
+            provider=self.name, key=key, now=self._now(), max_bytes=self._max_bytes,
         )  # fmt: skip
         return self._completion(payload, request.model)
 
@@ -139,7 +142,7 @@ class OpenAIProvider(Provider):
             model=_model_of(payload, requested_model),
             provider=self.name,
             finish_reason=finish_reason(choices[0].get("finish_reason")),
-            usage=usage_of(payload.get("usage")),
+            usage=usage_of(payload.get("usage"), self.name),
         )
 
     async def stream(
@@ -149,6 +152,7 @@ class OpenAIProvider(Provider):
         events = post_sse(
             self._client, self._url, self.body(request, stream=True), self._headers(key),
             provider=self.name, key=key, now=self._now(), idle_timeout=self._idle,
+            max_bytes=self._max_bytes,
         )  # fmt: skip
         async with aclosing(events):
             async for event in events:
@@ -172,7 +176,7 @@ class OpenAIProvider(Provider):
             raise malformed(self.name, "a stream event is not a JSON object")
         progress.model = _model_of(chunk, progress.model)
         if chunk.get("usage") is not None:
-            progress.usage = usage_of(chunk["usage"])
+            progress.usage = usage_of(chunk["usage"], self.name)
         choices = chunk.get("choices") or []
         if not isinstance(choices, list):
             raise malformed(self.name, "a stream event's choices are not a list")

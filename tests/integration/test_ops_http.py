@@ -10,8 +10,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.observability.http import OpsServer, Readiness
 from adapters.observability.prometheus import PrometheusMetrics
-from domain.circuit_breaker import BreakerState
+from application.resilience import Upstream
+from domain.circuit_breaker import CircuitBreaker, Verdict
+from domain.key_pool import ApiKey, KeyPool
 from domain.model import CacheStatus, Usage
+from tests.fakes import FakeProvider
 
 pytestmark = pytest.mark.integration
 
@@ -61,7 +64,10 @@ async def test_metrics_are_scraped_in_the_text_format(ops: Ops) -> None:
     m.request_finished("gemini", "gemini-2.0-flash", CacheStatus.SEMANTIC, "ok", 0.02)
     m.tokens("gemini", "gemini-2.0-flash", Usage(input_tokens=5, output_tokens=7))
     m.cache_lookup(CacheStatus.SEMANTIC, 0.96)
-    m.breaker_state("openai", BreakerState.OPEN)
+    breaker = CircuitBreaker("openai", failure_threshold=1, cooldown=30.0)
+    breaker.record(breaker.admit(0.0), Verdict.FAILURE, 0.0)
+    keys = KeyPool("openai", [ApiKey("sk-ops-test")], 30.0)
+    m.watch({"openai": Upstream(FakeProvider("openai"), keys, breaker)}, lambda: 1.0)
 
     async with ops.http.get(f"{ops.url}/metrics") as response:
         assert response.status == 200

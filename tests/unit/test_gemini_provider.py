@@ -14,6 +14,7 @@ from adapters.providers import http_client
 from adapters.providers.gemini import DEFAULT_BASE_URL, GeminiProvider
 from domain.errors import (
     KeyRejected,
+    MalformedAnswer,
     ProviderFailure,
     RateLimited,
     UpstreamFault,
@@ -458,3 +459,12 @@ async def test_connection_errors_are_faults(
 ) -> None:
     upstream.replies.append(httpx.ConnectTimeout("timed out"))
     assert isinstance(await fails(provider, stream=stream), UpstreamFault)
+
+
+async def test_output_tokens_summing_past_int32_are_a_malformed_answer(
+    provider: GeminiProvider, upstream: Upstream
+) -> None:
+    usage = {"promptTokenCount": 8, "candidatesTokenCount": 2**31 - 1, "thoughtsTokenCount": 5}
+    upstream.reply(json_body=response("hi", usage=usage))
+    with pytest.raises(MalformedAnswer, match="out of range"):
+        await provider.complete(request(), KEY)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -10,9 +11,11 @@ from domain.backoff import BackoffPolicy
 from domain.circuit_breaker import BreakerState, CircuitBreaker
 from domain.errors import (
     CircuitOpen,
+    ConnectionsExhausted,
     DeadlineExceeded,
     InvalidRequest,
     KeyRejected,
+    MalformedAnswer,
     NoUsableKey,
     RateLimited,
     UnknownModel,
@@ -58,6 +61,7 @@ class World:
         cache: DictCache | None = None,
         request_timeout: float = 30.0,
         routes: dict[str, Route] | None = None,
+        upstream_timeout: float | None = None,
     ) -> None:
         self.clock = FakeClock()
         self.sleeper = FakeSleeper(self.clock)
@@ -79,6 +83,7 @@ class World:
             random=FixedRandom(0.5),
             metrics=self.metrics,
             tracer=self.tracer,
+            upstream_timeout=upstream_timeout,
         )
 
     async def stream(self, request: InferenceRequest) -> tuple[list[str], Answer]:
@@ -133,7 +138,6 @@ async def test_429_moves_to_the_next_key_without_waiting() -> None:
     assert first != second
     assert world.sleeper.sleeps == []
     assert world.keys.cooling_down(world.clock.now()) == 1
-    assert world.metrics.pools["openai"] == (1, 1, 0)  # usable, cooling down, disabled
 
 
 async def test_all_keys_limited_is_resource_exhausted_with_the_earliest_reset() -> None:
@@ -222,7 +226,7 @@ async def test_breaker_opens_after_threshold_then_fails_fast_then_recovers() -> 
     for _ in range(3):
         with pytest.raises(UpstreamUnavailable):
             await world.service.infer(ask())
-    assert world.metrics.breaker["openai"] is BreakerState.OPEN
+    assert world.breaker.state(world.clock.now()) is BreakerState.OPEN
     with pytest.raises(CircuitOpen):
         await world.service.infer(ask())
     assert len(world.provider.calls) == 3
@@ -394,3 +398,159 @@ async def test_spans_show_attempts_retries_and_gen_ai_attributes_without_prompts
     assert "secret prompt" not in recorded
     assert "the answer text" not in recorded
     assert "sk-test" not in recorded
+
+
+# -- coalescing (DESIGN §5) -------------------------------------------------------------------
+
+
+async def test_coalescing_never_crosses_tenants_or_cache_control() -> None:
+    world = World(openai())
+    world.provider.gate = asyncio.Event()
+    requests = [
+        ask("same", tenant="tenant-a"),
+        ask("same", tenant="tenant-b"),
+        ask("same", tenant="tenant-a", cache=CacheControl(skip_store=True)),
+        ask("same", tenant="tenant-a", cache=CacheControl(skip_lookup=True)),
+        ask("same", tenant="tenant-a"),
+    ]
+    calls = [asyncio.create_task(world.service.infer(r)) for r in requests]
+    await asyncio.sleep(0)
+    world.provider.gate.set()
+    await asyncio.gather(*calls)
+    assert len(world.provider.calls) == 4  # only the two identical tenant-a requests share
+    assert [c.request.cache.skip_store for c in world.provider.calls].count(True) == 1
+
+
+async def test_a_coalesced_caller_keeps_its_own_longer_deadline() -> None:
+    world = World(openai(Reply("late but fine")))
+    world.provider.gate = asyncio.Event()
+    short = asyncio.create_task(world.service.infer(ask("same"), time_left=0.05))
+    long = asyncio.create_task(world.service.infer(ask("same"), time_left=5.0))
+    with pytest.raises(DeadlineExceeded):
+        await short
+    world.provider.gate.set()
+    assert (await long).completion.content == "late but fine"
+    assert len(world.provider.calls) == 1
+    assert world.provider.cancelled == 0
+
+
+async def test_a_request_after_the_last_waiter_left_gets_a_call_of_its_own() -> None:
+    world = World(openai(Hang(), Reply("fresh")))
+    leaving = asyncio.create_task(world.service.infer(ask("same")))
+    await world.provider.entered.wait()
+    leaving.cancel()
+    await asyncio.sleep(0)  # the cancelled call has not finished its cleanup yet
+    answer = await world.service.infer(ask("same"))
+    assert answer.completion.content == "fresh"
+    assert len(world.provider.calls) == 2
+
+
+# -- whose timeout: the proxy's own is the provider's failure, a client's is not ---------------
+
+
+async def test_a_provider_silent_until_the_request_timeout_has_failed() -> None:
+    world = World(openai(Hang()), request_timeout=0.05)
+    with pytest.raises(DeadlineExceeded):
+        await world.service.infer(ask())
+    assert world.metrics.attempts == [("openai", "timeout")]
+    assert world.breaker._failures == 1
+
+
+async def test_a_shorter_client_deadline_is_not_the_providers_failure() -> None:
+    world = World(openai(Hang()))
+    with pytest.raises(DeadlineExceeded):
+        await world.service.infer(ask(), time_left=0.05)
+    assert world.metrics.attempts == [("openai", "aborted")]
+    assert world.breaker._failures == 0
+
+
+async def test_a_hanging_provider_opens_the_breaker() -> None:
+    world = World(openai(*[Hang()] * 10), threshold=3, request_timeout=0.05)
+    for _ in range(3):
+        with pytest.raises(DeadlineExceeded):
+            await world.service.infer(ask())
+    with pytest.raises(CircuitOpen):
+        await world.service.infer(ask())
+    assert len(world.provider.calls) == 3
+
+
+async def test_a_silent_stream_until_the_request_timeout_has_failed() -> None:
+    world = World(openai(Hang()), request_timeout=0.05)
+    with pytest.raises(DeadlineExceeded):
+        await world.stream(ask())
+    assert world.metrics.attempts == [("openai", "timeout")]
+
+
+async def test_upstream_timeout_ends_a_silent_attempt_and_retries() -> None:
+    world = World(openai(Hang(), Reply("second try")), upstream_timeout=0.05)
+    answer = await world.service.infer(ask())
+    assert answer.completion.content == "second try"
+    assert world.metrics.attempts == [("openai", "upstream_fault"), ("openai", "success")]
+    assert world.provider.cancelled == 1
+
+
+async def test_upstream_timeout_bounds_the_first_event_of_a_stream() -> None:
+    world = World(openai(Hang(), Reply("a b", chunks=("a", "b"))), upstream_timeout=0.05)
+    deltas, _ = await world.stream(ask())
+    assert deltas == ["a", "b"]
+    assert world.metrics.attempts == [("openai", "upstream_fault"), ("openai", "success")]
+
+
+# -- one rule for waiting on a key ------------------------------------------------------------
+
+
+async def test_keys_cooling_at_the_start_are_waited_for_as_after_a_429() -> None:
+    world = World(openai(Reply("after the reset")), keys=1)
+    world.keys.cool_down(world.keys.keys[0], world.clock.now(), 2.0)
+    answer = await world.service.infer(ask())
+    assert answer.completion.content == "after the reset"
+    assert world.sleeper.sleeps == [pytest.approx(2.0)]
+
+
+async def test_keys_cooling_past_the_deadline_at_the_start_are_resource_exhausted() -> None:
+    world = World(openai(), keys=1, request_timeout=5.0)
+    world.keys.cool_down(world.keys.keys[0], world.clock.now(), 60.0)
+    with pytest.raises(NoUsableKey) as caught:
+        await world.service.infer(ask())
+    assert caught.value.retry_after == pytest.approx(60.0)
+    assert world.sleeper.sleeps == []
+    assert world.provider.calls == []
+
+
+# -- faults that are not the provider's, or that retrying cannot fix --------------------------
+
+
+async def test_the_same_malformed_answer_is_retried_once_and_counted_once() -> None:
+    world = World(openai(*[Fail(MalformedAnswer("not JSON"))] * 4), threshold=2)
+    with pytest.raises(UpstreamUnavailable, match="2 attempts"):
+        await world.service.infer(ask())
+    assert len(world.provider.calls) == 2
+    assert world.breaker.state(world.clock.now()) is BreakerState.CLOSED
+    assert world.metrics.attempts == [("openai", "malformed")] * 2
+
+
+async def test_the_proxys_own_full_pool_is_neither_retried_nor_the_providers_failure() -> None:
+    world = World(openai(Fail(ConnectionsExhausted("pool full", 1.0))), threshold=1)
+    with pytest.raises(ConnectionsExhausted):
+        await world.service.infer(ask())
+    assert len(world.provider.calls) == 1
+    assert world.breaker.state(world.clock.now()) is BreakerState.CLOSED
+    assert world.metrics.attempts == [("openai", "proxy_busy")]
+
+
+async def test_breaker_transitions_are_logged_once_each(caplog: pytest.LogCaptureFixture) -> None:
+    world = World(openai(*[Fail(UpstreamFault("500"))] * 2), max_retries=0, threshold=2)
+    with caplog.at_level(logging.INFO, logger="application.resilience"):
+        for _ in range(2):
+            with pytest.raises(UpstreamUnavailable):
+                await world.service.infer(ask())
+        for _ in range(3):
+            with pytest.raises(CircuitOpen):
+                await world.service.infer(ask())
+        world.clock.advance(30.0)
+        await world.service.infer(ask("probe"))
+    lines = [r.getMessage() for r in caplog.records if "circuit breaker" in r.getMessage()]
+    assert lines == [
+        "openai circuit breaker closed -> open (last attempt: upstream_fault)",
+        "openai circuit breaker half_open -> closed (last attempt: success)",
+    ]

@@ -14,7 +14,9 @@ import pytest
 from adapters.providers import http_client
 from adapters.providers.openai import DEFAULT_BASE_URL, OpenAIProvider
 from domain.errors import (
+    ConnectionsExhausted,
     KeyRejected,
+    MalformedAnswer,
     ProviderFailure,
     RateLimited,
     UpstreamFault,
@@ -572,3 +574,80 @@ async def test_transport_errors_are_faults(
     failure = await fails(provider, stream=stream)
     assert isinstance(failure, UpstreamFault)
     assert failure.breaker_failure
+
+
+# --- bounded output: numbers, sizes, content types -----------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", [2**40, -1, 2**31])
+async def test_out_of_range_token_counts_are_a_malformed_answer(
+    provider: OpenAIProvider, upstream: Upstream, tokens: int
+) -> None:
+    upstream.reply(json_body=COMPLETION | {"usage": {"prompt_tokens": tokens}})
+    failure = await fails(provider, stream=False)
+    assert isinstance(failure, MalformedAnswer)
+    assert "prompt_tokens is out of range" in str(failure)
+
+
+async def test_out_of_range_token_counts_in_a_stream_are_a_malformed_answer(
+    provider: OpenAIProvider, upstream: Upstream
+) -> None:
+    usage = {"prompt_tokens": 19, "completion_tokens": 2**40}
+    upstream.reply(chunks=[sse(*STREAM[:-1], chunk(None, usage=usage))])
+    assert isinstance(await fails(provider, stream=True), MalformedAnswer)
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html", b"<html><body>Service temporarily unavailable</body></html>"),
+        ("application/json", json.dumps(COMPLETION).encode()),
+    ],
+)
+async def test_a_body_that_is_no_event_stream_is_malformed_not_truncated(
+    provider: OpenAIProvider, upstream: Upstream, content_type: str, body: bytes
+) -> None:
+    upstream.reply(chunks=[body], headers={"content-type": content_type})
+    failure = await fails(provider, stream=True)
+    assert isinstance(failure, MalformedAnswer)
+    assert f"unexpected content type '{content_type}'" in str(failure)
+    assert "truncated" not in str(failure)
+
+
+async def test_a_stream_longer_than_max_response_bytes_ends_with_an_error(
+    upstream: Upstream,
+) -> None:
+    endless = [sse(chunk({"content": "x" * 100}), done=False)] * 50
+    upstream.reply(chunks=endless, headers={"content-type": "text/event-stream"})
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream.handle)) as client:
+        provider = OpenAIProvider(client, base_url=BASE, max_response_bytes=1000)
+        received: list[Any] = []
+
+        async def consume() -> None:
+            async for event in provider.stream(request(), KEY):
+                received.append(event)
+
+        with pytest.raises(MalformedAnswer, match="MAX_RESPONSE_BYTES"):
+            await consume()
+    assert 0 < len(received) < 10
+    assert not any(isinstance(e, StreamEnd) for e in received)
+
+
+async def test_a_unary_answer_longer_than_max_response_bytes_is_malformed(
+    upstream: Upstream,
+) -> None:
+    upstream.reply(json_body=COMPLETION)
+    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream.handle)) as client:
+        provider = OpenAIProvider(client, base_url=BASE, max_response_bytes=100)
+        with pytest.raises(MalformedAnswer, match="larger than 100 bytes"):
+            await provider.complete(request(), KEY)
+
+
+async def test_the_proxys_own_full_pool_is_not_the_providers_fault(
+    provider: OpenAIProvider, upstream: Upstream
+) -> None:
+    upstream.replies.append(httpx.PoolTimeout("no connection available"))
+    failure = await fails(provider, stream=False)
+    assert isinstance(failure, ConnectionsExhausted)
+    assert "UPSTREAM_MAX_CONNECTIONS" in str(failure)
+    assert failure.retry_after is not None

@@ -4,8 +4,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from adapters.observability.prometheus import PrometheusMetrics
-from domain.circuit_breaker import BreakerState
+from application.resilience import Upstream
+from domain.circuit_breaker import CircuitBreaker, Verdict
+from domain.key_pool import ApiKey, KeyPool
 from domain.model import CacheStatus, Usage
+from tests.fakes import FakeProvider
 
 CONTRACT = {  # the predecessor's metrics: exposed name -> (type, labels)
     "request_latency_seconds": ("histogram", {"provider", "model", "cache_status"}),
@@ -43,7 +46,7 @@ def exercised() -> PrometheusMetrics:
     m.cache_lookup(CacheStatus.MISS, None)
     m.cache_lookup(CacheStatus.SEMANTIC, 0.97)
     m.cache_lookup(CacheStatus.EXACT, 1.0)
-    m.breaker_state("gemini", BreakerState.HALF_OPEN)
+    Upstreams(m)
     return m
 
 
@@ -96,12 +99,46 @@ def test_a_bypassed_cache_is_not_a_lookup() -> None:
     assert value(m, "cache_hit_ratio") == 0
 
 
-def test_breaker_state_is_0_closed_1_open_2_half_open() -> None:
-    m = exercised()
-    assert value(m, "circuit_breaker_state", provider="openai") == 0  # known from the start
-    assert value(m, "circuit_breaker_state", provider="gemini") == 2
-    m.breaker_state("gemini", BreakerState.OPEN)
+class Upstreams:
+    """Real breakers and key pools on a hand-moved clock, watched by the metrics."""
+
+    def __init__(self, m: PrometheusMetrics) -> None:
+        self.t = 0.0
+        self.keys = [ApiKey("sk-one"), ApiKey("sk-two"), ApiKey("sk-three")]
+        self.up = {
+            name: Upstream(
+                FakeProvider(name),
+                KeyPool(name, list(self.keys), 30.0),
+                CircuitBreaker(name, failure_threshold=1, cooldown=10.0),
+            )
+            for name in ("openai", "gemini")
+        }
+        m.watch(self.up, lambda: self.t)
+
+
+def test_breaker_state_is_read_when_scraped_including_half_open() -> None:
+    m = PrometheusMetrics(process_metrics=False)
+    u = Upstreams(m)
+    assert value(m, "circuit_breaker_state", provider="openai") == 0
+    breaker = u.up["gemini"].breaker
+    breaker.record(breaker.admit(u.t), Verdict.FAILURE, u.t)
     assert value(m, "circuit_breaker_state", provider="gemini") == 1
+    u.t = 10.0  # the cooldown has passed: half-open before any call arrives
+    assert value(m, "circuit_breaker_state", provider="gemini") == 2
+
+
+def test_key_pool_keys_are_read_when_scraped() -> None:
+    m = PrometheusMetrics(process_metrics=False)
+    u = Upstreams(m)
+    pool = u.up["gemini"].keys
+    pool.cool_down(u.keys[0], u.t, 5.0)
+    pool.disable(u.keys[1])
+    assert value(m, "key_pool_keys", provider="gemini", state="usable") == 1
+    assert value(m, "key_pool_keys", provider="gemini", state="cooling_down") == 1
+    assert value(m, "key_pool_keys", provider="gemini", state="disabled") == 1
+    u.t = 5.0  # the cooldown ended: usable again without any call
+    assert value(m, "key_pool_keys", provider="gemini", state="usable") == 2
+    assert value(m, "key_pool_keys", provider="gemini", state="cooling_down") == 0
 
 
 def test_operator_metrics() -> None:
@@ -109,13 +146,9 @@ def test_operator_metrics() -> None:
     m.attempt("openai", "upstream_fault")
     m.attempt("openai", "upstream_fault")
     m.attempt("openai", "success")
-    m.key_pool("gemini", usable=2, cooling_down=1, disabled=0)
     m.cache_error("response_store", "lookup")
     assert value(m, "upstream_attempts_total", provider="openai", outcome="upstream_fault") == 2
     assert value(m, "upstream_attempts_total", provider="openai", outcome="success") == 1
-    assert value(m, "key_pool_keys", provider="gemini", state="usable") == 2
-    assert value(m, "key_pool_keys", provider="gemini", state="cooling_down") == 1
-    assert value(m, "key_pool_keys", provider="gemini", state="disabled") == 0
     assert value(m, "cache_errors_total", backend="response_store", operation="lookup") == 1
 
 
