@@ -1,6 +1,5 @@
 """Helpers for the fault matrix (issue 9, item 8): the real server, driven through the
-simulator's fault injection over real gRPC and real HTTP on loopback. One test per row; rows
-whose fix lives on another branch are `xfail(strict=True)` and say which fix they need.
+simulator's fault injection over real gRPC and real HTTP on loopback. One test per row.
 
 Timeouts are small so that every row is fast: each test states the settings it relies on.
 """

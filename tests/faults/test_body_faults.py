@@ -23,7 +23,6 @@ from tests.faults.matrix import (
 from tests.harness import SLACK, Stack, stack
 
 pytestmark = pytest.mark.integration
-NEEDS_CORE = "needs the {} fix from the hardening-core branch"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -114,7 +113,6 @@ async def test_a_malformed_body_is_a_clear_error_and_never_cached(
     assert healthy.content.startswith("sim-")  # the process is alive and serving
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("stream content-type check"))
 @pytest.mark.parametrize("model", MODELS)
 async def test_an_html_answer_to_a_stream_is_malformed_not_truncated(model: str) -> None:
     async with stack(max_retries=0) as s:
@@ -125,7 +123,6 @@ async def test_an_html_answer_to_a_stream_is_malformed_not_truncated(model: str)
     assert "truncated" not in details
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("malformed answers not retried"))
 async def test_a_malformed_answer_is_not_retried_as_a_provider_outage() -> None:
     async with stack(max_retries=3, cb_failure_threshold=2) as s:
         await failure(s.stub.Infer(ask("Explain goroutines. [[sim:malformed]]")))
@@ -177,7 +174,6 @@ async def test_client_cancel_of_50_streams_closes_their_upstream_connections() -
     assert open_after == 0
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("MAX_RESPONSE_BYTES bound"))
 @pytest.mark.parametrize("model", MODELS)
 async def test_an_answer_larger_than_max_response_bytes_is_an_error_not_unbounded(
     model: str,

@@ -31,7 +31,6 @@ from tests.faults.matrix import (
 from tests.harness import GEMINI_KEYS, OPENAI_KEYS, stack
 
 pytestmark = pytest.mark.integration
-NEEDS_CORE = "needs the {} fix from the hardening-core branch"
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -80,7 +79,6 @@ async def test_a_burst_of_5xx_is_retried_into_an_answer(model: str) -> None:
     assert statuses["200"] == 2
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("connection-leak (cancel once)"))
 async def test_timed_out_unary_calls_do_not_leak_pool_connections() -> None:
     pool = 3
     async with stack(
@@ -127,7 +125,6 @@ async def test_persistent_5xx_opens_the_breaker_then_a_success_closes_it() -> No
     assert other.content.startswith("sim-")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("breaker gauge computed at scrape"))
 async def test_breaker_gauge_shows_half_open_after_the_cooldown_without_a_call() -> None:
     async with stack(cb_failure_threshold=1, cb_cooldown="500ms", max_retries=0) as s:
         await failure(s.stub.Infer(ask("Broken. [[sim:503]]", GEMINI)))
@@ -156,7 +153,6 @@ async def test_a_hang_ends_with_deadline_exceeded_within_request_timeout() -> No
     assert closed
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("hang counted as breaker failure"))
 @pytest.mark.parametrize("model", MODELS)
 async def test_hangs_open_the_breaker(model: str) -> None:
     # REQUEST_TIMEOUT expiring on a silent provider is the provider's failure (DESIGN §4).
@@ -175,7 +171,6 @@ async def test_hangs_open_the_breaker(model: str) -> None:
     assert state == 1
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("UPSTREAM_TIMEOUT per attempt"))
 async def test_upstream_timeout_bounds_each_attempt_and_opens_the_breaker() -> None:
     async with stack(
         request_timeout="5s", upstream_timeout="300ms", max_retries=3, cb_failure_threshold=2
@@ -190,7 +185,6 @@ async def test_upstream_timeout_bounds_each_attempt_and_opens_the_breaker() -> N
     assert "circuit breaker is open" in (error.details() or "")
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_CORE.format("token-count range check"))
 @pytest.mark.parametrize("model", MODELS)
 async def test_an_out_of_range_token_count_is_an_upstream_fault_and_never_cached(
     model: str, tmp_path: Path
