@@ -26,6 +26,7 @@ COPY container.py ./
 COPY domain domain
 COPY application application
 COPY adapters adapters
+COPY simulator simulator
 # The project as a wheel (not an editable link to /app), then the venv's interpreter pointed at
 # the runtime's Python: a python.org builder keeps it in /usr/local/bin, Debian in /usr/bin.
 RUN /opt/uv/bin/uv sync --frozen --no-dev --no-editable \

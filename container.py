@@ -38,8 +38,6 @@ from adapters.providers import HttpSettings, http_client
 from adapters.providers.gemini import GeminiProvider
 from adapters.providers.openai import OpenAIProvider
 from adapters.settings import ConfigError, Settings, is_loopback, load_settings, redact_url
-from adapters.simulator import RunningSimulator, SimulatorConfig, running_simulator
-from adapters.simulator import cli as simulator_cli
 from adapters.store.embedded import EmbeddedStore
 from adapters.store.redis import RedisStore, redis_client
 from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
@@ -57,6 +55,8 @@ from domain.circuit_breaker import CircuitBreaker
 from domain.key_pool import ApiKey, KeyPool
 from domain.model import RequestLimits
 from domain.routing import ModelRouter
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
+from simulator import cli as simulator_cli
 
 log = logging.getLogger("llm_proxy")
 

@@ -43,8 +43,8 @@ from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.observability.tracing import setup_tracing
 from adapters.settings import load_settings
-from adapters.simulator import SimulatorConfig, running_simulator
 from container import Container, serve
+from simulator import SimulatorConfig, running_simulator
 
 MODEL = "gpt-4o"
 CONFIGS = ("off", "noop", "otlp")

@@ -17,10 +17,10 @@ from qdrant_client import AsyncQdrantClient
 
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
-from adapters.simulator import RunningSimulator, SimulatorConfig, running_simulator
 from adapters.vector.qdrant import QdrantIndex
 from application.ports import Provider
 from container import Container, serve
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 FAST = {
     "grpc_host": "127.0.0.1",  # explicit: with AUTH_TOKENS the default would be 0.0.0.0

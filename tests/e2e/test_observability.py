@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.simulator import SimulatorConfig
+from simulator import SimulatorConfig
 from tests.containers import RedisServer, disposable_redis  # noqa: F401
 from tests.harness import (
     GEMINI_KEYS,

@@ -10,8 +10,8 @@ import grpc
 import pytest
 
 from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.simulator import SimulatorConfig, key_fingerprint
 from domain.key_pool import ApiKey
+from simulator import SimulatorConfig, key_fingerprint
 from tests.harness import GEMINI_KEYS, OPENAI_KEYS, stack
 
 CHAT = "openai.chat"

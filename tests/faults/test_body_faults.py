@@ -9,7 +9,7 @@ import grpc
 import pytest
 
 from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.simulator import SimulatorConfig
+from simulator import SimulatorConfig
 from tests.fakes import WordEmbedder
 from tests.faults.matrix import (
     MODELS,

@@ -14,7 +14,7 @@ import pytest
 
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
-from adapters.simulator import SimulatorConfig, running_simulator
+from simulator import SimulatorConfig, running_simulator
 from tests.containers import RedisServer, disposable_redis, free_port  # noqa: F401
 from tests.faults.matrix import GEMINI, OPENAI, ask, collect, failure, metric, total
 from tests.harness import GEMINI_KEYS, OPENAI_KEYS, remote_cache, scrape, stack

@@ -14,7 +14,7 @@ import grpc
 import pytest
 
 from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.simulator import key_fingerprint
+from simulator import key_fingerprint
 from tests.fakes import WordEmbedder
 from tests.faults.matrix import (
     GEMINI,

@@ -15,9 +15,9 @@ import pytest
 from adapters.embedders.gemini import GeminiEmbedder
 from adapters.embedders.openai import OpenAIEmbedder
 from adapters.providers import http_client
-from adapters.simulator import SimulatorConfig, embed_text, running_simulator
 from domain.errors import KeyRejected, RateLimited, UpstreamFault, UpstreamRejected
 from domain.key_pool import ApiKey
+from simulator import SimulatorConfig, embed_text, running_simulator
 
 pytestmark = pytest.mark.integration
 

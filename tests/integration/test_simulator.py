@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.simulator import (
+from simulator import (
     FaultSpecError,
     RunningSimulator,
     SimulatorConfig,
@@ -26,7 +26,7 @@ from adapters.simulator import (
     running_simulator,
     serve,
 )
-from adapters.simulator.cli import add_arguments, config_from_args, parse_duration
+from simulator.cli import add_arguments, config_from_args, parse_duration
 
 pytestmark = pytest.mark.integration
 
@@ -923,7 +923,7 @@ async def test_keys_never_reach_the_logs(
     await asyncio.sleep(0.05)  # access log lines are written after the response
     # the client's own (httpx) logs print the URL; only the server side is checked here
     server_lines = "\n".join(
-        r.getMessage() for r in caplog.records if r.name.startswith(("adapters.", "aiohttp"))
+        r.getMessage() for r in caplog.records if r.name.startswith(("simulator", "aiohttp"))
     )
     assert "POST /v1beta/models/gemini-2.0-flash:generateContent 400" in server_lines
     assert key_fingerprint(OPENAI_KEY) in server_lines

@@ -10,8 +10,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from adapters.settings import ConfigError, load_settings, redact_url
-from adapters.simulator import RunningSimulator
 from container import Container, build_tracer, describe_cache, simulated, warn_if_open
+from simulator import RunningSimulator
 
 REDIS = "redis://cache-user:redis-pass-123@redis.internal:6379/0"
 QDRANT = "https://qdrant-key-456@qdrant.internal:6333"

@@ -10,9 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.simulator.content import Answer, count_tokens, mask_key
-from adapters.simulator.faults import strip_markers
-from adapters.simulator.wire import (
+from simulator.content import Answer, count_tokens, mask_key
+from simulator.faults import strip_markers
+from simulator.wire import (
     ApiError,
     EmbeddingRequest,
     GenerationRequest,

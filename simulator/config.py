@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from adapters.simulator.faults import FaultSpecError, parse_fault_spec
+from simulator.faults import FaultSpecError, parse_fault_spec
 
 EmbeddingMode = Literal["words", "hash"]
 

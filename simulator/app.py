@@ -22,9 +22,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from adapters.simulator import gemini_api, openai_api
-from adapters.simulator.config import SimulatorConfig
-from adapters.simulator.content import (
+from simulator import gemini_api, openai_api
+from simulator.config import SimulatorConfig
+from simulator.content import (
     Answer,
     conversation_digest,
     count_tokens,
@@ -32,7 +32,7 @@ from adapters.simulator.content import (
     generate_answer,
     key_fingerprint,
 )
-from adapters.simulator.faults import (
+from simulator.faults import (
     BODY_NAMES,
     STREAM_POSITION_NAMES,
     FaultItem,
@@ -43,7 +43,7 @@ from adapters.simulator.faults import (
     find_markers,
     parse_fault_spec,
 )
-from adapters.simulator.stats import (
+from simulator.stats import (
     GEMINI_BATCH_EMBED,
     GEMINI_EMBED,
     GEMINI_GENERATE,
@@ -55,7 +55,7 @@ from adapters.simulator.stats import (
     OPENAI_MODELS,
     SimulatorStats,
 )
-from adapters.simulator.wire import (
+from simulator.wire import (
     ApiError,
     Dialect,
     EmbeddingRequest,
@@ -78,7 +78,7 @@ __all__ = [
     "serve",
 ]
 
-_log = logging.getLogger("adapters.simulator")
+_log = logging.getLogger("simulator")
 
 #: Request header carrying a per-request fault spec.
 FAULT_HEADER = "x-sim-fault"

@@ -4,7 +4,7 @@ Used for demos, tests and benchmarks only; the proxy never talks to it unless co
 See docs/simulator.md.
 """
 
-from adapters.simulator.app import (
+from simulator.app import (
     FAULT_HEADER,
     SIMULATOR_KEY,
     RunningSimulator,
@@ -13,10 +13,10 @@ from adapters.simulator.app import (
     running_simulator,
     serve,
 )
-from adapters.simulator.config import SimulatorConfig
-from adapters.simulator.content import embed_text, key_fingerprint
-from adapters.simulator.faults import FaultSpecError, parse_fault_spec
-from adapters.simulator.stats import SimulatorStats
+from simulator.config import SimulatorConfig
+from simulator.content import embed_text, key_fingerprint
+from simulator.faults import FaultSpecError, parse_fault_spec
+from simulator.stats import SimulatorStats
 
 __all__ = [
     "FAULT_HEADER",

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
-from adapters.simulator.content import Answer
-from adapters.simulator.faults import strip_markers
-from adapters.simulator.wire import (
+from simulator.content import Answer
+from simulator.faults import strip_markers
+from simulator.wire import (
     ApiError,
     EmbeddingRequest,
     GenerationRequest,

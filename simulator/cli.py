@@ -14,8 +14,8 @@ import signal
 import sys
 
 from adapters import durations
-from adapters.simulator.app import serve
-from adapters.simulator.config import SimulatorConfig
+from simulator.app import serve
+from simulator.config import SimulatorConfig
 
 
 def parse_duration(text: str) -> float:
