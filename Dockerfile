@@ -22,7 +22,7 @@ WORKDIR /app
 # Dependencies first: this layer is rebuilt only when the lock changes.
 COPY pyproject.toml uv.lock README.md ./
 RUN /opt/uv/bin/uv sync --frozen --no-dev --no-install-project
-COPY container.py ./
+COPY container.py cli.py ./
 COPY domain domain
 COPY application application
 COPY adapters adapters

@@ -20,6 +20,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from adapters.durations import parse_duration
+from adapters.embedders.gemini import NATIVE_DIMENSIONS as GEMINI_DIMENSIONS
+from adapters.embedders.openai import NATIVE_DIMENSIONS as OPENAI_DIMENSIONS
 from domain.routing import Route
 
 PROVIDERS = ("openai", "gemini")
@@ -51,6 +53,39 @@ def _parse_routes(value: object) -> object:
     return routes
 
 
+def _http_url(url: str) -> str:
+    parts = urlsplit(url)
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ValueError(f"{redact_url(url)!r} has a bad port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{redact_url(url)!r} is not an http(s)://host[:port] URL")
+    return url
+
+
+def _redis_addr(addr: str) -> str:
+    """host:port, [v6]:port, or a redis://, rediss:// or unix:// URL."""
+    parts = urlsplit(addr if "://" in addr else f"redis://{addr}")
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme == "unix" and parts.path:
+        return addr
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname or port == -1:
+        raise ValueError(
+            f"{redact_url(addr)!r} is not host:port or a "
+            "redis://[user:password@]host[:port][/db] URL"
+        )
+    if "://" not in addr and port is None:
+        raise ValueError(f"{redact_url(addr)!r} has no port: write host:port (6379 is the usual)")
+    db = parts.path.strip("/")
+    if db and not db.isdigit():
+        raise ValueError(f"{redact_url(addr)!r}: the database after the last / must be a number")
+    return addr
+
+
 def _distinct(keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
     values = [k.get_secret_value() for k in keys]
     if len(set(values)) != len(values):
@@ -73,6 +108,7 @@ EMBEDDING_BASE_URLS = {
     "gemini": "https://generativelanguage.googleapis.com",
 }
 _URL_SECRETS = ("redis_addr", "qdrant_url")
+NATIVE_DIMENSIONS = {"openai": OPENAI_DIMENSIONS, "gemini": GEMINI_DIMENSIONS}
 
 
 def redact_url(url: str) -> str:
@@ -117,8 +153,8 @@ class Settings(BaseSettings):
     tls_client_ca_file: str | None = None
     grpc_port: Port = 50051
     metrics_port: Port = 9090
-    redis_addr: str = "localhost:6379"
-    qdrant_url: str = "http://localhost:6333"
+    redis_addr: Annotated[str, AfterValidator(_redis_addr)] = "localhost:6379"
+    qdrant_url: Annotated[str, AfterValidator(_http_url)] = "http://localhost:6333"
     qdrant_collection: str = "llm_cache"
     similarity_threshold: float = Field(0.95, ge=0.0, le=1.0)
     cache_ttl: PositiveDuration = 3600.0
@@ -133,6 +169,7 @@ class Settings(BaseSettings):
     cache_dir: str = "data/cache"
     embedder: Literal["local", "openai", "gemini"] | None = None
     embedding_model: str | None = None
+    embedding_dimensions: int | None = Field(None, ge=1)
     cache_max_entries: int = Field(100_000, ge=1)
     cache_sweep_interval: PositiveDuration = 300.0
     openai_api_keys: Keys = ()
@@ -165,7 +202,7 @@ class Settings(BaseSettings):
     tenant_rate_burst: Limit = 0  # 0: the rate, rounded up
     shutdown_grace: Duration = 10.0
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["json", "text"] | None = None  # None: text on a terminal, else JSON
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
@@ -259,6 +296,19 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"EMBEDDING_API_KEY is required for EMBEDDER={self.embedder_kind} "
                 "(or set EMBEDDER=local)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _embedding_size_is_known(self) -> Settings:
+        kind = self.embedder_kind
+        if self.cache_mode == "off" or kind == "local" or self.embedding_dimensions:
+            return self
+        known = NATIVE_DIMENSIONS[kind]
+        if self.embedding_model and self.embedding_model.removeprefix("models/") not in known:
+            raise ValueError(
+                f"EMBEDDING_MODEL={self.embedding_model} is not one whose vector size is known "
+                f"({', '.join(known)}): set EMBEDDING_DIMENSIONS to its size"
             )
         return self
 

@@ -40,7 +40,8 @@ import grpc
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
-from container import Container, serve
+from cli import serve
+from container import Container
 from simulator import SimulatorConfig, running_simulator
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -27,7 +27,8 @@ from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
 from application.ports import Provider
-from container import Container, serve
+from cli import serve
+from container import Container
 from domain.key_pool import ApiKey
 from domain.model import (
     Completion,

@@ -89,7 +89,7 @@ async def wait_for_port(port: int, process: asyncio.subprocess.Process, log: Pat
 async def start(log: Path, *args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     with log.open("wb") as sink:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "container", *args,
+            sys.executable, "-m", "cli", *args,
             cwd=ROOT, env={"PATH": os.environ["PATH"], **env},
             stdout=sink, stderr=sink,
         )  # fmt: skip

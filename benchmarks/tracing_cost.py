@@ -43,7 +43,8 @@ from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.observability.tracing import setup_tracing
 from adapters.settings import load_settings
-from container import Container, serve
+from cli import serve
+from container import Container
 from simulator import SimulatorConfig, running_simulator
 
 MODEL = "gpt-4o"

@@ -19,7 +19,8 @@ from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
 from adapters.vector.qdrant import QdrantIndex
 from application.ports import Provider
-from container import Container, serve
+from cli import serve
+from container import Container
 from simulator import RunningSimulator, SimulatorConfig, running_simulator
 
 FAST = {

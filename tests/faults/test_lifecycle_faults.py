@@ -45,7 +45,7 @@ async def test_sigterm_under_load_finishes_in_flight_calls_refuses_new_ones_and_
     async with running_simulator(sim) as simulator:
         with log.open("wb") as sink:
             process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "container", "serve",
+                sys.executable, "-m", "cli", "serve",
                 cwd=ROOT,
                 env={
                     "PATH": os.environ["PATH"],

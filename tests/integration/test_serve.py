@@ -20,7 +20,8 @@ from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.settings import load_settings
 from adapters.vector.edge import EdgeIndex
-from container import Container, serve
+from cli import serve
+from container import Container
 from tests.fakes import FakeProvider
 from tests.harness import FAST
 
@@ -37,7 +38,7 @@ def free_port() -> int:
 
 async def start_proxy(*args: str, **env: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "container", "serve", *args,
+        sys.executable, "-m", "cli", "serve", *args,
         cwd=ROOT,
         env={
             "PATH": os.environ["PATH"],
@@ -270,7 +271,7 @@ async def test_a_vector_collection_of_another_dimension_stops_startup_clearly(
 def test_calibrate_reports_rates_per_category_through_a_real_cache(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from container import main
+    from cli import main
 
     monkeypatch.delenv("CACHE_MODE", raising=False)
     monkeypatch.delenv("EMBEDDER", raising=False)

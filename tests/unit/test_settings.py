@@ -9,8 +9,10 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from adapters.lifecycle import describe_cache
 from adapters.settings import ConfigError, load_settings, redact_url
-from container import Container, build_tracer, describe_cache, simulated, warn_if_open
+from cli import simulated, warn_if_open
+from container import Container, build_tracer
 from simulator import RunningSimulator
 
 REDIS = "redis://cache-user:redis-pass-123@redis.internal:6379/0"

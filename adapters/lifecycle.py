@@ -1,0 +1,185 @@
+"""How the proxy process starts: checks and wiring helpers for the composition root, then the
+resources in startup order, as async generators for dependency-injector's
+`Resource` providers: each takes the one before it as its first argument, so
+`shutdown_resources()` stops them in reverse: gRPC (drain) -> ops server -> cache -> clients."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import suppress
+from pathlib import Path
+
+import grpc
+import httpx
+
+from adapters.grpc.admission import Admission, ClientAuth, Limits
+from adapters.grpc.server import GrpcServer
+from adapters.observability.http import OpsServer, Readiness
+from adapters.observability.prometheus import PrometheusMetrics
+from adapters.settings import Settings, redact_url
+from adapters.system import AsyncioSleeper, SystemClock
+from adapters.vector import IncompatibleIndex
+from application.inference import InferenceService
+from application.ports import Embedder, ResponseCache
+from application.semantic_cache import SemanticCache
+from domain.admission import TenantRateLimit
+from domain.routing import ModelRouter
+
+log = logging.getLogger("llm_proxy")
+
+
+class StartupError(Exception):
+    """The proxy cannot start; the message names the setting to change."""
+
+
+def cache_kind(settings: Settings) -> str:
+    """CACHE_MODE, or `off` when the embedded cache's CACHE_DIR cannot be created and written to
+    (a read-only root filesystem, a path under a file): the proxy then serves without a cache."""
+    if settings.cache_mode != "embedded":
+        return settings.cache_mode
+    try:
+        Path(settings.cache_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=settings.cache_dir):
+            pass
+    except OSError as error:
+        log.warning(
+            "CACHE_DIR=%s is not a writable directory (%s); serving WITHOUT the cache. Mount a "
+            "volume there, point CACHE_DIR at one, or set CACHE_MODE=off to silence this",
+            settings.cache_dir,
+            error.strerror or type(error).__name__,
+        )
+        return "off"
+    return "embedded"
+
+
+def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
+    """TLS_CERT_FILE / TLS_KEY_FILE, and with TLS_CLIENT_CA_FILE client certificates required
+    and verified (mTLS). Settings checked that the files are readable PEM that fit together."""
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        return None
+    ca = settings.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(Path(settings.tls_key_file).read_bytes(), Path(settings.tls_cert_file).read_bytes())],
+        root_certificates=Path(ca).read_bytes() if ca else None,
+        require_client_auth=bool(ca),
+    )
+
+
+def build_admission(
+    settings: Settings, metrics: PrometheusMetrics, clock: SystemClock
+) -> Admission:
+    rate = settings.tenant_rate_limit
+    limits = Limits(
+        max_concurrent=settings.max_concurrent_requests,
+        rate=TenantRateLimit(rate, settings.tenant_burst) if rate else None,
+    )
+    return Admission(ClientAuth(settings.client_tokens()), limits, metrics, clock)
+
+
+def build_ops_server(
+    settings: Settings, metrics: PrometheusMetrics, server: GrpcServer, router: ModelRouter,
+    cache: ResponseCache | None,
+) -> OpsServer:  # fmt: skip
+    """/readyz: serving and routable decide; the cache backends are reported, never required
+    (the cache fails open: a down Redis must not take every replica out of the Service)."""
+    backends = {}
+    if isinstance(cache, SemanticCache):
+        states = cache.states
+        backends = {name: (lambda name=name: states[name]) for name in states}
+    readiness = Readiness(
+        serving=lambda: server.serving,
+        routable=lambda: bool(router.routable()),
+        backends=backends,
+    )
+    return OpsServer(metrics, readiness, host=settings.host, port=settings.metrics_port)
+
+
+def describe_cache(settings: Settings) -> str:
+    if settings.cache_mode == "off":
+        return "off (CACHE_MODE=off)"
+    if settings.cache_mode == "embedded":
+        where = f"Qdrant Edge and a local response store under {settings.cache_dir}"
+    else:
+        where = (
+            f"Qdrant at {redact_url(settings.qdrant_url)} ({settings.qdrant_collection}), "
+            f"Redis at {redact_url(settings.redis_addr)}"
+        )
+    return f"{settings.cache_mode}: {where}; embedder {settings.embedder_kind}"
+
+
+async def open_clients(_tracing: object, *clients: httpx.AsyncClient | None) -> AsyncIterator[None]:
+    yield
+    for client in filter(None, clients):
+        await client.aclose()
+
+
+async def running_cache(
+    _clients: None, settings: Settings, cache: SemanticCache | None, embedder: Embedder | None,
+    sleeper: AsyncioSleeper,
+) -> AsyncIterator[None]:  # fmt: skip
+    """Warms the cache up and starts its sweeper. A backend that is down at startup is not
+    fatal (the cache fails open and recovers); a vector collection that cannot hold our vectors
+    is (IncompatibleIndex), since it would silently disable the cache."""
+    log.info("cache: %s", describe_cache(settings))
+    if cache is None:
+        yield
+        return
+    try:
+        if embedder is not None and hasattr(embedder, "load"):  # the local model: warm it up
+            await embedder.load()
+            await embedder.embed(["warm-up"])
+        await cache.prepare()
+    except IncompatibleIndex:
+        await cache.close()
+        raise
+    except Exception as error:
+        log.warning(
+            "cache backend unavailable at startup (%s); serving without it until it recovers",
+            type(error).__name__,
+        )
+    sweeper = asyncio.create_task(cache.sweep_every(sleeper, settings.cache_sweep_interval))
+    try:
+        yield
+    finally:
+        sweeper.cancel()
+        with suppress(asyncio.CancelledError):
+            await sweeper
+        await cache.close()
+
+
+async def listening_ops(_cache: None, ops: OpsServer, settings: Settings) -> AsyncIterator[int]:
+    try:
+        port = await ops.start()
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics and health on {settings.host}:{settings.metrics_port} "
+            f"({error.strerror or error}): is another instance running? Set METRICS_PORT to a "
+            "free port"
+        ) from None
+    try:
+        yield port
+    finally:
+        await ops.stop()
+
+
+async def serving_grpc(
+    _ops: int, server: GrpcServer, inference: InferenceService, settings: Settings
+) -> AsyncIterator[int]:
+    """At shutdown: stop accepting, drain in-flight calls within SHUTDOWN_GRACE, then await the
+    cache stores still running in the background."""
+    try:
+        port = await server.start()
+    except OSError:
+        raise StartupError(
+            f"cannot listen for gRPC on {settings.host}:{settings.grpc_port}: the port is in use "
+            "(another instance?) or the address is not this machine's. Set GRPC_PORT (and "
+            "GRPC_HOST)"
+        ) from None
+    try:
+        yield port
+    finally:
+        await server.stop(settings.shutdown_grace)
+        await inference.drain()

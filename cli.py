@@ -1,0 +1,269 @@
+"""`llm-proxy`: the command line (serve, simulate, calibrate) and the serving process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+from collections.abc import Awaitable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from adapters.lifecycle import StartupError
+from adapters.observability.logs import configure_logging
+from adapters.settings import ConfigError, Settings, is_loopback, load_settings
+from adapters.vector import IncompatibleIndex
+from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
+from application.semantic_cache import CachePolicy, SemanticCache
+from container import Container
+
+if TYPE_CHECKING:
+    from simulator import RunningSimulator
+
+log = logging.getLogger("llm_proxy")
+
+
+async def serve(container: Container, stop: asyncio.Event) -> None:
+    """Starts every resource in order, runs until `stop` is set, then shuts them down in reverse:
+    stop accepting and drain in-flight calls within SHUTDOWN_GRACE, await the background cache
+    stores, stop the ops server and the cache sweeper, close the clients, flush the spans.
+    Raises StartupError when a port cannot be bound, IncompatibleIndex, ConfigError."""
+    settings: Settings = container.settings()
+    warn_if_open(settings)
+    container.metrics().watch(container.upstreams(), container.clock().now)
+    try:
+        await settled(container.init_resources())
+        log.info(
+            "serving inferenceproxy.InferenceService on %s:%d (%s; metrics and health on :%d); "
+            "routable models: %s",
+            settings.host,
+            container.grpc_server().port,
+            describe_security(settings),
+            container.ops_server().port,
+            ", ".join(container.router().routable()) or "none (no provider has API keys)",
+        )
+        await stop.wait()
+        log.info("shutting down: draining in-flight calls for up to %.1fs", settings.shutdown_grace)
+    finally:
+        await settled(container.shutdown_resources())
+
+
+async def settled(result: Awaitable[None] | None) -> None:
+    """dependency-injector returns None rather than an awaitable when no resource is async."""
+    if result is not None:
+        await result
+
+
+def warn_if_open(settings: Settings) -> None:
+    if settings.authenticates or is_loopback(settings.host):
+        return
+    log.warning(
+        "UNAUTHENTICATED: ALLOW_UNAUTHENTICATED=true and no AUTH_TOKENS or TLS_CLIENT_CA_FILE: "
+        "anyone who reaches %s:%d spends the configured API keys. Only run this behind "
+        "something that authenticates clients (a service mesh, a gateway)",
+        settings.host,
+        settings.grpc_port,
+    )
+
+
+def describe_security(settings: Settings) -> str:
+    tls = "plaintext"
+    if settings.tls_cert_file:
+        tls = "mTLS" if settings.tls_client_ca_file else "TLS"
+    tokens = len(settings.auth_tokens)
+    auth = f"{tokens} client token(s)" if tokens else "no client tokens"
+    return f"{tls}, {auth}"
+
+
+SIMULATED_KEYS = {
+    "openai_api_keys": "sim-openai-key-1,sim-openai-key-2",
+    "gemini_api_keys": "sim-gemini-key-1,sim-gemini-key-2",
+}
+
+
+def simulated(settings: Settings, simulator: RunningSimulator) -> Settings:
+    """The settings pointed at a local upstream simulator, with its demo keys (never real ones)."""
+    return load_settings(
+        **{
+            **settings.model_dump(exclude={"openai_api_keys", "gemini_api_keys"}),
+            **SIMULATED_KEYS,
+            "openai_base_url": simulator.openai_base_url,
+            "gemini_base_url": simulator.gemini_base_url,
+            "embedding_base_url": (
+                simulator.gemini_base_url
+                if settings.embedder_kind == "gemini"
+                else simulator.openai_base_url
+            ),
+        }
+    )
+
+
+async def _run(settings: Settings, with_simulator: bool) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        if with_simulator:  # imported here: aiohttp and the simulator are for demos and tests
+            from simulator import SimulatorConfig, running_simulator
+
+            demo = SimulatorConfig(unary_latency_s=0.3, ttft_s=0.15, chunk_delay_s=0.03)
+            simulator = await stack.enter_async_context(running_simulator(demo))
+            settings = simulated(settings, simulator)
+            log.warning(
+                "UPSTREAM SIMULATOR ENABLED (--simulator): answers are synthetic, from %s; "
+                "OpenAI and Gemini are not contacted and configured API keys are not used",
+                simulator.base_url,
+            )
+        await serve(Container(settings=settings), stop)
+
+
+def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
+    """The labelled pairs through a real cache (embedded backends in a temporary directory, the
+    configured embedder): rates per category at SIMILARITY_THRESHOLD, then per threshold."""
+    try:
+        settings = load_settings(cache_mode="embedded")
+        pairs = parse_pairs(path.read_text(), str(path), half)
+        start, stop, step = (float(part) for part in thresholds.split(":"))
+    except (ConfigError, OSError, ValueError, KeyError) as error:
+        print(f"llm-proxy calibrate: {error}", file=sys.stderr)
+        return 2
+    default = settings.similarity_threshold
+    levels = [round(start + i * step, 4) for i in range(round((stop - start) / step) + 1)]
+    with tempfile.TemporaryDirectory() as directory:
+        container = Container(settings=settings.model_copy(update={"cache_dir": directory}))
+        caches: list[SemanticCache] = []
+
+        def cache_at(threshold: float) -> SemanticCache:
+            policy = CachePolicy(threshold=threshold, ttl=3600.0, timeout=120.0)
+            caches.append(SemanticCache(
+                embedder, container.vector_index(), container.response_store(), policy,
+                container.clock(), container.metrics(), container.tracer(),
+            ))  # fmt: skip
+            return caches[-1]
+
+        embedder = MemoEmbedder(container.embedder())
+
+        async def run() -> list[ThresholdReport]:
+            try:
+                await embedder.prefill(pairs)
+                return await sweep(cache_at, embedder, pairs, [default, *levels])
+            finally:
+                await container.embedding_http().aclose()
+                if caches:
+                    await caches[0].close()  # they share the index and the store
+
+        try:
+            rows = asyncio.run(run())
+        except Exception as error:  # the embedder (an API) failed: say so, no traceback
+            print(f"llm-proxy calibrate: embedding failed: {error}", file=sys.stderr)
+            return 1
+    if any(state == "down" for cache in caches for state in cache.states.values()):
+        print("llm-proxy calibrate: a cache backend failed; the figures would be wrong",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    print(f"embedder {settings.embedder_kind}; {len(pairs)} pairs from {path}"
+          + (f" (half {half})" if half else ""))  # fmt: skip
+    print(render(rows[0], rows[1:]))
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llm-proxy",
+        description="gRPC inference proxy for OpenAI and Gemini. Configured by environment "
+        "variables (see the README's settings table).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser(
+        "serve",
+        help="run the gRPC server",
+        description="Run inferenceproxy.InferenceService on GRPC_HOST:GRPC_PORT until SIGTERM "
+        "or SIGINT, then drain in-flight calls for up to SHUTDOWN_GRACE. Without AUTH_TOKENS "
+        "(or mTLS) it listens on loopback only; see docs/security.md.",
+    )
+    serve_cmd.add_argument(
+        "--simulator",
+        action="store_true",
+        help="answer through a built-in upstream simulator on loopback instead of OpenAI and "
+        "Gemini (synthetic answers, demo keys; for a first run, demos and tests)",
+    )
+    commands.add_parser(
+        "simulate",
+        help="run only the upstream simulator (OpenAI- and Gemini-compatible HTTP)",
+        description=SIMULATE,
+    )
+    calibrate_cmd = commands.add_parser(
+        "calibrate",
+        help="show the cache's hit and false-hit rates on labelled prompt pairs",
+        description='Read JSON lines {"a": ..., "b": ..., "should_hit": true|false, '
+        '"category": ...}, store each "a" in a fresh cache (embedded backends in a temporary '
+        'directory, the configured EMBEDDER and EMBEDDING_MODEL) and look "b" up, as the proxy '
+        "does. Print the share of should-hit pairs that hit and of must-not pairs that hit, per "
+        "category at SIMILARITY_THRESHOLD, then per threshold. Use it to choose "
+        "SIMILARITY_THRESHOLD.",
+    )
+    calibrate_cmd.add_argument("pairs", type=Path, help="JSONL file of labelled pairs")
+    calibrate_cmd.add_argument(
+        "--thresholds",
+        default="0.80:0.99:0.01",
+        help="start:stop:step, inclusive (default %(default)s)",
+    )
+    calibrate_cmd.add_argument(
+        "--half", help='only the pairs whose "half" field has this value (e.g. tune, check)'
+    )
+    return parser
+
+
+SIMULATE = (
+    "Serve OpenAI- and Gemini-compatible endpoints with synthetic answers, latency and fault "
+    "injection; see docs/simulator.md."
+)
+
+
+def simulate(options: list[str]) -> int:
+    from simulator import cli as simulator_cli  # aiohttp: only for this command
+
+    parser = argparse.ArgumentParser(prog="llm-proxy simulate", description=SIMULATE)
+    simulator_cli.add_arguments(parser)
+    return simulator_cli.run(parser.parse_args(options))
+
+
+def logs_as_json(settings: Settings, tty: bool) -> bool:
+    """LOG_FORMAT, or by default text for a person at a terminal and JSON for a collector."""
+    return settings.log_format == "json" if settings.log_format else not tty
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["simulate"]:  # its options (and --help) are the simulator's own
+        return simulate(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "calibrate":
+        return calibrate(args.pairs, args.thresholds, args.half)
+    try:
+        settings = load_settings()
+    except ConfigError as error:
+        print(f"llm-proxy: {error}", file=sys.stderr)
+        return 2
+    as_json = logs_as_json(settings, sys.stderr.isatty())
+    configure_logging(settings.log_level, as_json, secrets=settings.secrets())
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
+    try:
+        asyncio.run(_run(settings, args.simulator))
+    except (ConfigError, IncompatibleIndex, StartupError) as error:
+        print(f"llm-proxy: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()
