@@ -98,6 +98,7 @@ PositiveDuration = Annotated[float, BeforeValidator(_duration), Field(gt=0)]
 Keys = Annotated[
     tuple[SecretStr, ...], NoDecode, BeforeValidator(_split), AfterValidator(_distinct)
 ]
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Limit = Annotated[int, Field(ge=0)]  # 0: no limit
 
@@ -154,7 +155,7 @@ class Settings(BaseSettings):
     grpc_port: Port = 50051
     metrics_port: Port = 9090
     redis_addr: Annotated[str, AfterValidator(_redis_addr)] = "localhost:6379"
-    qdrant_url: Annotated[str, AfterValidator(_http_url)] = "http://localhost:6333"
+    qdrant_url: HttpUrl = "http://localhost:6333"
     qdrant_collection: str = "llm_cache"
     similarity_threshold: float = Field(0.95, ge=0.0, le=1.0)
     cache_ttl: PositiveDuration = 3600.0
@@ -164,7 +165,7 @@ class Settings(BaseSettings):
     cb_cooldown: Duration = 30.0
     cb_half_open_probes: int = Field(1, ge=1)
     embedding_api_key: SecretStr | None = None
-    embedding_base_url: str | None = None
+    embedding_base_url: HttpUrl | None = None
     cache_mode: Literal["embedded", "remote", "off"] = "embedded"
     cache_dir: str = "data/cache"
     embedder: Literal["local", "openai", "gemini"] | None = None
@@ -174,8 +175,8 @@ class Settings(BaseSettings):
     cache_sweep_interval: PositiveDuration = 300.0
     openai_api_keys: Keys = ()
     gemini_api_keys: Keys = ()
-    openai_base_url: str = "https://api.openai.com/v1"
-    gemini_base_url: str = "https://generativelanguage.googleapis.com"
+    openai_base_url: HttpUrl = "https://api.openai.com/v1"
+    gemini_base_url: HttpUrl = "https://generativelanguage.googleapis.com"
     openai_connect_timeout: PositiveDuration = 5.0
     openai_read_timeout: PositiveDuration = 300.0
     openai_stream_idle_timeout: PositiveDuration = 30.0

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from adapters.store import EmbeddedStore, RedisStore, redis_client
-from adapters.store.redis import DEFAULT_NAMESPACE, parse_addr
+from adapters.store.embedded import EmbeddedStore
+from adapters.store.redis import DEFAULT_NAMESPACE, RedisStore, parse_addr, redis_client
 from application.ports import ResponseStore
 from domain.model import Completion, FinishReason, Usage
 from tests.containers import RedisServer, disposable_redis, redis_server  # noqa: F401
