@@ -7,7 +7,6 @@ of a Singleton turning into a Future when it depends on an async Resource never 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,7 @@ from adapters.observability.prometheus import PrometheusMetrics
 from adapters.observability.tracing import NullTracer, OtelTracer, TracingInterceptor, setup_tracing
 from adapters.providers import HttpSettings, http_client
 from adapters.providers.gemini import GeminiProvider
-from adapters.providers.openai import OpenAIProvider
+from adapters.providers.openai import OpenAIProvider, max_tokens_field_for
 from adapters.settings import ConfigError, Settings
 from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
 from application.inference import InferenceService
@@ -48,34 +47,19 @@ from domain.key_pool import ApiKey, KeyPool
 from domain.model import RequestLimits
 from domain.routing import ModelRouter
 
-log = logging.getLogger("llm_proxy")
-
 
 def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dict[str, Upstream]:
     """A key pool and a breaker for every provider that has an adapter and at least one key."""
+    s = settings
     return {
         name: Upstream(
             adapter,
-            KeyPool(
-                name, [ApiKey(v) for v in settings.api_keys(name)], settings.key_cooldown_default
-            ),
-            CircuitBreaker(
-                name,
-                settings.cb_failure_threshold,
-                settings.cb_cooldown,
-                settings.cb_half_open_probes,
-            ),
+            KeyPool(name, [ApiKey(key) for key in s.api_keys(name)], s.key_cooldown_default),
+            CircuitBreaker(name, s.cb_failure_threshold, s.cb_cooldown, s.cb_half_open_probes),
         )
         for name, adapter in adapters.items()
-        if settings.api_keys(name)
+        if s.api_keys(name)
     }
-
-
-def openai_max_tokens_field(base_url: str) -> str:
-    """OpenAI itself wants `max_completion_tokens` (its reasoning models refuse `max_tokens`);
-    OpenAI-compatible servers (vLLM, Ollama, LM Studio) know `max_tokens` best."""
-    official = base_url.rstrip("/").startswith("https://api.openai.com")
-    return "max_completion_tokens" if official else "max_tokens"
 
 
 def upstream_client(url: str, connect: float, read: float, connections: int) -> httpx.AsyncClient:
@@ -87,8 +71,7 @@ def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Em
 
     assert settings.embedding_api_key is not None  # Settings refuses an API embedder without it
     module = openai if kind == "openai" else gemini
-    embedder = openai.OpenAIEmbedder if kind == "openai" else gemini.GeminiEmbedder
-    return embedder(
+    return (openai.OpenAIEmbedder if kind == "openai" else gemini.GeminiEmbedder)(
         client,
         ApiKey(settings.embedding_api_key.get_secret_value()),
         base_url=settings.embedding_url,
@@ -182,7 +165,7 @@ class Container(containers.DeclarativeContainer):
     openai = providers.Singleton(
         OpenAIProvider, openai_http, base_url=s.openai_base_url,
         stream_idle_timeout=s.openai_stream_idle_timeout, max_response_bytes=s.max_response_bytes,
-        max_tokens_field=providers.Callable(openai_max_tokens_field, s.openai_base_url),
+        max_tokens_field=providers.Callable(max_tokens_field_for, s.openai_base_url),
     )  # fmt: skip
     gemini = providers.Singleton(
         GeminiProvider, gemini_http, base_url=s.gemini_base_url,

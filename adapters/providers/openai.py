@@ -62,6 +62,13 @@ def _model_of(payload: dict[str, Any], fallback: str) -> str:
     return model if isinstance(model, str) and model else fallback
 
 
+def max_tokens_field_for(base_url: str) -> MaxTokensField:
+    """OpenAI itself wants `max_completion_tokens` (its reasoning models refuse `max_tokens`);
+    OpenAI-compatible servers (vLLM, Ollama, LM Studio) know `max_tokens` best."""
+    official = base_url.rstrip("/").startswith("https://api.openai.com")
+    return "max_completion_tokens" if official else "max_tokens"
+
+
 @dataclass(slots=True)
 class _Progress:
     model: str
