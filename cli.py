@@ -36,7 +36,10 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
     warn_if_open(settings)
     container.metrics().watch(container.upstreams(), container.clock().now)
     try:
-        await settled(container.init_resources())
+        # The last resource: starting it starts the chain under it, in order, and returns only
+        # once every one has started or failed (container.init_resources() would start them side
+        # by side and could leave one half-started on a failure).
+        await settled(container.grpc_running.init())
         log.info(
             "serving inferenceproxy.InferenceService on %s:%d (%s; metrics and health on :%d); "
             "routable models: %s",
@@ -52,7 +55,7 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
         await settled(container.shutdown_resources())
 
 
-async def settled(result: Awaitable[None] | None) -> None:
+async def settled(result: Awaitable[object] | None) -> None:
     """dependency-injector returns None rather than an awaitable when no resource is async."""
     if result is not None:
         await result

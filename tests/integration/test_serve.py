@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.lifecycle import StartupError
 from adapters.settings import load_settings
 from adapters.vector.edge import EdgeIndex
 from cli import serve
@@ -300,3 +301,49 @@ def test_calibrate_reports_rates_per_category_through_a_real_cache(
     assert main(["calibrate", str(pairs), "--half", "tune"]) == 0
     assert "1 pairs from" in capsys.readouterr().out
     assert main(["calibrate", str(pairs), "--half", "nope"]) == 2
+
+
+def background_tasks() -> set[asyncio.Task[object]]:
+    return {task for task in asyncio.all_tasks() if task is not asyncio.current_task()}
+
+
+def embedded_with_api_embedder(tmp_path: Path, **settings: str) -> Container:
+    """The embedded cache with an embeddings API where nothing listens: the cache starts (the
+    embedder fails open) with its sweeper, and the embeddings client exists."""
+    return Container(
+        settings=load_settings(**{
+            **FAST, "cache_mode": "embedded", "cache_dir": str(tmp_path), "embedder": "openai",
+            "embedding_api_key": "sk-test", "embedding_base_url": "http://127.0.0.1:1/v1",
+            **settings,
+        })
+    )  # fmt: skip
+
+
+async def test_shutdown_stops_the_sweeper_and_closes_every_client(tmp_path: Path) -> None:
+    container = embedded_with_api_embedder(tmp_path)
+    before = background_tasks()
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(container, stop))
+    async with asyncio.timeout(30):
+        while not container.grpc_server().serving:
+            if serving.done():
+                serving.result()  # startup failed: raise its error
+            await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(serving, 30)
+    for client in ("openai_http", "gemini_http", "embedding_http"):
+        assert getattr(container, client)().is_closed, client
+    assert background_tasks() - before == set()  # the sweeper was cancelled and awaited
+
+
+async def test_a_failed_start_stops_what_had_started(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        container = embedded_with_api_embedder(tmp_path, metrics_port=str(taken.getsockname()[1]))
+        before = background_tasks()
+        with pytest.raises(StartupError, match="METRICS_PORT"):
+            await serve(container, asyncio.Event())
+    assert container.embedding_http().is_closed
+    assert container.openai_http().is_closed
+    assert background_tasks() - before == set()
