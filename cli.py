@@ -187,7 +187,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run the gRPC server",
         description="Run inferenceproxy.InferenceService on GRPC_HOST:GRPC_PORT until SIGTERM "
         "or SIGINT, then drain in-flight calls for up to SHUTDOWN_GRACE. Without AUTH_TOKENS "
-        "(or mTLS) it listens on loopback only; see docs/security.md.",
+        "(or mTLS) it listens on loopback only; see docs/security.md. An invalid setting exits "
+        "with code 2 and a message naming it.",
     )
     serve_cmd.add_argument(
         "--simulator",
