@@ -1,7 +1,8 @@
 """How the proxy process starts: checks and wiring helpers for the composition root, then the
-resources in startup order, as async generators for dependency-injector's
-`Resource` providers: each takes the one before it as its first argument, so
-`shutdown_resources()` stops them in reverse: gRPC (drain) -> ops server -> cache -> clients."""
+resources in startup order, as async generators for dependency-injector's `Resource` providers.
+Each takes the one before it as its first argument, so starting the last starts them all in order
+and `shutdown_resources()` stops them in reverse: gRPC (drain) -> ops server -> cache -> clients ->
+tracer provider."""
 
 from __future__ import annotations
 

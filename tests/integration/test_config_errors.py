@@ -13,6 +13,7 @@ import cli
 from adapters.settings import Settings
 from cli import main
 
+pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 
 # A value each setting refuses, with whatever else it needs to be checked at all.
