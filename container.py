@@ -25,15 +25,10 @@ from adapters.embedders.openai import OpenAIEmbedder
 from adapters.grpc.admission import Admission, ClientAuth, Limits
 from adapters.grpc.server import GrpcServer
 from adapters.grpc.servicer import InferenceServicer
+from adapters.observability import tracing
 from adapters.observability.http import OpsServer, Readiness
 from adapters.observability.logs import SecretRedactor, configure_logging
 from adapters.observability.prometheus import PrometheusMetrics
-from adapters.observability.tracing import (
-    NullTracer,
-    OtelTracer,
-    TracingInterceptor,
-    setup_tracing,
-)
 from adapters.providers import HttpSettings, http_client
 from adapters.providers.gemini import GeminiProvider
 from adapters.providers.openai import OpenAIProvider
@@ -82,11 +77,15 @@ def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dic
 
 
 def upstream_client(
-    base_url: str, connect: float, read: float, max_connections: int
+    base_url: str,
+    connect: float,
+    read: float,
+    max_connections: int,
+    tracer_provider: trace.TracerProvider,
 ) -> httpx.AsyncClient:
     """One provider's shared, bounded HTTP client (closed by `serve` on shutdown)."""
     settings = HttpSettings(connect=connect, read=read, max_connections=max_connections)
-    return http_client(base_url, settings)
+    return http_client(base_url, settings, tracer_provider)
 
 
 def openai_max_tokens_field(base_url: str) -> str:
@@ -170,25 +169,8 @@ async def start_cache(container: Container) -> asyncio.Task[None] | None:
     )
 
 
-def build_tracer_provider() -> trace.TracerProvider:
-    """The SDK when OTEL_* configure an exporter, else a no-op provider (never None: a
-    Singleton that returns None is built again on every call)."""
-    return setup_tracing("llm-proxy", enabled=True) or trace.NoOpTracerProvider()
-
-
 def build_tracer(provider: trace.TracerProvider, settings: Settings) -> Tracer:
-    if not isinstance(provider, TracerProvider):
-        return NullTracer()
-    return OtelTracer(provider, redact=SecretRedactor(settings.secrets()).redact)
-
-
-def build_tracing_interceptor(
-    provider: trace.TracerProvider, settings: Settings
-) -> TracingInterceptor | None:
-    """Tracing off costs nothing on the hot path: no interceptor at all."""
-    if not isinstance(provider, TracerProvider):
-        return None
-    return TracingInterceptor(provider, redact=SecretRedactor(settings.secrets()).redact)
+    return tracing.build_tracer(provider, SecretRedactor(settings.secrets()).redact)
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -249,7 +231,7 @@ class Container(containers.DeclarativeContainer):
     metrics = providers.Singleton(
         PrometheusMetrics, models=providers.Callable(tuple, settings.provided.model_routes)
     )
-    tracer_provider = providers.Singleton(build_tracer_provider)
+    tracer_provider = providers.Singleton(tracing.build_tracer_provider)
     tracer = providers.Singleton(build_tracer, tracer_provider, settings)
 
     openai_http = providers.Singleton(
@@ -258,6 +240,7 @@ class Container(containers.DeclarativeContainer):
         settings.provided.openai_connect_timeout,
         settings.provided.openai_read_timeout,
         settings.provided.upstream_max_connections,
+        tracer_provider,
     )
     gemini_http = providers.Singleton(
         upstream_client,
@@ -265,6 +248,7 @@ class Container(containers.DeclarativeContainer):
         settings.provided.gemini_connect_timeout,
         settings.provided.gemini_read_timeout,
         settings.provided.upstream_max_connections,
+        tracer_provider,
     )
     openai = providers.Singleton(
         OpenAIProvider,
@@ -290,6 +274,7 @@ class Container(containers.DeclarativeContainer):
         http_client,
         settings.provided.embedding_url,
         providers.Factory(HttpSettings, read=10.0),
+        tracer_provider,
     )
     embedder = providers.Selector(
         settings.provided.embedder_kind,
@@ -398,7 +383,7 @@ class Container(containers.DeclarativeContainer):
         port=settings.provided.grpc_port,
         max_message_bytes=settings.provided.max_request_bytes,
         admission=admission,
-        tracing=providers.Callable(build_tracing_interceptor, tracer_provider, settings),
+        tracing=providers.Callable(tracing.build_server_interceptor, tracer_provider),
         credentials=providers.Callable(server_credentials, settings),
     )
     ops_server = providers.Singleton(
@@ -496,9 +481,9 @@ async def close_clients(container: Container) -> None:
         await cache.close()
     for client in (container.openai_http(), container.gemini_http()):
         await client.aclose()
-    tracing = container.tracer_provider()
-    if isinstance(tracing, TracerProvider):
-        tracing.shutdown()
+    tracer_provider = container.tracer_provider()
+    if isinstance(tracer_provider, TracerProvider):
+        tracer_provider.shutdown()
 
 
 SIMULATED_KEYS = {
