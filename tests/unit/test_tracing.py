@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -396,3 +398,38 @@ def test_unsupported_settings_are_config_errors_naming_the_variable(
     no_otel_env.setenv(variable, value)
     with pytest.raises(ConfigError, match=variable):
         build_tracer_provider("llm-proxy")
+
+
+def _otlp_sink() -> Any:
+    """benchmarks/otlp_sink.py: the OTLP receiver (gRPC and HTTP) the tracing benchmark uses."""
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "otlp_sink.py"
+    spec = importlib.util.spec_from_file_location("otlp_sink", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+async def test_spans_reach_an_otlp_collector_over_either_protocol(
+    no_otel_env: pytest.MonkeyPatch, protocol: str
+) -> None:
+    otlp_sink = _otlp_sink()
+    server, grpc_port, sink = await otlp_sink.start_sink()
+    runner, http_port = await otlp_sink.start_http_sink(sink)
+    port = grpc_port if protocol == "grpc" else http_port
+    no_otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    no_otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    try:
+        provider = build_tracer_provider("llm-proxy")
+        assert isinstance(provider, TracerProvider)
+        with OtelTracer(provider).span("one"), OtelTracer(provider).span("two"):
+            pass
+        # the exporters block: flush off the loop the receivers run on
+        assert await asyncio.to_thread(provider.force_flush, 10_000)
+        await asyncio.to_thread(provider.shutdown)
+    finally:
+        await server.stop(None)
+        await runner.cleanup()
+    assert (sink.spans, sink.requests) == (2, 1)
