@@ -643,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
     try:
         asyncio.run(_run(settings, args.simulator))
-    except (IncompatibleIndex, StartupError) as error:
+    except (IncompatibleIndex, StartupError, ConfigError) as error:
         print(f"llm-proxy: {error}", file=sys.stderr)
         return 2
     return 0
