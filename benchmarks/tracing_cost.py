@@ -142,9 +142,13 @@ def run_proxy(
                 await asyncio.sleep(0.01)
         tracing = "sdk" if isinstance(container.tracer_provider(), TracerProvider) else "none"
         ready.put((server.port, tracing))
+        cpu_started = time.process_time()
         await _wait_event(stop, CHILD_LIMIT_S)
         stopping.set()
         await asyncio.wait_for(serving, 60)  # shuts the tracer provider down: flushes spans
+        # CPU the proxy spent on the calls (and on exporting their spans): unlike req/s, other
+        # processes on the machine hardly move it
+        ready.put(("cpu", time.process_time() - cpu_started))
 
     try:
         asyncio.run(main())
@@ -166,6 +170,7 @@ class Result:
     warmup_calls: int = 0
     errors: int = 0
     spans: int = 0
+    cpu_s: float = 0.0
 
 
 async def drive(
@@ -308,6 +313,11 @@ def main() -> None:
                     )
                 finally:
                     stop_child(proxy, stop)
+                try:
+                    kind, cpu = ready.get(timeout=10)
+                    result.cpu_s += cpu if kind == "cpu" else 0.0
+                except queue.Empty:
+                    pass
                 if config == "noop":
                     result.spans += dropped.value
                 else:
@@ -334,7 +344,8 @@ def main() -> None:
         print(
             f"{tree:<6} {LABELS[config]:<31} {statistics.median(r.rates):4.0f} req/s (median of "
             f"{len(r.rates)}, range {min(r.rates):.0f}-{max(r.rates):.0f}); "
-            f"latency median {statistics.median(ms):.1f} ms, p99 {percentile(ms, 99):.1f} ms"
+            f"latency median {statistics.median(ms):.1f} ms, p99 {percentile(ms, 99):.1f} ms; "
+            f"proxy CPU {1000 * r.cpu_s / (r.calls + r.warmup_calls):.2f} ms a call"
         )
         print(f"       {r.calls} calls, {r.errors} errors; {spans}")
     for tree in trees:
