@@ -150,3 +150,25 @@ async def test_tracing_on_sends_the_client_spans_context_in_the_callers_trace(
     (record,) = [r for r in records if r.getMessage() == "handling"]
     assert getattr(record, "trace_id", None) == TRACE_ID
     assert getattr(record, "span_id", None) == format(server.context.span_id, "016x")
+
+
+async def test_tracing_on_an_unsampled_caller_records_nothing_but_its_trace_travels(
+    upstream: tuple[str, list[dict[str, str]]], records: list[logging.LogRecord]
+) -> None:
+    """The SDK's default sampler follows the caller's sampled flag (ParentBased): a caller that
+    sampled out gets no spans recorded, yet its trace id still reaches the upstream and logs."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    base_url, received = upstream
+    unsampled = f"00-{TRACE_ID}-{PARENT_ID}-00"
+    try:
+        await call_through_proxy(provider, base_url, (("traceparent", unsampled),))
+    finally:
+        provider.shutdown()
+    (headers,) = received
+    assert traceparent_trace_id(headers) == TRACE_ID
+    assert headers["traceparent"].endswith("-00")
+    assert exporter.get_finished_spans() == ()
+    (record,) = [r for r in records if r.getMessage() == "handling"]
+    assert getattr(record, "trace_id", None) == TRACE_ID
