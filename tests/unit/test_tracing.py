@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from adapters.grpc.admission import Admission, ClientAuth, Limits
 from adapters.grpc.interceptor import ErrorBoundary
 from adapters.observability.tracing import (
     NullTracer,
@@ -30,6 +31,7 @@ from adapters.observability.tracing import (
     is_recording,
 )
 from adapters.settings import ConfigError
+from tests.fakes import FakeClock
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -433,3 +435,59 @@ async def test_spans_reach_an_otlp_collector_over_either_protocol(
         await server.stop(None)
         await runner.cleanup()
     assert (sink.spans, sink.requests) == (2, 1)
+
+
+class _Refusals:
+    def request_refused(self, status: str) -> None:
+        pass
+
+    def auth_failure(self, reason: str) -> None:
+        pass
+
+
+@pytest.mark.parametrize("max_concurrent", [0, 1])
+async def test_admission_refuses_a_stream_cleanly_under_the_grpc_instrumentation(
+    provider: TracerProvider, exporter: InMemorySpanExporter, max_concurrent: int
+) -> None:
+    """Admission's refusal and in-flight count wrap streams as streams (the instrumentation
+    iterates a streaming handler: a coroutine there was an UNKNOWN error, not the refusal)."""
+    admission = Admission(
+        ClientAuth(("a-client-token",)), Limits(max_concurrent), _Refusals(), FakeClock()
+    )
+    seen = Seen()
+    server = grpc.aio.server(
+        interceptors=[build_server_interceptor(provider), admission, ErrorBoundary()]
+    )
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "inferenceproxy.Probe",
+                {"Count": probe_service_handler(seen)},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = streaming(channel, "/inferenceproxy.Probe/Count")
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                [m async for m in call(b"")]
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            token = (("authorization", "Bearer a-client-token"),)
+            assert len([m async for m in call(b"", metadata=token)]) == CHUNKS
+    finally:
+        await server.stop(None)
+    assert admission.in_flight == 0
+    assert [s.name for s in finished(exporter)] == ["/inferenceproxy.Probe/Count"] * 2
+
+
+def probe_service_handler(seen: Seen) -> Any:
+    async def count(
+        request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        for i in range(CHUNKS):
+            seen.note()
+            yield str(i).encode()
+
+    return grpc.unary_stream_rpc_method_handler(count)
