@@ -90,10 +90,8 @@ async def call_through_proxy(
     await server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            assert (
-                await channel.unary_unary("/inferenceproxy.Probe/Call")(b"", metadata=metadata)
-                == b"done"
-            )
+            call: Any = channel.unary_unary("/inferenceproxy.Probe/Call")
+            assert await call(b"", metadata=metadata) == b"done"
     finally:
         await server.stop(None)
         await client.aclose()
