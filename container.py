@@ -7,14 +7,13 @@ of a Singleton turning into a Future when it depends on an async Resource never 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 from dependency_injector import containers, providers
 from opentelemetry import trace
-from opentelemetry.sdk.trace import TracerProvider
 
 from adapters.grpc.admission import ClientAuth
 from adapters.grpc.server import GrpcServer
@@ -29,13 +28,13 @@ from adapters.lifecycle import (
     server_credentials,
     serving_grpc,
 )
+from adapters.observability import tracing
 from adapters.observability.logs import SecretRedactor
 from adapters.observability.prometheus import PrometheusMetrics
-from adapters.observability.tracing import NullTracer, OtelTracer, TracingInterceptor, setup_tracing
 from adapters.providers import HttpSettings, http_client
 from adapters.providers.gemini import GeminiProvider
 from adapters.providers.openai import OpenAIProvider, max_tokens_field_for
-from adapters.settings import ConfigError, Settings
+from adapters.settings import Settings
 from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
 from application.inference import InferenceService
 from application.ports import Embedder, Provider, ResponseCache, Tracer
@@ -62,8 +61,11 @@ def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dic
     }
 
 
-def upstream_client(url: str, connect: float, read: float, connections: int) -> httpx.AsyncClient:
-    return http_client(url, HttpSettings(connect=connect, read=read, max_connections=connections))
+def upstream_client(
+    url: str, connect: float, read: float, connections: int, tracer_provider: trace.TracerProvider
+) -> httpx.AsyncClient:
+    settings = HttpSettings(connect=connect, read=read, max_connections=connections)
+    return http_client(url, settings, tracer_provider)
 
 
 def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Embedder:
@@ -115,30 +117,8 @@ def redis_store(settings: Settings) -> Any:
     return RedisStore(redis_client(settings.redis_addr, settings.cache_timeout))
 
 
-def build_tracer_provider() -> Iterator[trace.TracerProvider]:
-    """The SDK when OTEL_* configure an exporter, else a no-op provider; flushed at shutdown."""
-    try:
-        provider = setup_tracing("llm-proxy", enabled=True) or trace.NoOpTracerProvider()
-    except ValueError as error:  # it names the OTEL_* variable
-        raise ConfigError(str(error)) from None
-    yield provider
-    if isinstance(provider, TracerProvider):
-        provider.shutdown()
-
-
 def build_tracer(provider: trace.TracerProvider, settings: Settings) -> Tracer:
-    if not isinstance(provider, TracerProvider):
-        return NullTracer()
-    return OtelTracer(provider, redact=SecretRedactor(settings.secrets()).redact)
-
-
-def build_tracing_interceptor(
-    provider: trace.TracerProvider, settings: Settings
-) -> TracingInterceptor | None:
-    """Tracing off costs nothing on the hot path: no interceptor at all."""
-    if not isinstance(provider, TracerProvider):
-        return None
-    return TracingInterceptor(provider, redact=SecretRedactor(settings.secrets()).redact)
+    return tracing.build_tracer(provider, SecretRedactor(settings.secrets()).redact)
 
 
 class Container(containers.DeclarativeContainer):
@@ -151,16 +131,16 @@ class Container(containers.DeclarativeContainer):
     metrics = providers.Singleton(
         PrometheusMetrics, models=providers.Callable(tuple, s.model_routes)
     )
-    tracer_provider = providers.Resource(build_tracer_provider)
+    tracer_provider = providers.Singleton(tracing.build_tracer_provider)
     tracer = providers.Singleton(build_tracer, tracer_provider, settings)
 
     openai_http = providers.Singleton(
         upstream_client, s.openai_base_url, s.openai_connect_timeout, s.openai_read_timeout,
-        s.upstream_max_connections,
+        s.upstream_max_connections, tracer_provider,
     )  # fmt: skip
     gemini_http = providers.Singleton(
         upstream_client, s.gemini_base_url, s.gemini_connect_timeout, s.gemini_read_timeout,
-        s.upstream_max_connections,
+        s.upstream_max_connections, tracer_provider,
     )  # fmt: skip
     openai = providers.Singleton(
         OpenAIProvider, openai_http, base_url=s.openai_base_url,
@@ -176,7 +156,7 @@ class Container(containers.DeclarativeContainer):
     )
 
     embedding_http = providers.Singleton(
-        http_client, s.embedding_url, providers.Factory(HttpSettings, read=10.0)
+        http_client, s.embedding_url, providers.Factory(HttpSettings, read=10.0), tracer_provider
     )
     embedder = providers.Selector(
         s.embedder_kind,
@@ -228,7 +208,7 @@ class Container(containers.DeclarativeContainer):
     grpc_server = providers.Singleton(
         GrpcServer, servicer, host=s.host, port=s.grpc_port, max_message_bytes=s.max_request_bytes,
         admission=providers.Singleton(build_admission, settings, metrics, clock),
-        tracing=providers.Callable(build_tracing_interceptor, tracer_provider, settings),
+        tracing=providers.Callable(tracing.build_server_interceptor, tracer_provider),
         credentials=providers.Callable(server_credentials, settings),
     )  # fmt: skip
     ops_server = providers.Singleton(

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import grpc
 import httpx
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
 
 from adapters.grpc.admission import Admission, ClientAuth, Limits
 from adapters.grpc.server import GrpcServer
@@ -111,10 +113,15 @@ def describe_cache(settings: Settings) -> str:
     return f"{settings.cache_mode}: {where}; embedder {settings.embedder_kind}"
 
 
-async def open_clients(_tracing: object, *clients: httpx.AsyncClient | None) -> AsyncIterator[None]:
+async def open_clients(
+    tracer_provider: trace.TracerProvider, *clients: httpx.AsyncClient | None
+) -> AsyncIterator[None]:
+    """Closes the HTTP clients, then flushes the spans they and the requests left."""
     yield
     for client in filter(None, clients):
         await client.aclose()
+    if isinstance(tracer_provider, TracerProvider):
+        tracer_provider.shutdown()
 
 
 async def running_cache(

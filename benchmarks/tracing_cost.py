@@ -1,9 +1,14 @@
 """What tracing costs: unary requests per second through the proxy (cache off, an upstream
 simulator answering at once) with tracing off, with tracing on and a no-op exporter, and with
-tracing on exporting over OTLP/gRPC to a local collector stand-in (benchmarks/otlp_sink.py).
+tracing on exporting over OTLP (gRPC, and http/protobuf) to a local collector stand-in
+(benchmarks/otlp_sink.py).
 
     .venv/bin/python benchmarks/tracing_cost.py [--requests 1000] [--concurrency 16]
-        [--rounds 5] [--max-seconds 15]
+        [--rounds 5] [--max-seconds 15] [--before DIR]
+
+`--before DIR` also runs the proxy from another source tree (e.g. `git archive main | tar -x -C
+DIR`) in the same rounds, so a change is measured against what it replaces on the same machine
+at the same time (configurations that tree cannot run are skipped).
 
 The proxy (built by the real container, started by `serve()`), the simulator and the sink each
 run in their own child process, so none shares the client's event loop. The configurations are
@@ -35,24 +40,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import grpc
 import otlp_sink
-from dependency_injector import providers
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
-from adapters.observability.tracing import setup_tracing
-from adapters.settings import load_settings
-from cli import serve
-from container import Container
-from simulator import SimulatorConfig, running_simulator
-
+# The proxy's own modules are imported inside the child processes, from the tree each runs.
+HERE = str(Path(__file__).resolve().parents[1])
 MODEL = "gpt-4o"
-CONFIGS = ("off", "noop", "otlp")
+CONFIGS = ("off", "noop", "otlp", "otlp-http")
 LABELS = {
     "off": "tracing off",
     "noop": "tracing on, no-op exporter",
-    "otlp": "tracing on, OTLP to local sink",
+    "otlp": "tracing on, OTLP/gRPC to sink",
+    "otlp-http": "tracing on, OTLP/HTTP to sink",
 }
 CHILD_LIMIT_S = 600.0  # no child outlives this, whatever happens to the parent
 
@@ -77,6 +76,8 @@ async def _wait_event(stop: multiprocessing.synchronize.Event, limit: float) -> 
 
 
 def run_simulator(ready: Queue[str], stop: multiprocessing.synchronize.Event) -> None:
+    from simulator import SimulatorConfig, running_simulator
+
     async def main() -> None:
         async with running_simulator(SimulatorConfig()) as sim:  # zero latency
             ready.put(sim.base_url)
@@ -86,18 +87,34 @@ def run_simulator(ready: Queue[str], stop: multiprocessing.synchronize.Event) ->
 
 
 def run_proxy(
+    tree: str,
     config: str,
     sim_base_url: str,
-    sink_port: int,
+    sink_ports: tuple[int, int],
     ready: Queue[Any],
     stop: multiprocessing.synchronize.Event,
     dropped: Synchronized[int],
 ) -> None:
+    sys.path.insert(0, tree)  # before the first import of the proxy's modules in this process
+    from dependency_injector import providers
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from adapters.observability import tracing as tracing_module
+    from adapters.settings import load_settings
+    from container import Container
+
+    try:
+        from cli import serve
+    except ImportError:  # a tree from before cli.py
+        from container import serve  # type: ignore[attr-defined,no-redef]
+
     for name in [n for n in os.environ if n.startswith("OTEL_")]:
         del os.environ[name]
-    if config == "otlp":
-        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{sink_port}"
-        os.environ["OTEL_EXPORTER_OTLP_INSECURE"] = "true"
+    if config in ("otlp", "otlp-http"):
+        grpc_port, http_port = sink_ports
+        port = grpc_port if config == "otlp" else http_port
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+        os.environ["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc" if config == "otlp" else "http/protobuf"
 
     async def main() -> None:
         settings = load_settings(
@@ -114,7 +131,11 @@ def run_proxy(
         )
         container = Container(settings=settings)
         if config == "noop":
-            provider = setup_tracing("llm-proxy", True, exporter=DroppingExporter(dropped))
+            exporter = DroppingExporter(dropped)
+            if hasattr(tracing_module, "build_tracer_provider"):
+                provider = tracing_module.build_tracer_provider("llm-proxy", exporter)
+            else:  # the tree before the contrib instrumentation
+                provider = tracing_module.setup_tracing("llm-proxy", True, exporter=exporter)
             container.tracer_provider.override(providers.Object(provider))
         stopping = asyncio.Event()
         serving = asyncio.create_task(serve(container, stopping))
@@ -126,9 +147,13 @@ def run_proxy(
                 await asyncio.sleep(0.01)
         tracing = "sdk" if isinstance(container.tracer_provider(), TracerProvider) else "none"
         ready.put((server.port, tracing))
+        cpu_started = time.process_time()
         await _wait_event(stop, CHILD_LIMIT_S)
         stopping.set()
         await asyncio.wait_for(serving, 60)  # shuts the tracer provider down: flushes spans
+        # CPU the proxy spent on the calls (and on exporting their spans): unlike req/s, other
+        # processes on the machine hardly move it
+        ready.put(("cpu", time.process_time() - cpu_started))
 
     try:
         asyncio.run(main())
@@ -150,11 +175,15 @@ class Result:
     warmup_calls: int = 0
     errors: int = 0
     spans: int = 0
+    cpu_s: float = 0.0
 
 
 async def drive(
     port: int, requests: int, concurrency: int, warmup: int, max_seconds: float, result: Result
 ) -> None:
+    from adapters.grpc.generated import proxy_pb2 as pb
+    from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+
     async with grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]
     ) as channel:
@@ -220,37 +249,58 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=100, help="sequential calls first")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--max-seconds", type=float, default=15.0, help="time bound per run")
+    parser.add_argument("--before", help="another source tree to measure in the same rounds")
     args = parser.parse_args()
+    trees = {"after": HERE}
+    if args.before:
+        trees = {"before": str(Path(args.before).resolve()), "after": HERE}
+    runs = [
+        (name, config)
+        for name in trees
+        for config in CONFIGS
+        # http/protobuf crashed the proxy before this change: nothing to measure
+        if not (name == "before" and config == "otlp-http")
+    ]
 
     ctx = multiprocessing.get_context("spawn")
     sim_ready: Queue[str] = ctx.Queue()
     sim_stop = ctx.Event()
     sim = start(ctx, run_simulator, sim_ready, sim_stop)
-    sink_ready: Queue[int] = ctx.Queue()
+    sink_ready: Queue[tuple[int, int]] = ctx.Queue()
     sink_stop = ctx.Event()
     sink_spans, sink_requests = ctx.Value("q", 0), ctx.Value("q", 0)
     sink = start(
         ctx, otlp_sink.run_in_child, sink_ready, sink_stop, sink_spans, sink_requests, CHILD_LIMIT_S
     )
-    results = {config: Result() for config in CONFIGS}
+    results = {run: Result() for run in runs}
     began = time.monotonic()
     try:
         sim_url = ready_value(sim, sim_ready, "simulator")
-        sink_port = ready_value(sink, sink_ready, "OTLP sink")
+        sink_ports = ready_value(sink, sink_ready, "OTLP sink")
         print(
-            f"{args.rounds} rounds x {len(CONFIGS)} configurations, each {args.requests} unary "
+            f"{args.rounds} rounds x {len(runs)} configurations, each {args.requests} unary "
             f"calls at concurrency {args.concurrency} (bound {args.max_seconds:.0f}s) after "
             f"{args.warmup} warm-up calls; cache off; simulator with zero latency",
             flush=True,
         )
         for round_no in range(1, args.rounds + 1):
-            for config in CONFIGS:
-                result = results[config]
+            for tree, config in runs:
+                result = results[(tree, config)]
                 ready: Queue[Any] = ctx.Queue()
                 stop = ctx.Event()
                 dropped = ctx.Value("q", 0)
                 spans_before = sink_spans.value
-                proxy = start(ctx, run_proxy, config, sim_url, sink_port, ready, stop, dropped)
+                proxy = start(
+                    ctx,
+                    run_proxy,
+                    trees[tree],
+                    config,
+                    sim_url,
+                    sink_ports,
+                    ready,
+                    stop,
+                    dropped,
+                )
                 try:
                     port, tracing = ready_value(proxy, ready, "proxy")
                     expected = "none" if config == "off" else "sdk"
@@ -268,13 +318,19 @@ def main() -> None:
                     )
                 finally:
                     stop_child(proxy, stop)
+                try:
+                    kind, cpu = ready.get(timeout=10)
+                    result.cpu_s += cpu if kind == "cpu" else 0.0
+                except queue.Empty:
+                    pass
                 if config == "noop":
                     result.spans += dropped.value
-                elif config == "otlp":
+                else:
                     time.sleep(0.2)  # the sink publishes its counters every 50 ms
                     result.spans += sink_spans.value - spans_before
                 print(
-                    f"  round {round_no}: {LABELS[config]:<31} {result.rates[-1]:7.0f} req/s",
+                    f"  round {round_no}: {tree:<6} {LABELS[config]:<31} "
+                    f"{result.rates[-1]:7.0f} req/s",
                     flush=True,
                 )
     finally:
@@ -282,26 +338,30 @@ def main() -> None:
         stop_child(sink, sink_stop)
 
     print()
-    for config in CONFIGS:
-        r = results[config]
+    for tree, config in runs:
+        r = results[(tree, config)]
         ms = r.latencies_ms
         per_call = r.spans / (r.calls + r.warmup_calls)
         spans = {
             "off": "no spans (no SDK installed)",
             "noop": f"{r.spans} spans to the no-op exporter ({per_call:.2f} per call)",
-            "otlp": f"{r.spans} spans received by the sink ({per_call:.2f} per call, "
-            f"{sink_requests.value} export requests)",
-        }[config]
+        }.get(config, f"{r.spans} spans received by the sink ({per_call:.2f} per call)")
         print(
-            f"{LABELS[config]:<31} {statistics.median(r.rates):4.0f} req/s (median of "
+            f"{tree:<6} {LABELS[config]:<31} {statistics.median(r.rates):4.0f} req/s (median of "
             f"{len(r.rates)}, range {min(r.rates):.0f}-{max(r.rates):.0f}); "
-            f"latency median {statistics.median(ms):.1f} ms, p99 {percentile(ms, 99):.1f} ms"
+            f"latency median {statistics.median(ms):.1f} ms, p99 {percentile(ms, 99):.1f} ms; "
+            f"proxy CPU {1000 * r.cpu_s / (r.calls + r.warmup_calls):.2f} ms a call"
         )
-        print(f"    {r.calls} calls, {r.errors} errors; {spans}")
-    base = statistics.median(results["off"].rates)
-    for config in ("noop", "otlp"):
-        rate = statistics.median(results[config].rates)
-        print(f"{LABELS[config]}: {100 * (base - rate) / base:.1f}% fewer req/s than tracing off")
+        print(f"       {r.calls} calls, {r.errors} errors; {spans}")
+    for tree in trees:
+        base = statistics.median(results[(tree, "off")].rates)
+        for tree_, config in runs:
+            if tree_ == tree and config != "off":
+                rate = statistics.median(results[(tree, config)].rates)
+                print(
+                    f"{tree}: {LABELS[config]}: {100 * (base - rate) / base:.1f}% fewer req/s "
+                    "than tracing off"
+                )
     print(f"(total {time.monotonic() - began:.0f}s)")
 
 

@@ -8,15 +8,13 @@ model's sentence-transformers modules (Transformer, Pooling, Normalize) do.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.resources
 import json
 import threading
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -24,10 +22,10 @@ from safetensors.numpy import load_file
 from threadpoolctl import threadpool_limits
 from tokenizers import Tokenizer
 
+from adapters.worker import WorkerThread
 from application.ports import Embedder
 
 Array = npt.NDArray[np.float32]
-_T = TypeVar("_T")
 
 MODEL_NAME = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256
@@ -245,19 +243,19 @@ class LocalMiniLMEmbedder(Embedder):
         self._model: MiniLM | None = None
         self._counter: Tokenizer | None = None
         self._lock = threading.Lock()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minilm")
+        self._worker = WorkerThread("minilm", "the local embedder is closed")
 
     def __repr__(self) -> str:
         return f"LocalMiniLMEmbedder(model_dir={str(self.model_dir)!r})"
 
     async def load(self) -> None:
-        await self._run(self.model)
+        await self._worker.run(self.model)
 
     async def embed(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:
             return []
         batch = list(texts)
-        vectors = await self._run(lambda: self.model().encode(batch, self._batch_size))
+        vectors = await self._worker.run(lambda: self.model().encode(batch, self._batch_size))
         return cast(list[list[float]], vectors.tolist())
 
     def fits(self, text: str) -> bool:
@@ -291,7 +289,4 @@ class LocalMiniLMEmbedder(Embedder):
 
     def close(self) -> None:
         """Stops the worker thread; calls queued behind it are cancelled."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
-
-    async def _run(self, work: Callable[[], _T]) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, work)
+        self._worker.stop()

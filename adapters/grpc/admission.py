@@ -6,18 +6,19 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol
 
 import grpc
 
+from adapters.grpc.interceptor import Context, Continuation, Handler, wrap
 from adapters.grpc.mapping import Status
 from application.ports import Clock
 from domain.admission import TenantRateLimit
 
 log = logging.getLogger("llm_proxy.auth")
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 
 PROTECTED_PREFIX = "/inferenceproxy."
 ANONYMOUS = ""
@@ -102,11 +103,9 @@ class Admission(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
+        continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
@@ -168,58 +167,27 @@ class Admission(grpc.aio.ServerInterceptor):
             BUSY_RETRY_AFTER,
         )
 
-    def _counted(self, handler: grpc.RpcMethodHandler[Any, Any]) -> Handler:
+    def _counted(self, handler: Handler) -> Handler:
         if not self._limits.max_concurrent:
             return handler
-        admission = self
-        if handler.unary_stream is not None:
-            behaviour: Any = handler.unary_stream
 
-            async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
-                busy = admission._busy()
-                if busy is not None:
-                    await context.abort(busy.code, busy.details, busy.trailing_metadata())
-                try:
-                    async for item in behaviour(request, context):
-                        yield item
-                finally:
-                    admission.in_flight -= 1
-
-            return grpc.unary_stream_rpc_method_handler(
-                stream,
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        unary: Any = handler.unary_unary
-
-        async def call(request: Any, context: Any) -> Any:
-            busy = admission._busy()
+        @asynccontextmanager
+        async def counted(context: Context) -> AsyncIterator[None]:
+            busy = self._busy()
             if busy is not None:
                 await context.abort(busy.code, busy.details, busy.trailing_metadata())
             try:
-                return await unary(request, context)
+                yield
             finally:
-                admission.in_flight -= 1
+                self.in_flight -= 1
 
-        return grpc.unary_unary_rpc_method_handler(
-            call,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return wrap(handler, counted)
 
 
 def _refuse(handler: Handler, status: Status) -> Handler:
-    async def deny(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+    @asynccontextmanager
+    async def deny(context: Context) -> AsyncIterator[None]:
         await context.abort(status.code, status.details, status.trailing_metadata())
+        yield  # never reached: abort raises
 
-    if handler.unary_stream is not None:
-        return grpc.unary_stream_rpc_method_handler(
-            deny,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
-    return grpc.unary_unary_rpc_method_handler(
-        deny,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
+    return wrap(handler, deny)

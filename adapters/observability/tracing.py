@@ -1,30 +1,25 @@
-"""OpenTelemetry tracing: provider set-up from the standard OTEL_* variables, a server span per
-gRPC call, the `Tracer` the application will use, and W3C context for outgoing HTTP.
+"""OpenTelemetry tracing: the SDK configured from the standard OTEL_* variables, the gRPC server
+interceptor and the HTTP client instrumentation from opentelemetry-python-contrib, and the
+`Tracer` through which the application adds the spans it owns (inference, attempts, cache).
 
-When tracing is off no SDK is installed: spans come from the API's no-op tracer, which only
-carries an incoming trace context along (no recording, no export)."""
+Tracing on: `opentelemetry-instrumentation-grpc` makes the SERVER span (W3C extraction, status
+mapping) and `opentelemetry-instrumentation-httpx` the CLIENT span of each upstream call
+(traceparent injection). Tracing off: no SDK, no span; the incoming W3C context is still made
+current per RPC (`ContextInterceptor`) and injected into upstream calls (`inject_context`), so
+the caller's trace id reaches the upstream and the logs."""
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import traceback
-from collections.abc import (
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Collection,
-    Iterator,
-    Mapping,
-    MutableMapping,
-    Sequence,
-)
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from typing import Any, Final, TypeAlias
 
 import grpc
-from opentelemetry import propagate, trace
+import httpx
+from opentelemetry import context, propagate, trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -32,9 +27,10 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SpanExporter,
 )
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from adapters.settings import ConfigError
 from application.ports import AttributeValue, SpanHandle, Tracer
 
 Redact: TypeAlias = Callable[[str], str]
@@ -44,49 +40,40 @@ log = logging.getLogger(__name__)
 INSTRUMENTATION: Final = "llm_proxy"
 # Kubernetes probes call these every few seconds; a span each would drown the real traffic.
 DEFAULT_UNTRACED: Final = ("/grpc.health.v1.Health/", "/grpc.reflection.")
-# Server spans are errors only for codes that say the server failed (OTel RPC conventions).
-_SERVER_ERRORS: Final = frozenset(
-    {
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.UNIMPLEMENTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DATA_LOSS,
-    }
-)
+# Only W3C trace context travels: baggage a client sent never goes on to a third-party API.
+_W3C: Final = TraceContextTextMapPropagator()
 
 
 # -- set-up ---------------------------------------------------------------------------------
 
 
-def setup_tracing(
-    service_name: str,
-    enabled: bool,
-    exporter: SpanExporter | None = None,
-    *,
-    set_global: bool = True,
-) -> TracerProvider | None:
-    """A TracerProvider exporting to `exporter`, or else to what the OTEL_* variables configure:
-    OTLP/gRPC when OTEL_TRACES_EXPORTER=otlp or an OTLP endpoint variable is set, `console` or
-    `none` on request. None (and nothing installed) when disabled or nothing is configured.
-    Sampling (OTEL_TRACES_SAMPLER), batching (OTEL_BSP_*), resource attributes and the OTLP
-    endpoint, headers and TLS come from the standard variables. Call `shutdown()` on the
-    provider at exit to flush. Raises ValueError naming the variable for a setting we cannot
-    honour."""
-    if not enabled or _env_flag("OTEL_SDK_DISABLED"):
-        return None
+def build_tracer_provider(
+    service_name: str = "llm-proxy", exporter: SpanExporter | None = None
+) -> trace.TracerProvider:
+    """The SDK exporting to `exporter`, or else to what OTEL_* configure: OTLP when
+    OTEL_TRACES_EXPORTER=otlp or an OTLP endpoint variable is set (over grpc or http/protobuf,
+    per OTEL_EXPORTER_OTLP[_TRACES]_PROTOCOL), `console` or `none` on request. The exporters
+    read their endpoint, headers, TLS and timeouts, the SDK sampling (OTEL_TRACES_SAMPLER),
+    batching (OTEL_BSP_*) and resource (OTEL_SERVICE_NAME, OTEL_RESOURCE_ATTRIBUTES) from the
+    standard variables themselves. The API's no-op provider when nothing is configured or
+    OTEL_SDK_DISABLED=true. Call `shutdown()` on an SDK provider at exit to flush. Raises
+    ConfigError naming the variable for a value we cannot honour."""
+    if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return trace.NoOpTracerProvider()
     exporters = [exporter] if exporter is not None else _exporters_from_env()
     if not exporters:
-        log.info("tracing: no exporter configured (OTEL_EXPORTER_OTLP_ENDPOINT); spans not kept")
-        return None
+        return trace.NoOpTracerProvider()
+    if not os.environ.get("OTEL_PROPAGATORS", "").strip():
+        propagate.set_global_textmap(_W3C)  # the default adds baggage, see _W3C
     provider = TracerProvider(resource=_resource(service_name))
     for each in exporters:
         provider.add_span_processor(BatchSpanProcessor(each))
-    if set_global:
-        trace.set_tracer_provider(provider)
     log.info("tracing: exporting spans with %s", ", ".join(type(e).__name__ for e in exporters))
     return provider
+
+
+def is_recording(provider: trace.TracerProvider) -> bool:
+    return isinstance(provider, TracerProvider)
 
 
 def _resource(service_name: str) -> Resource:
@@ -114,30 +101,103 @@ def _exporters_from_env() -> list[SpanExporter]:
         elif name == "console":
             exporters.append(ConsoleSpanExporter())
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"OTEL_TRACES_EXPORTER={name!r} is not supported; use otlp, console or none"
             )
     return exporters
 
 
 def _otlp_exporter() -> SpanExporter:
-    for variable in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-        protocol = os.environ.get(variable, "").strip().lower()
-        if protocol and protocol != "grpc":
-            raise ValueError(f"{variable}={protocol!r} is not supported; only grpc is installed")
-        if protocol:
+    """Imported here: each exporter pulls in protobuf code a tracing-off process skips."""
+    variable, protocol = "OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        value = os.environ.get(name, "").strip().lower()
+        if value:
+            variable, protocol = name, value
             break
-    # imported here: the gRPC exporter pulls in protobuf code that a tracing-off process skips
-    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter()
+        return OTLPSpanExporter()
+    if protocol == "http/protobuf":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+            OTLPSpanExporter as HttpSpanExporter,
+        )
+
+        return HttpSpanExporter()
+    raise ConfigError(f"{variable}={protocol!r} is not supported; use grpc or http/protobuf")
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() == "true"
+# -- incoming gRPC ----------------------------------------------------------------------------
+
+
+def build_server_interceptor(provider: trace.TracerProvider) -> grpc.aio.ServerInterceptor:
+    """First in the server's interceptor list, so the span (or context) covers the others.
+    Tracing on: the contrib aio interceptor, probes left out. Tracing off: `ContextInterceptor`."""
+    if not is_recording(provider):
+        return ContextInterceptor()
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    interceptor: grpc.aio.ServerInterceptor = aio_server_interceptor(  # type: ignore[no-untyped-call]
+        tracer_provider=provider, filter_=_traced
+    )
+    return interceptor
+
+
+def _traced(details: grpc.HandlerCallDetails) -> bool:
+    return not details.method.startswith(DEFAULT_UNTRACED)
+
+
+class ContextInterceptor(grpc.aio.ServerInterceptor):
+    """Makes the caller's trace context (OTEL_PROPAGATORS, W3C `traceparent` by default) current
+    for the call, without a span. grpc.aio runs the interceptors and then the handler in one
+    task per RPC, so the context attached here is the handler's and ends with the task: no
+    handler is rebuilt, which keeps tracing off as cheap as no interceptor at all."""
+
+    async def intercept_service(
+        self, continuation: Any, handler_call_details: grpc.HandlerCallDetails
+    ) -> Any:
+        carrier: dict[str, str] = {}
+        for key, value in handler_call_details.invocation_metadata or ():
+            if isinstance(value, str):  # `-bin` metadata is bytes and never carries context
+                carrier[key] = value
+        if carrier:
+            context.attach(propagate.extract(carrier))
+        return await continuation(handler_call_details)
+
+
+# -- outgoing HTTP ----------------------------------------------------------------------------
+
+
+def instrument_http_client(
+    client: httpx.AsyncClient, provider: trace.TracerProvider | None = None
+) -> httpx.AsyncClient:
+    """Tracing on: the contrib HTTPX instrumentation (a CLIENT span per call, traceparent of
+    that span injected). Tracing off: a request hook that injects the current context."""
+    if provider is not None and is_recording(provider):
+        from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
+
+        HTTPXClientInstrumentor.instrument_client(client, tracer_provider=provider)
+    else:
+        client.event_hooks["request"].append(_inject_hook)
+    return client
+
+
+async def _inject_hook(request: httpx.Request) -> None:
+    inject_context(request.headers)
+
+
+def inject_context(headers: MutableMapping[str, str]) -> None:
+    """Adds `traceparent` (and `tracestate`) of the current span or remote context, if any."""
+    _W3C.inject(headers)
 
 
 # -- the application's Tracer ---------------------------------------------------------------
+
+
+def build_tracer(provider: trace.TracerProvider, redact: Redact = str) -> Tracer:
+    """The application's spans on the SDK; with tracing off a tracer that costs nothing."""
+    return OtelTracer(provider, redact=redact) if is_recording(provider) else NullTracer()
 
 
 class OtelTracer(Tracer):
@@ -205,127 +265,6 @@ class _NullSpan(SpanHandle):
 _NULL_SPAN: Final = _NullSpan()
 
 
-# -- outgoing HTTP ----------------------------------------------------------------------------
-
-_W3C: Final = TraceContextTextMapPropagator()
-
-
-def inject_traceparent(headers: MutableMapping[str, str]) -> None:
-    """Adds `traceparent` (and `tracestate`) for the current span, if there is one. Only W3C
-    trace context: baggage a client sent never travels on to a third-party API."""
-    _W3C.inject(headers)
-
-
-# -- incoming gRPC ----------------------------------------------------------------------------
-
-Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
-Continuation: TypeAlias = Callable[[grpc.HandlerCallDetails], Awaitable["Handler | None"]]
-
-
-class TracingInterceptor(grpc.aio.ServerInterceptor):
-    """A SERVER span per RPC named `package.Service/Method`, continuing the trace context in the
-    call's metadata (OTEL_PROPAGATORS, W3C `traceparent` by default), current while the handler
-    runs, ended when the response (or the whole stream) is sent. Put it first in the server's
-    interceptor list so the span covers the others."""
-
-    def __init__(
-        self,
-        provider: trace.TracerProvider | None = None,
-        untraced: Collection[str] = DEFAULT_UNTRACED,
-        redact: Redact = str,
-    ) -> None:
-        self._tracer = trace.get_tracer(INSTRUMENTATION, tracer_provider=provider)
-        self._untraced = tuple(untraced)
-        self._redact = redact
-
-    async def intercept_service(
-        self, continuation: Continuation, handler_call_details: grpc.HandlerCallDetails
-    ) -> Handler | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        if handler is None or method.startswith(self._untraced):
-            return handler
-        metadata = handler_call_details.invocation_metadata or ()
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, metadata),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(
-                self._streaming(handler.unary_stream, method, metadata),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler  # client streaming is not part of our API
-
-    def _unary(self, behaviour: Any, method: str, metadata: Sequence[Any]) -> Any:
-        async def traced(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            with self._server_span(method, metadata, context) as span:
-                try:
-                    response = await behaviour(request, context)
-                except BaseException as exc:
-                    _finish(span, context, exc, self._redact)
-                    raise
-                _finish(span, context, None, self._redact)
-                return response
-
-        return traced
-
-    def _streaming(self, behaviour: Any, method: str, metadata: Sequence[Any]) -> Any:
-        async def traced(
-            request: Any, context: grpc.aio.ServicerContext[Any, Any]
-        ) -> AsyncIterator[Any]:
-            with self._server_span(method, metadata, context) as span:
-                responses = behaviour(request, context)
-                try:
-                    if inspect.isawaitable(responses):  # a handler that uses context.write()
-                        await responses
-                    else:
-                        async for response in responses:
-                            yield response
-                except BaseException as exc:
-                    _finish(span, context, exc, self._redact)
-                    raise
-                finally:
-                    if inspect.isasyncgen(responses):
-                        await responses.aclose()
-                _finish(span, context, None, self._redact)
-
-        return traced
-
-    @contextmanager
-    def _server_span(
-        self, method: str, metadata: Sequence[Any], context: grpc.aio.ServicerContext[Any, Any]
-    ) -> Iterator[trace.Span]:
-        name = method.lstrip("/")
-        service, _, rpc_method = name.rpartition("/")
-        attributes: dict[str, AttributeValue] = {
-            "rpc.system": "grpc",
-            "rpc.service": service,
-            "rpc.method": rpc_method,
-            **_peer_attributes(context),
-        }
-        with self._tracer.start_as_current_span(
-            name,
-            context=propagate.extract(_carrier(metadata)),
-            kind=SpanKind.SERVER,
-            attributes=attributes,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            yield span
-
-
-def _carrier(metadata: Sequence[Any]) -> dict[str, list[str]]:
-    carrier: dict[str, list[str]] = {}
-    for key, value in metadata:
-        if isinstance(value, str):  # `-bin` metadata is bytes and never carries trace context
-            carrier.setdefault(key.lower(), []).append(value)
-    return carrier
-
-
 def record_exception(span: trace.Span, exc: BaseException, redact: Redact) -> None:
     """The exception event with its message and stack trace passed through `redact`: an error
     can quote a URL with a password or a key, and spans leave the process."""
@@ -337,50 +276,3 @@ def record_exception(span: trace.Span, exc: BaseException, redact: Redact) -> No
             "exception.stacktrace": redact(stacktrace),
         },
     )
-
-
-def _finish(
-    span: trace.Span,
-    context: grpc.aio.ServicerContext[Any, Any],
-    exc: BaseException | None,
-    redact: Redact,
-) -> None:
-    code = _status_code(context, exc)
-    span.set_attribute("rpc.grpc.status_code", code.value[0])
-    if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
-        record_exception(span, exc, redact)
-    if code in _SERVER_ERRORS:
-        span.set_status(Status(StatusCode.ERROR, code.name))
-
-
-def _status_code(
-    context: grpc.aio.ServicerContext[Any, Any], exc: BaseException | None
-) -> grpc.StatusCode:
-    code: grpc.StatusCode | None = context.code()
-    if code is not None:
-        return code
-    if exc is None:
-        return grpc.StatusCode.OK
-    if isinstance(exc, Exception):
-        return grpc.StatusCode.UNKNOWN  # what grpc answers for an exception nobody handled
-    # cancelled: the deadline passed, or the client went away
-    remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.CANCELLED
-
-
-def _peer_attributes(context: grpc.aio.ServicerContext[Any, Any]) -> dict[str, AttributeValue]:
-    """`ipv4:10.0.0.7:51234` or `ipv6:[::1]:51234` -> network.peer.address / .port."""
-    try:
-        peer = context.peer()
-    except Exception:
-        return {}
-    kind, _, address = (peer or "").partition(":")
-    if kind not in ("ipv4", "ipv6"):
-        return {}
-    host, _, port = address.rpartition(":")
-    attributes: dict[str, AttributeValue] = {"network.peer.address": host.strip("[]")}
-    if port.isdigit():
-        attributes["network.peer.port"] = int(port)
-    return attributes

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import httpx
+from opentelemetry import trace
 
-from adapters.observability.tracing import inject_traceparent
+from adapters.observability.tracing import instrument_http_client
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,10 +40,15 @@ class HttpSettings:
             raise ValueError("HttpSettings: max_connections must be >= 1, keep-alive >= 0")
 
 
-def http_client(base_url: str, settings: HttpSettings | None = None) -> httpx.AsyncClient:
-    """A bounded client for one upstream. The caller owns it: `await client.aclose()` on exit."""
+def http_client(
+    base_url: str,
+    settings: HttpSettings | None = None,
+    tracer_provider: trace.TracerProvider | None = None,
+) -> httpx.AsyncClient:
+    """A bounded client for one upstream, instrumented for `tracer_provider` (or carrying only
+    the W3C context without it). The caller owns it: `await client.aclose()` on exit."""
     s = settings or HttpSettings()
-    return httpx.AsyncClient(
+    client = httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(connect=s.connect, read=s.read, write=s.write, pool=s.pool),
         limits=httpx.Limits(
@@ -51,11 +57,5 @@ def http_client(base_url: str, settings: HttpSettings | None = None) -> httpx.As
             keepalive_expiry=s.keepalive_expiry,
         ),
         follow_redirects=False,
-        event_hooks={"request": [_propagate_trace]},
     )
-
-
-async def _propagate_trace(request: httpx.Request) -> None:
-    """Outgoing calls carry the W3C `traceparent` of the current span (none when tracing is
-    off)."""
-    inject_traceparent(request.headers)
+    return instrument_http_client(client, tracer_provider)

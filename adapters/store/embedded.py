@@ -9,25 +9,21 @@ never shared between threads.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import sqlite3
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import TypeVar
 
 from adapters.store import codec
+from adapters.worker import WorkerThread
 from application.ports import ResponseStore
 from domain.model import Completion
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 FILE_NAME = "responses.sqlite3"
 SCHEMA_VERSION = 1
@@ -94,17 +90,16 @@ class EmbeddedStore(ResponseStore):
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-store")
-        self._closed = False
+        self._worker = WorkerThread("embedded-store", "the embedded response store is closed")
         self._use_count = 0
         try:
-            self._db = self._executor.submit(self._open).result()
+            self._db = self._worker.call(self._open)
         except BaseException:
-            self._executor.shutdown(wait=False)
+            self._worker.stop()
             raise
 
     async def get(self, key: str) -> Completion | None:
-        data = await self._run(self._get, key, self._clock())
+        data = await self._worker.run(self._get, key, self._clock())
         if data is None:
             return None
         completion = codec.decode(data)
@@ -116,29 +111,16 @@ class EmbeddedStore(ResponseStore):
         """Stores for `ttl` seconds; a `ttl` <= 0, or a value larger than `max_bytes`, stores
         nothing (and drops what was stored under `key`)."""
         now = self._clock()
-        await self._run(self._put, key, codec.encode(completion), now + ttl, now)
+        await self._worker.run(self._put, key, codec.encode(completion), now + ttl, now)
 
     async def delete(self, key: str) -> None:
-        await self._run(self._delete, key)
+        await self._worker.run(self._delete, key)
 
     async def usage(self) -> StoreUsage:
-        return await self._run(self._usage)
+        return await self._worker.run(self._usage)
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._db.close)
-        finally:
-            self._executor.shutdown(wait=False)
-
-    async def _run(self, function: Callable[..., T], *args: object) -> T:
-        if self._closed:
-            raise RuntimeError("the embedded response store is closed")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, partial(function, *args)
-        )
+        await self._worker.close(self._db.close)
 
     # Everything below runs on the worker thread.
 

@@ -16,14 +16,10 @@ seconds, and every search is narrowed to one scope by the keyword index anyway.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from functools import partial
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TypeVar
 
 from qdrant_edge import (
     CountRequest,
@@ -52,11 +48,11 @@ from adapters.vector import (
     payload,
     vector_match,
 )
+from adapters.worker import WorkerThread
 from application.ports import VectorIndex, VectorMatch, VectorPoint
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
 
 CONFIG_FILE = "edge_config.json"
 
@@ -73,54 +69,39 @@ class EdgeIndex(VectorIndex):
 
     def __init__(self, directory: str | Path) -> None:
         self._directory = Path(directory)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qdrant-edge")
-        self._closed = False
+        self._worker = WorkerThread("qdrant-edge", f"the vector index at {directory} is closed")
         # Touched only on the worker thread, so a call that timed out (and keeps running there)
         # still leaves them consistent for the next one.
         self._shard: EdgeShard | None = None
         self._dimension = 0
 
     async def ensure_ready(self, dimension: int) -> None:
-        await self._run(self._open, dimension)
+        await self._worker.run(self._open, dimension)
 
     async def search(
         self, vector: Sequence[float], scope: str, now: float, limit: int
     ) -> list[VectorMatch]:
         if limit < 1:
             return []
-        return await self._run(self._search, as_floats(vector), scope, now, limit)
+        return await self._worker.run(self._search, as_floats(vector), scope, now, limit)
 
     async def upsert(self, point: VectorPoint) -> None:
         stored = Point(point.point_id, as_floats(point.vector), payload(point))
-        await self._run(self._update, UpdateOperation.upsert_points([stored]))
+        await self._worker.run(self._update, UpdateOperation.upsert_points([stored]))
 
     async def delete(self, point_ids: Sequence[str]) -> None:
         if point_ids:
-            await self._run(self._update, UpdateOperation.delete_points(list(point_ids)))
+            await self._worker.run(self._update, UpdateOperation.delete_points(list(point_ids)))
 
     async def delete_expired(self, now: float) -> int:
-        removed = await self._run(self._delete_expired, now)
+        removed = await self._worker.run(self._delete_expired, now)
         # Not awaited, as the sweep's caller has a short timeout. It still runs next on the
         # worker thread, ahead of any later call and of close().
-        if not self._closed:
-            self._executor.submit(self._upkeep, vacuum=removed > 0)
+        self._worker.submit(self._upkeep, vacuum=removed > 0)
         return removed
 
     async def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        finally:
-            self._executor.shutdown(wait=False)
-
-    async def _run(self, function: Callable[..., T], *args: object) -> T:
-        if self._closed:
-            raise RuntimeError(f"the vector index at {self._directory} is closed")
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, partial(function, *args)
-        )
+        await self._worker.close(self._close)
 
     # Everything below runs on the worker thread.
 

@@ -13,6 +13,7 @@ import pytest
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
 from adapters.grpc.generated import proxy_pb2 as pb
 from simulator import SimulatorConfig
@@ -164,7 +165,7 @@ async def test_span_tree_continues_the_callers_trace(
     by_name: dict[str, list[ReadableSpan]] = {}
     for span in spans:
         by_name.setdefault(span.name, []).append(span)
-    (server,) = by_name["inferenceproxy.InferenceService/Infer"]
+    (server,) = by_name["/inferenceproxy.InferenceService/Infer"]
     assert format(server.context.trace_id, "032x") == TRACE_ID
     assert server.parent is not None
     assert format(server.parent.span_id, "016x") == "00f067aa0ba902b7"
@@ -173,6 +174,9 @@ async def test_span_tree_continues_the_callers_trace(
     attempts = by_name["chat gpt-4o-mini"]
     assert len(attempts) == 2  # a 503, then the answer
     assert all(a.parent.span_id == request.context.span_id for a in attempts)
+    # each attempt's HTTP call is a CLIENT span of the httpx instrumentation, under the attempt
+    calls = [sp for sp in spans if sp.kind is SpanKind.CLIENT]
+    assert sorted(c.parent.span_id for c in calls) == sorted(a.context.span_id for a in attempts)
     ok = attempts[-1].attributes
     assert ok["gen_ai.system"] == "openai"
     assert ok["gen_ai.request.model"] == "gpt-4o-mini"

@@ -150,6 +150,24 @@ async def test_a_public_bind_without_tokens_refuses_to_start() -> None:
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    "variable", ["OTEL_EXPORTER_OTLP_PROTOCOL", "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL"]
+)
+async def test_an_unsupported_otlp_protocol_stops_startup_naming_the_variable(
+    variable: str,
+) -> None:
+    process = await start_proxy(
+        GRPC_PORT=str(free_port()),
+        CACHE_MODE="off",
+        OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:1",
+        **{variable: "http/json"},
+    )
+    code, err = await ended(process)
+    assert code == 2
+    assert f"{variable}='http/json'" in err
+    assert "Traceback" not in err
+
+
 @pytest.mark.parametrize("variable", ["GRPC_PORT", "METRICS_PORT"])
 async def test_a_port_in_use_stops_startup_naming_the_variable(variable: str) -> None:
     with socket.socket() as taken:
