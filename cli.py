@@ -13,9 +13,10 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from adapters.config_error import ConfigError
 from adapters.lifecycle import StartupError
 from adapters.observability.logs import configure_logging
-from adapters.settings import ConfigError, Settings, is_loopback, load_settings
+from adapters.settings import Settings, is_loopback, load_settings
 from adapters.vector import IncompatibleIndex
 from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
 from application.semantic_cache import CachePolicy, SemanticCache

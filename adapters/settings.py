@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from adapters.config_error import ConfigError
 from adapters.durations import parse_duration
 from adapters.embedders.gemini import NATIVE_DIMENSIONS as GEMINI_DIMENSIONS
 from adapters.embedders.openai import NATIVE_DIMENSIONS as OPENAI_DIMENSIONS
@@ -317,10 +318,6 @@ class Settings(BaseSettings):
     def embedder_kind(self) -> str:
         """EMBEDDER, or its default: local for the embedded cache, openai for the remote one."""
         return self.embedder or ("local" if self.cache_mode == "embedded" else "openai")
-
-
-class ConfigError(Exception):
-    """Invalid configuration; the message names each variable and what is wrong with it."""
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from adapters.settings import ConfigError
+from adapters.config_error import ConfigError
 from application.ports import AttributeValue, SpanHandle, Tracer
 
 Redact: TypeAlias = Callable[[str], str]

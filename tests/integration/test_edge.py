@@ -253,7 +253,8 @@ async def test_mtls_requires_a_client_certificate_from_the_configured_ca(pki: Pk
 
 
 def test_unreadable_or_mismatched_tls_files_name_the_variable(pki: Pki, tmp_path: Path) -> None:
-    from adapters.settings import ConfigError, load_settings
+    from adapters.config_error import ConfigError
+    from adapters.settings import load_settings
 
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")

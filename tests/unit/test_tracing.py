@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from adapters.config_error import ConfigError
 from adapters.grpc.admission import Admission, ClientAuth, Limits
 from adapters.grpc.interceptor import ErrorBoundary
 from adapters.observability.tracing import (
@@ -30,7 +31,6 @@ from adapters.observability.tracing import (
     inject_context,
     is_recording,
 )
-from adapters.settings import ConfigError
 from tests.fakes import FakeClock
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
