@@ -118,7 +118,8 @@ class InferenceService:
                     return
                 sent = False
                 try:
-                    events = self._stream_from(asked, target.route, deadline, span)
+                    reserve = self._reserve(target, targets)
+                    events = self._stream_from(asked, target.route, deadline, span, reserve)
                     async with aclosing(events) as it:
                         async for event in it:
                             if isinstance(event, Delta):
@@ -179,7 +180,8 @@ class InferenceService:
                 if cached is not None:
                     return replace(cached, fallback_from=request.model)
             try:
-                answer = await self._call_one(asked, target.route, shared, span)
+                reserve = self._reserve(target, targets)
+                answer = await self._call_one(asked, target.route, shared, span, reserve)
             except ProxyError as error:
                 if target is targets[-1] or not falls_back(error):
                     raise
@@ -191,11 +193,18 @@ class InferenceService:
         raise AssertionError("targets is never empty")
 
     async def _call_one(
-        self, request: InferenceRequest, route: Route, shared: _Shared, span: SpanHandle
+        self,
+        request: InferenceRequest,
+        route: Route,
+        shared: _Shared,
+        span: SpanHandle,
+        reserve: float = 0.0,
     ) -> Answer:
         upstream = self._upstreams[route.provider]
         upstream_request = _for_upstream(request, route)
-        attempts = self._attempts(upstream, upstream_request, span, lambda: shared.deadline.at)
+        attempts = self._attempts(
+            upstream, upstream_request, span, lambda: shared.deadline.at - reserve
+        )
         while True:
             await self._sleep(attempts.key_wait())
             key = attempts.start()
@@ -227,12 +236,17 @@ class InferenceService:
     # -- streaming path ---------------------------------------------------------------------
 
     async def _stream_from(
-        self, request: InferenceRequest, route: Route, deadline: Deadline, span: SpanHandle
+        self,
+        request: InferenceRequest,
+        route: Route,
+        deadline: Deadline,
+        span: SpanHandle,
+        reserve: float = 0.0,
     ) -> AsyncGenerator[Delta | Answer, None]:
         """One model's deltas, then its Answer; retries only before the first delta."""
         upstream = self._upstreams[route.provider]
         upstream_request = _for_upstream(request, route)
-        attempts = self._attempts(upstream, upstream_request, span, lambda: deadline.at)
+        attempts = self._attempts(upstream, upstream_request, span, lambda: deadline.at - reserve)
         while True:
             await self._sleep(attempts.key_wait())
             key = attempts.start()
@@ -270,6 +284,12 @@ class InferenceService:
         yield Answer(completion, self._miss_info(request))
 
     # -- helpers ----------------------------------------------------------------------------
+
+    def _reserve(self, target: Target, targets: tuple[Target, ...]) -> float:
+        """What a model with fallbacks left keeps of the deadline for them: one UPSTREAM_TIMEOUT.
+        It starts no retry, and waits for no key, that would leave less (a silent provider's
+        last retry would otherwise run into the deadline and leave its fallbacks no time)."""
+        return 0.0 if target is targets[-1] else self._upstream_timeout or 0.0
 
     def _fell_back(self, span: SpanHandle, failed: str, to: str, reason: str) -> None:
         """One step down a MODEL_FALLBACKS chain: `failed` could not answer, `to` is next."""

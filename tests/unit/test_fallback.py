@@ -255,6 +255,23 @@ async def test_the_fallback_runs_within_the_same_deadline() -> None:
     assert len(world.gemini.calls) == 1
 
 
+async def test_a_model_with_fallbacks_keeps_one_upstream_timeout_of_the_deadline_for_them() -> None:
+    # 1s in all, UPSTREAM_TIMEOUT 0.6s: the retry after 0.5s would leave the fallback 0.5s, less
+    # than one attempt may take; so the fallback comes at once. gpt-4o-mini has no chain: it
+    # retries as long as the deadline allows.
+    world = World(
+        openai(Fail(UpstreamFault("503")), Fail(UpstreamFault("503")), Reply("mini")),
+        gemini(Reply("g")),
+        max_retries=3,
+        request_timeout=1.0,
+        upstream_timeout=0.6,
+    )
+    fell_back_to_gemini(world, await world.service.infer(ask()))
+    assert len(world.openai.calls) == 1
+    assert (await world.service.infer(ask(model="gpt-4o-mini"))).completion.content == "mini"
+    assert len(world.openai.calls) == 3
+
+
 async def test_a_primary_without_keys_goes_straight_to_its_fallback() -> None:
     world = World(openai(), gemini(), keyless=("openai",))
     answer = await world.service.infer(ask())
