@@ -76,3 +76,20 @@ async def test_a_stream_falls_back_when_openai_keeps_failing() -> None:
             (("outcome", "upstream_fault"), ("provider", "openai")),
         )
         assert samples[attempts] == 4
+
+
+async def test_a_silent_openai_gives_way_to_gemini_at_upstream_timeout() -> None:
+    settings = {"upstream_timeout": "300ms", "request_timeout": "5s", "max_retries": 1}
+    async with stack(
+        SimulatorConfig(faults="stall@openai"), model_fallbacks=CHAIN, **settings
+    ) as s:
+        answer = await s.stub.Infer(ask("Are you there?"), timeout=10)
+        assert (answer.provider, answer.fallback_from) == ("gemini", "gpt-4o")
+        assert calls(s, "openai.chat") == 2
+        samples = await scrape(s)
+        assert samples[STEP] == 1
+        silent = (
+            "upstream_attempts_total",
+            (("outcome", "upstream_fault"), ("provider", "openai")),
+        )
+        assert samples[silent] == 2
