@@ -21,6 +21,7 @@ from adapters.grpc.servicer import InferenceServicer
 from adapters.lifecycle import (
     build_admission,
     build_ops_server,
+    build_router,
     cache_kind,
     listening_ops,
     open_clients,
@@ -44,7 +45,6 @@ from domain.backoff import BackoffPolicy
 from domain.circuit_breaker import CircuitBreaker
 from domain.key_pool import ApiKey, KeyPool
 from domain.model import RequestLimits
-from domain.routing import ModelRouter
 
 
 def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dict[str, Upstream]:
@@ -129,7 +129,7 @@ class Container(containers.DeclarativeContainer):
     sleeper = providers.Singleton(AsyncioSleeper)
     random = providers.Singleton(SystemRandom)
     metrics = providers.Singleton(
-        PrometheusMetrics, models=providers.Callable(tuple, s.model_routes)
+        PrometheusMetrics, models=s.configured_models, fallback_models=s.configured_models
     )
     tracer_provider = providers.Singleton(tracing.build_tracer_provider)
     tracer = providers.Singleton(build_tracer, tracer_provider, settings)
@@ -189,7 +189,7 @@ class Container(containers.DeclarativeContainer):
     )
 
     upstreams = providers.Singleton(build_upstreams, settings, provider_adapters)
-    router = providers.Singleton(ModelRouter, providers.Callable(list, upstreams), s.model_routes)
+    router = providers.Singleton(build_router, settings, providers.Callable(list, upstreams))
     backoff = providers.Singleton(
         BackoffPolicy, max_retries=s.max_retries, wait_initial=s.retry_wait_initial,
         wait_max=s.retry_wait_max,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
 from pathlib import Path
 
@@ -80,6 +80,29 @@ def build_admission(
         rate=TenantRateLimit(rate, settings.tenant_burst) if rate else None,
     )
     return Admission(ClientAuth(settings.client_tokens()), limits, metrics, clock)
+
+
+def build_router(settings: Settings, providers: Iterable[str]) -> ModelRouter:
+    """The router over the providers that have keys. A MODEL_FALLBACKS model whose provider has
+    none is left out of its chain, and said so once here."""
+    router = ModelRouter(providers, settings.model_routes, fallbacks=settings.model_fallbacks)
+    for model, member, provider in router.left_out():
+        if member == model:
+            log.warning(
+                "MODEL_FALLBACKS: %s is served by %s, which has no API keys: requests for it go "
+                "straight to its fallbacks",
+                model,
+                provider,
+            )
+        else:
+            log.warning(
+                "MODEL_FALLBACKS: %s is served by %s, which has no API keys: left out of %s's "
+                "chain",
+                member,
+                provider,
+                model,
+            )
+    return router
 
 
 def build_ops_server(

@@ -23,7 +23,7 @@ from adapters.config_error import ConfigError
 from adapters.durations import parse_duration
 from adapters.embedders.gemini import NATIVE_DIMENSIONS as GEMINI_DIMENSIONS
 from adapters.embedders.openai import NATIVE_DIMENSIONS as OPENAI_DIMENSIONS
-from domain.routing import Route
+from domain.routing import ModelRouter, Route
 
 PROVIDERS = ("openai", "gemini")
 
@@ -52,6 +52,22 @@ def _parse_routes(value: object) -> object:
             )
         routes[name.strip()] = Route(provider.strip(), model.strip() or name.strip())
     return routes
+
+
+def _parse_fallbacks(value: object) -> object:
+    """MODEL_FALLBACKS="gpt-4o=gemini-1.5-pro|gemini-1.5-flash,fast=gemini-2.0-flash"."""
+    if not isinstance(value, str):
+        return value
+    chains: dict[str, tuple[str, ...]] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, targets = (part.strip() for part in item.partition("="))
+        chain = tuple(dict.fromkeys(filter(None, (t.strip() for t in targets.split("|")))))
+        if not sep or not name or not chain:
+            raise ValueError(f"{item!r} is not model=fallback[|fallback...]")
+        if name in chains:
+            raise ValueError(f"{name} has two chains; give one: {name}=a|b")
+        chains[name] = chain
+    return chains
 
 
 def _http_url(url: str) -> str:
@@ -196,6 +212,9 @@ class Settings(BaseSettings):
     model_routes: Annotated[dict[str, Route], NoDecode, BeforeValidator(_parse_routes)] = Field(
         default_factory=dict
     )
+    model_fallbacks: Annotated[
+        dict[str, tuple[str, ...]], NoDecode, BeforeValidator(_parse_fallbacks)
+    ] = Field(default_factory=dict)
     max_request_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_messages: int = Field(1000, ge=1)
     max_model_name_length: int = Field(128, ge=1, le=4096)
@@ -287,6 +306,20 @@ class Settings(BaseSettings):
         if not self.upstream_timeout or self.upstream_timeout >= self.request_timeout:
             return None
         return self.upstream_timeout
+
+    @model_validator(mode="after")
+    def _fallbacks_route_somewhere(self) -> Settings:
+        try:
+            ModelRouter(PROVIDERS, self.model_routes, fallbacks=self.model_fallbacks)
+        except ValueError as error:
+            raise ValueError(f"MODEL_FALLBACKS: {error}") from None
+        return self
+
+    @property
+    def configured_models(self) -> tuple[str, ...]:
+        """Model names of MODEL_ROUTES and MODEL_FALLBACKS: metric labels of their own."""
+        chains = self.model_fallbacks.items()
+        return tuple(dict.fromkeys([*self.model_routes, *(m for k, c in chains for m in (k, *c))]))
 
     @model_validator(mode="after")
     def _embedder_has_a_key(self) -> Settings:

@@ -22,7 +22,7 @@ from application.ports import (
 )
 from application.resilience import GEN_AI_SYSTEM, Attempts, Deadline, Observers, Upstream
 from domain.backoff import BackoffPolicy
-from domain.errors import DeadlineExceeded, ProviderFailure, UpstreamFault
+from domain.errors import DeadlineExceeded, ProviderFailure, ProxyError, UpstreamFault
 from domain.key_pool import ApiKey
 from domain.model import (
     Answer,
@@ -34,12 +34,15 @@ from domain.model import (
     InferenceRequest,
     StreamEnd,
 )
-from domain.routing import ModelRouter, Route
+from domain.routing import ModelRouter, Route, Target, falls_back
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEADLINE_PASSED = "the request deadline passed before an answer came"
+
+# The reason of a fallback from a model whose provider has no API keys (it is never tried).
+NO_KEYS = "no_keys"
 
 # Cached answers are replayed through InferStream in pieces of this many characters.
 REPLAY_CHUNK_CHARS = 64
@@ -78,70 +81,57 @@ class InferenceService:
         self._background: set[asyncio.Task[None]] = set()
 
     def route(self, request: InferenceRequest) -> Route:
-        return self._router.route(request.model)
+        """The route of the first model that may answer `request` (UnknownModel: none)."""
+        return self._router.targets(request.model)[0].route
 
     async def infer(self, request: InferenceRequest, time_left: float | None = None) -> Answer:
         """One complete answer. `time_left` is the client's remaining deadline in seconds."""
         deadline = self._deadline(time_left)
-        route = self.route(request)
-        with self._tracer.span("inference", _request_attributes(request, route)) as span:
-            cached = await self._bounded(deadline, self._lookup(request, route))
-            if cached is not None:
-                return cached
-            shared = self._shared(request, route, deadline, span)
+        targets = self._router.targets(request.model)
+        with self._tracer.span("inference", _request_attributes(request, targets[0])) as span:
+            if targets[0].model == request.model:
+                cached = await self._bounded(deadline, self._lookup(request, targets[0]))
+                if cached is not None:
+                    return cached
+            shared = self._shared(request, targets, deadline, span)
             return await shared.join(deadline, self._clock.now())
 
     async def stream(
         self, request: InferenceRequest, time_left: float | None = None
     ) -> AsyncGenerator[Delta | Answer, None]:
-        """Deltas, then the complete Answer. Retries happen only before the first delta."""
+        """Deltas, then the complete Answer. Retries and fallbacks happen only before the first
+        delta."""
         deadline = self._deadline(time_left)
-        route = self.route(request)
-        with self._tracer.span("inference", _request_attributes(request, route)) as span:
-            cached = await self._bounded(deadline, self._lookup(request, route))
-            if cached is not None:
-                for piece in _pieces(cached.completion.content):
-                    yield Delta(piece)
-                yield cached
-                return
-            upstream = self._upstreams[route.provider]
-            upstream_request = _for_upstream(request, route)
-            attempts = self._attempts(upstream, upstream_request, span, lambda: deadline.at)
-            while True:
-                await self._sleep(attempts.key_wait())
-                key = attempts.start()
-                parts: list[str] = []
+        targets = self._router.targets(request.model)
+        with self._tracer.span("inference", _request_attributes(request, targets[0])) as span:
+            failed, reason = request.model, NO_KEYS
+            for target in targets:
+                asked, fallback_from = _asked_as(request, target), None
+                if target.model != request.model:
+                    fallback_from = request.model
+                    self._fell_back(span, failed, target.model, reason)
+                cached = await self._bounded(deadline, self._lookup(asked, target))
+                if cached is not None:
+                    for piece in _pieces(cached.completion.content):
+                        yield Delta(piece)
+                    yield replace(cached, fallback_from=fallback_from)
+                    return
+                sent = False
                 try:
-                    end = None
-                    events = self._events(upstream, upstream_request, key, deadline)
+                    reserve = self._reserve(target, targets)
+                    events = self._stream_from(asked, target.route, deadline, span, reserve)
                     async with aclosing(events) as it:
                         async for event in it:
-                            if isinstance(event, StreamEnd):
-                                end = event
-                                break
-                            parts.append(event.content)
-                            yield event
-                    if end is None:
-                        raise UpstreamFault(f"{upstream.name} stream ended before it finished")
-                except ProviderFailure as failure:
-                    if parts:  # the client has content already: no retry, no silent truncation
-                        attempts.settle(key, failure)
+                            if isinstance(event, Delta):
+                                sent = True
+                                yield event
+                            else:
+                                yield replace(event, fallback_from=fallback_from)
+                    return
+                except ProxyError as error:
+                    if sent or target is targets[-1] or not falls_back(error):
                         raise
-                    await self._sleep(attempts.failed(key, failure))
-                    continue
-                except DeadlineExceeded:
-                    attempts.timed_out() if deadline.own else attempts.aborted()
-                    raise
-                except BaseException:
-                    attempts.aborted()
-                    raise
-                attempts.succeeded(end)
-                break
-            completion = Completion(
-                "".join(parts), end.model, upstream.name, end.finish_reason, end.usage
-            )
-            self._after_answer(request, completion)
-            yield Answer(completion, self._miss_info(request))
+                    failed, reason = target.model, type(error).__name__
 
     async def drain(self) -> None:
         """Waits for background cache stores (call on shutdown)."""
@@ -151,10 +141,14 @@ class InferenceService:
     # -- unary path -------------------------------------------------------------------------
 
     def _shared(
-        self, request: InferenceRequest, route: Route, deadline: Deadline, span: SpanHandle
+        self,
+        request: InferenceRequest,
+        targets: tuple[Target, ...],
+        deadline: Deadline,
+        span: SpanHandle,
     ) -> _Shared:
         """The in-flight call this request can share (DESIGN §5), or a new one."""
-        key = _coalescing_key(request, route)
+        key = _coalescing_key(request, targets[0].route)
         shared = self._inflight.get(key)
         if shared is not None and shared.joinable:
             span.event("coalesced")
@@ -165,15 +159,52 @@ class InferenceService:
                 del self._inflight[key]
 
         shared = self._inflight[key] = _Shared(deadline, forget)
-        shared.start(self._call(request, route, shared, span))
+        shared.start(self._call(request, targets, shared, span))
         return shared
 
     async def _call(
-        self, request: InferenceRequest, route: Route, shared: _Shared, span: SpanHandle
+        self,
+        request: InferenceRequest,
+        targets: tuple[Target, ...],
+        shared: _Shared,
+        span: SpanHandle,
+    ) -> Answer:
+        """The first model of `targets` that answers; the next one only when the one before
+        cannot (domain.routing.falls_back), each looked up in the cache first."""
+        failed, reason = request.model, NO_KEYS
+        for target in targets:
+            asked = _asked_as(request, target)
+            if target.model != request.model:
+                self._fell_back(span, failed, target.model, reason)
+                cached = await self._bounded(shared.deadline, self._lookup(asked, target))
+                if cached is not None:
+                    return replace(cached, fallback_from=request.model)
+            try:
+                reserve = self._reserve(target, targets)
+                answer = await self._call_one(asked, target.route, shared, span, reserve)
+            except ProxyError as error:
+                if target is targets[-1] or not falls_back(error):
+                    raise
+                failed, reason = target.model, type(error).__name__
+                continue
+            if target.model == request.model:
+                return answer
+            return replace(answer, fallback_from=request.model)
+        raise AssertionError("targets is never empty")
+
+    async def _call_one(
+        self,
+        request: InferenceRequest,
+        route: Route,
+        shared: _Shared,
+        span: SpanHandle,
+        reserve: float = 0.0,
     ) -> Answer:
         upstream = self._upstreams[route.provider]
         upstream_request = _for_upstream(request, route)
-        attempts = self._attempts(upstream, upstream_request, span, lambda: shared.deadline.at)
+        attempts = self._attempts(
+            upstream, upstream_request, span, lambda: shared.deadline.at - reserve
+        )
         while True:
             await self._sleep(attempts.key_wait())
             key = attempts.start()
@@ -202,7 +233,70 @@ class InferenceService:
                 f"{provider} did not answer within UPSTREAM_TIMEOUT ({self._upstream_timeout:g}s)"
             ) from None
 
+    # -- streaming path ---------------------------------------------------------------------
+
+    async def _stream_from(
+        self,
+        request: InferenceRequest,
+        route: Route,
+        deadline: Deadline,
+        span: SpanHandle,
+        reserve: float = 0.0,
+    ) -> AsyncGenerator[Delta | Answer, None]:
+        """One model's deltas, then its Answer; retries only before the first delta."""
+        upstream = self._upstreams[route.provider]
+        upstream_request = _for_upstream(request, route)
+        attempts = self._attempts(upstream, upstream_request, span, lambda: deadline.at - reserve)
+        while True:
+            await self._sleep(attempts.key_wait())
+            key = attempts.start()
+            parts: list[str] = []
+            try:
+                end = None
+                events = self._events(upstream, upstream_request, key, deadline)
+                async with aclosing(events) as it:
+                    async for event in it:
+                        if isinstance(event, StreamEnd):
+                            end = event
+                            break
+                        parts.append(event.content)
+                        yield event
+                if end is None:
+                    raise UpstreamFault(f"{upstream.name} stream ended before it finished")
+            except ProviderFailure as failure:
+                if parts:  # the client has content already: no retry, no silent truncation
+                    attempts.settle(key, failure)
+                    raise
+                await self._sleep(attempts.failed(key, failure))
+                continue
+            except DeadlineExceeded:
+                attempts.timed_out() if deadline.own else attempts.aborted()
+                raise
+            except BaseException:
+                attempts.aborted()
+                raise
+            attempts.succeeded(end)
+            break
+        completion = Completion(
+            "".join(parts), end.model, upstream.name, end.finish_reason, end.usage
+        )
+        self._after_answer(request, completion)
+        yield Answer(completion, self._miss_info(request))
+
     # -- helpers ----------------------------------------------------------------------------
+
+    def _reserve(self, target: Target, targets: tuple[Target, ...]) -> float:
+        """What a model with fallbacks left keeps of the deadline for them: one UPSTREAM_TIMEOUT.
+        It starts no retry, and waits for no key, that would leave less (a silent provider's
+        last retry would otherwise run into the deadline and leave its fallbacks no time)."""
+        return 0.0 if target is targets[-1] else self._upstream_timeout or 0.0
+
+    def _fell_back(self, span: SpanHandle, failed: str, to: str, reason: str) -> None:
+        """One step down a MODEL_FALLBACKS chain: `failed` could not answer, `to` is next."""
+        span.event("fallback", {"from": failed, "to": to, "reason": reason})
+        span.set("llm_proxy.fallback.from", failed)
+        span.set("llm_proxy.fallback.to", to)
+        self._metrics.fallback(failed, to)
 
     def _attempts(
         self,
@@ -261,11 +355,12 @@ class InferenceService:
         if seconds > 0:
             await self._sleeper.sleep(seconds)
 
-    async def _lookup(self, request: InferenceRequest, route: Route) -> Answer | None:
+    async def _lookup(self, request: InferenceRequest, target: Target) -> Answer | None:
+        """The cached answer in `target`'s scope (`request` asks for `target.model`)."""
         if self._cache is None or request.cache.skip_lookup:
             return None
         try:
-            answer = await self._cache.lookup(request, route.provider)
+            answer = await self._cache.lookup(request, target.route.provider)
         except Exception as exc:  # the cache fails open, even when its adapter does not
             log.warning("cache lookup failed; treating as a miss: %s", type(exc).__name__)
             self._metrics.cache_error("cache", "lookup")
@@ -353,9 +448,10 @@ class _Shared:
             task.exception()  # retrieved: every waiter may have left before it ended
 
 
-def _request_attributes(request: InferenceRequest, route: Route) -> dict[str, AttributeValue]:
+def _request_attributes(request: InferenceRequest, first: Target) -> dict[str, AttributeValue]:
+    provider = first.route.provider
     return {
-        "gen_ai.system": GEN_AI_SYSTEM.get(route.provider, route.provider),
+        "gen_ai.system": GEN_AI_SYSTEM.get(provider, provider),
         "gen_ai.request.model": request.model,
         "llm_proxy.messages": len(request.messages),
     }
@@ -373,6 +469,11 @@ def _coalescing_key(request: InferenceRequest, route: Route) -> Hashable:
         request.max_tokens,
         request.cache,
     )
+
+
+def _asked_as(request: InferenceRequest, target: Target) -> InferenceRequest:
+    """`request` as if it asked for `target.model`: its cache scope, its token metrics."""
+    return request if target.model == request.model else replace(request, model=target.model)
 
 
 def _for_upstream(request: InferenceRequest, route: Route) -> InferenceRequest:

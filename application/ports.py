@@ -145,6 +145,11 @@ class Metrics(Protocol):
 
     def tokens(self, provider: str, model: str, usage: Usage) -> None: ...
 
+    def fallback(self, from_model: str, to_model: str) -> None:
+        """A request moved down its MODEL_FALLBACKS chain: `from_model` could not answer,
+        `to_model` is tried next. Both are configured model names."""
+        ...
+
     def cache_lookup(self, status: CacheStatus, similarity: float | None) -> None: ...
 
     def cache_error(self, backend: str, operation: str) -> None:

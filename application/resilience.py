@@ -20,9 +20,9 @@ from domain.backoff import BackoffPolicy
 from domain.circuit_breaker import BreakerState, CircuitBreaker, Permit, Verdict
 from domain.errors import (
     ConnectionsExhausted,
-    DeadlineExceeded,
     KeyRejected,
     MalformedAnswer,
+    NoTimeToRetry,
     NoUsableKey,
     ProviderFailure,
     RateLimited,
@@ -186,7 +186,7 @@ class Attempts:
         if wait is None:
             if self._retries >= self._backoff.max_retries:
                 raise UpstreamUnavailable(self._up.name, self.count, failure) from failure
-            raise DeadlineExceeded(
+            raise NoTimeToRetry(
                 f"deadline reached after {self.count} attempt(s) to {self._up.name}; "
                 f"last error: {failure}"
             ) from failure

@@ -57,6 +57,11 @@ class DeadlineExceeded(ProxyError):
     pass
 
 
+class NoTimeToRetry(DeadlineExceeded):
+    """The provider failed, and the wait before another try (its retry-after, or the backoff)
+    would reach past the deadline: the time left may still let another provider answer."""
+
+
 class Unauthenticated(ProxyError):
     pass
 

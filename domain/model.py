@@ -130,8 +130,12 @@ class CacheInfo:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
+    """`completion.model` and `.provider` say who answered. `fallback_from` is the model the
+    client asked for when another model of its MODEL_FALLBACKS chain answered instead."""
+
     completion: Completion
     cache: CacheInfo
+    fallback_from: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

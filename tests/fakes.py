@@ -189,6 +189,7 @@ class RecordingMetrics(Metrics):
     cache_errors: list[str] = field(default_factory=list)
     backends: dict[str, bool] = field(default_factory=dict)
     semantic_skips: list[str] = field(default_factory=list)
+    fallbacks: list[tuple[str, str]] = field(default_factory=list)
 
     def request_started(self) -> None:
         self.active += 1
@@ -204,6 +205,9 @@ class RecordingMetrics(Metrics):
 
     def tokens(self, provider: str, model: str, usage: Usage) -> None:
         self.token_counts.append((provider, model, usage))
+
+    def fallback(self, from_model: str, to_model: str) -> None:
+        self.fallbacks.append((from_model, to_model))
 
     def cache_lookup(self, status: CacheStatus, similarity: float | None) -> None:
         self.lookups.append(status)

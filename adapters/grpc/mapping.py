@@ -98,6 +98,7 @@ def response(answer: Answer) -> pb.InferenceResponse:
         finish_reason=_FINISH[c.finish_reason],
         usage=usage(c.usage),
         cache=cache_info(answer.cache),
+        fallback_from=answer.fallback_from or "",
     )
 
 
@@ -110,6 +111,7 @@ def last_chunk(answer: Answer) -> pb.StreamChunk:
         cache=cache_info(answer.cache),
         model=c.model,
         provider=c.provider,
+        fallback_from=answer.fallback_from or "",
     )
 
 

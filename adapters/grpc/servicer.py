@@ -27,10 +27,13 @@ DEADLINE_SLACK = 0.25  # seconds: a cancellation this close to the deadline is t
 class _Outcome:
     provider: str = ""
     cache_status: CacheStatus = CacheStatus.MISS
+    fallback_to: str = ""  # the model that answered, when a MODEL_FALLBACKS model did
 
     def answered(self, answer: Answer) -> None:
         self.provider = answer.completion.provider
         self.cache_status = answer.cache.status
+        if answer.fallback_from is not None:
+            self.fallback_to = answer.completion.model
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
@@ -104,17 +107,20 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             self._metrics.request_finished(
                 outcome.provider, model, outcome.cache_status, status, seconds
             )
+            fallback = self._limits.shown(outcome.fallback_to)  # the provider's name for it
             log.info(
-                "request %s %s %s %.1fms",
+                "request %s %s %s %.1fms%s",
                 status,
                 model,
                 outcome.cache_status.value,
                 seconds * 1000,
+                f" (fallback: {outcome.provider} {fallback})" if fallback else "",
                 extra={
                     "outcome": status,
                     "latency_ms": round(seconds * 1000, 2),
                     "provider": outcome.provider,
                     "model": model,
                     "cache_status": outcome.cache_status.value,
+                    **({"fallback_to": fallback} if fallback else {}),
                 },
             )

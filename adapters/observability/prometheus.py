@@ -113,6 +113,7 @@ class PrometheusMetrics(Metrics):
         *,
         providers: Iterable[str] = KNOWN_PROVIDERS,
         models: Iterable[str] = (),
+        fallback_models: Iterable[str] = (),
         max_models: int = 64,
         latency_buckets: Sequence[float] = LATENCY_BUCKETS,
         process_metrics: bool = True,
@@ -121,6 +122,7 @@ class PrometheusMetrics(Metrics):
         providers = tuple(providers)
         self._provider = BoundedLabel((*providers, NO_PROVIDER), capacity=4)
         self._model = BoundedLabel(models, capacity=max_models)
+        self._fallback_model = BoundedLabel(fallback_models)  # MODEL_FALLBACKS' names only
         self._status = BoundedLabel(GRPC_STATUSES)
         self._outcome = BoundedLabel(ATTEMPT_OUTCOMES, capacity=8)
         self._backend = BoundedLabel(CACHE_BACKENDS, capacity=4)
@@ -172,6 +174,12 @@ class PrometheusMetrics(Metrics):
             ("provider", "outcome"),
             registry=r,
         )
+        self.fallbacks = Counter(
+            "fallbacks",
+            "Steps down a MODEL_FALLBACKS chain: `from` could not answer, `to` was tried next",
+            ("from", "to"),
+            registry=r,
+        )
         self.cache_errors = Counter(
             "cache_errors",
             "Cache backend failures, each turned into a miss or a skipped store",
@@ -201,6 +209,7 @@ class PrometheusMetrics(Metrics):
         self._tokens = _Children(self.token_usage)
         self._requests = _Children(self.requests)
         self._attempts = _Children(self.upstream_attempts)
+        self._fallbacks = _Children(self.fallbacks)
         self._errors = _Children(self.cache_errors)
         self._backends_up = _Children(self.cache_backend_up)
 
@@ -238,6 +247,9 @@ class PrometheusMetrics(Metrics):
             self._tokens(provider_label, model_label, "input").inc(usage.input_tokens)
         if usage.output_tokens > 0:
             self._tokens(provider_label, model_label, "output").inc(usage.output_tokens)
+
+    def fallback(self, from_model: str, to_model: str) -> None:
+        self._fallbacks(self._fallback_model(from_model), self._fallback_model(to_model)).inc()
 
     def cache_lookup(self, status: CacheStatus, similarity: float | None) -> None:
         if status is CacheStatus.BYPASS:  # the cache was not consulted

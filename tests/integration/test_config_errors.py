@@ -65,6 +65,7 @@ BAD: dict[str, dict[str, str]] = {
     "key_cooldown_default": {"KEY_COOLDOWN_DEFAULT": "x"},
     "cache_timeout": {"CACHE_TIMEOUT": "0"},
     "model_routes": {"MODEL_ROUTES": "fast=bedrock"},
+    "model_fallbacks": {"MODEL_FALLBACKS": "gpt-4o=claude-3"},  # claude-3 routes nowhere
     "max_request_bytes": {"MAX_REQUEST_BYTES": "1"},
     "max_messages": {"MAX_MESSAGES": "0"},
     "max_model_name_length": {"MAX_MODEL_NAME_LENGTH": "0"},

@@ -213,3 +213,12 @@ def test_each_instance_has_its_own_registry() -> None:
     assert value(first, "active_requests") == 1
     assert value(second, "active_requests") == 0
     assert "process_resident_memory_bytes" in first.exposition().decode()
+
+
+def test_fallbacks_are_counted_by_configured_model_names_only() -> None:
+    m = PrometheusMetrics(process_metrics=False, fallback_models=["gpt-4o", "gemini-1.5-flash"])
+    m.fallback("gpt-4o", "gemini-1.5-flash")
+    m.fallback("gpt-4o", "gemini-1.5-flash")
+    m.fallback("gpt-made-up", "gemini-1.5-flash")
+    assert value(m, "fallbacks_total", **{"from": "gpt-4o", "to": "gemini-1.5-flash"}) == 2
+    assert value(m, "fallbacks_total", **{"from": "other", "to": "gemini-1.5-flash"}) == 1

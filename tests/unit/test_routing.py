@@ -6,8 +6,19 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.errors import UnknownModel
-from domain.routing import DEFAULT_PREFIXES, ModelRouter, Route
+from domain.errors import (
+    CircuitOpen,
+    ConnectionsExhausted,
+    DeadlineExceeded,
+    InvalidRequest,
+    NoTimeToRetry,
+    NoUsableKey,
+    UnknownModel,
+    UpstreamFault,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from domain.routing import DEFAULT_PREFIXES, ModelRouter, Route, Target, falls_back
 
 BOTH = ("openai", "gemini")
 
@@ -132,3 +143,79 @@ def test_custom_prefixes_replace_the_defaults() -> None:
 
     assert router.route("llama-3") == Route("local", "llama-3")
     assert router.routable() == ("llama-*",)
+
+
+# -- MODEL_FALLBACKS ----------------------------------------------------------------------------
+
+CHAINS = {"gpt-4o": ("gemini-1.5-pro", "gemini-1.5-flash"), "fast": ("gemini-2.0-flash",)}
+FAST = {"fast": Route("openai", "gpt-4o-mini")}
+
+
+def test_targets_are_the_model_then_its_chain_in_order() -> None:
+    router = ModelRouter(BOTH, FAST, fallbacks=CHAINS)
+    assert router.targets("gpt-4o") == (
+        Target("gpt-4o", Route("openai", "gpt-4o")),
+        Target("gemini-1.5-pro", Route("gemini", "gemini-1.5-pro")),
+        Target("gemini-1.5-flash", Route("gemini", "gemini-1.5-flash")),
+    )
+    assert router.targets("fast")[0] == Target("fast", Route("openai", "gpt-4o-mini"))
+    assert router.targets("gpt-4o-mini") == (Target("gpt-4o-mini", Route("openai", "gpt-4o-mini")),)
+
+
+def test_chains_are_not_followed_transitively_and_are_deduplicated() -> None:
+    chains = {"gpt-4o": ("gpt-4o-mini", "gpt-4o-mini"), "gpt-4o-mini": ("gemini-x",)}
+    router = ModelRouter(BOTH, fallbacks=chains)
+    assert [t.model for t in router.targets("gpt-4o")] == ["gpt-4o", "gpt-4o-mini"]
+
+
+def test_models_whose_provider_has_no_keys_are_left_out_and_reported() -> None:
+    router = ModelRouter(["openai"], fallbacks={"gpt-4o": ("gemini-1.5-pro", "gpt-4o-mini")})
+    assert [t.model for t in router.targets("gpt-4o")] == ["gpt-4o", "gpt-4o-mini"]
+    assert router.left_out() == (("gpt-4o", "gemini-1.5-pro", "gemini"),)
+
+
+def test_a_model_without_keys_is_answered_by_its_fallbacks_and_listed_as_routable() -> None:
+    router = ModelRouter(["gemini"], fallbacks={"gpt-4o": ("gemini-1.5-flash",)})
+    assert [t.model for t in router.targets("gpt-4o")] == ["gemini-1.5-flash"]
+    assert router.left_out() == (("gpt-4o", "gpt-4o", "openai"),)
+    assert "gpt-4o" in router.routable()
+    with pytest.raises(UnknownModel, match="no API keys"):
+        router.targets("gpt-4o-mini")
+
+
+def test_a_chain_with_nothing_routable_is_the_models_own_error() -> None:
+    router = ModelRouter(["openai"], fallbacks={"gemini-1.5-pro": ("gemini-1.5-flash",)})
+    with pytest.raises(UnknownModel, match="gemini, which has no API keys"):
+        router.targets("gemini-1.5-pro")
+    assert "gemini-1.5-pro" not in router.routable()
+
+
+@pytest.mark.parametrize(
+    ("chains", "problem"),
+    [
+        ({"gpt-4o": ("gemini-1.5-flash", "gpt-4o")}, "names gpt-4o itself"),
+        ({"gpt-4o": ()}, "names no fallback"),
+        ({"gpt-4o": ("claude-3",)}, "claude-3 .in gpt-4o's chain. routes nowhere"),
+        ({"claude-3": ("gpt-4o",)}, "claude-3 .in claude-3's chain. routes nowhere"),
+    ],
+)
+def test_bad_chains_are_refused(chains: dict[str, tuple[str, ...]], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        ModelRouter(BOTH, fallbacks=chains)
+
+
+def test_an_alias_routes_a_chain_model() -> None:
+    router = ModelRouter(BOTH, {"claude-3": Route("openai", "my-claude")},
+                         fallbacks={"claude-3": ("gemini-1.5-flash",)})  # fmt: skip
+    assert router.targets("claude-3")[0].route == Route("openai", "my-claude")
+
+
+def test_only_the_listed_failures_fall_back() -> None:
+    assert falls_back(CircuitOpen("openai", 3.0))
+    assert falls_back(NoUsableKey("openai", None))
+    assert falls_back(NoTimeToRetry("deadline reached after 2 attempts"))
+    assert falls_back(UpstreamUnavailable("openai", 4, UpstreamFault("503")))
+    assert not falls_back(DeadlineExceeded("the deadline passed"))
+    assert not falls_back(UpstreamRejected("400"))
+    assert not falls_back(InvalidRequest("bad"))
+    assert not falls_back(ConnectionsExhausted("pool full"))

@@ -200,12 +200,17 @@ class InferenceResponse(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     CACHE_FIELD_NUMBER: _builtins.int
+    FALLBACK_FROM_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     model: _builtins.str
     """The model that answered, as the provider reports it."""
     provider: _builtins.str
     """"openai" or "gemini"."""
     finish_reason: Global___FinishReason.ValueType
+    fallback_from: _builtins.str
+    """Set when another model answered: the model asked for, whose provider could not answer (its
+    MODEL_FALLBACKS chain named the one in model / provider). Empty otherwise.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -219,10 +224,11 @@ class InferenceResponse(_message.Message):
         finish_reason: Global___FinishReason.ValueType = ...,
         usage: Global___Usage | None = ...,
         cache: Global___CacheInfo | None = ...,
+        fallback_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "content", b"content", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "content", b"content", "fallback_from", b"fallback_from", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,6 +245,7 @@ class StreamChunk(_message.Message):
     CACHE_FIELD_NUMBER: _builtins.int
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_FIELD_NUMBER: _builtins.int
+    FALLBACK_FROM_FIELD_NUMBER: _builtins.int
     content: _builtins.str
     """The next piece of the answer; empty on the final chunk."""
     done: _builtins.bool
@@ -247,6 +254,8 @@ class StreamChunk(_message.Message):
     model: _builtins.str
     """The model and provider that answered; set on the last chunk."""
     provider: _builtins.str
+    fallback_from: _builtins.str
+    """As InferenceResponse.fallback_from; set on the last chunk."""
     @_builtins.property
     def usage(self) -> Global___Usage: ...
     @_builtins.property
@@ -261,10 +270,11 @@ class StreamChunk(_message.Message):
         cache: Global___CacheInfo | None = ...,
         model: _builtins.str = ...,
         provider: _builtins.str = ...,
+        fallback_from: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "content", b"content", "done", b"done", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cache", b"cache", "content", b"content", "done", b"done", "fallback_from", b"fallback_from", "finish_reason", b"finish_reason", "model", b"model", "provider", b"provider", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
