@@ -123,6 +123,7 @@ def test_the_installed_entry_point_exits_2_without_traceback(env: dict[str, str]
         [sys.executable, "-m", "cli", "serve"],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "CACHE_MODE": "off", "GRPC_PORT": "0", "METRICS_PORT": "0",
+             "HTTP_PORT": "0",
              **env},
         capture_output=True,
         text=True,
