@@ -17,6 +17,7 @@ from qdrant_client import AsyncQdrantClient
 
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.http.server import HttpServer
+from adapters.lifecycle import http_ssl_context
 from adapters.settings import load_settings
 from adapters.vector.qdrant import QdrantIndex
 from application.ports import Provider
@@ -65,9 +66,11 @@ async def running_proxy(
     OpenAI-compatible API on an ephemeral loopback port (HTTP_PORT=0 means off, not "any")."""
     container = Container(settings=load_settings(**{**FAST, **settings}))
     if http:
-        container.http_server.override(
-            providers.Singleton(HttpServer, container.openai_api, "127.0.0.1", 0)
-        )
+        server = providers.Singleton(
+            HttpServer, container.openai_api, "127.0.0.1", 0,
+            ssl_context=providers.Callable(http_ssl_context, container.settings),
+        )  # fmt: skip
+        container.http_server.override(server)
     if adapters is not None:
         container.provider_adapters.override(providers.Object(dict(adapters)))
     for name, value in (overrides or {}).items():

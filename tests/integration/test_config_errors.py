@@ -24,6 +24,8 @@ BAD: dict[str, dict[str, str]] = {
     "tls_key_file": {"TLS_KEY_FILE": "/nonexistent/key.pem"},
     "tls_client_ca_file": {"TLS_CLIENT_CA_FILE": "/nonexistent/ca.pem"},
     "grpc_port": {"GRPC_PORT": "70000"},
+    "http_host": {"HTTP_HOST": "10.0.0.1"},  # public without client authentication
+    "http_port": {"HTTP_PORT": "-1"},
     "metrics_port": {"METRICS_PORT": "-1"},
     "redis_addr": {"REDIS_ADDR": "redis://:bad:port"},
     "qdrant_url": {"QDRANT_URL": "qdrant:6333"},

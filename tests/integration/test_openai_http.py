@@ -51,10 +51,13 @@ async def test_chat_answers_in_openai_shape_for_both_providers(s: Stack, model: 
     assert completion.model == model  # the model that answered
     [choice] = completion.choices
     assert choice.message.role == "assistant"
-    assert choice.message.content and choice.message.content.startswith("sim-")
+    assert choice.message.content
+    assert choice.message.content.startswith("sim-")
     assert choice.finish_reason == "stop"
     usage = completion.usage
-    assert usage is not None and usage.prompt_tokens > 0 and usage.completion_tokens > 0
+    assert usage is not None
+    assert usage.prompt_tokens > 0
+    assert usage.completion_tokens > 0
     assert usage.total_tokens == usage.prompt_tokens + usage.completion_tokens
     assert raw.headers["x-llm-proxy-cache"] == "bypass"  # CACHE_MODE=off in the harness
     assert raw.headers["x-llm-proxy-provider"] == ("gemini" if model == GEMINI else "openai")
@@ -77,9 +80,12 @@ async def test_a_stream_is_openai_chunks_with_usage_then_done(s: Stack, model: s
     assert finish.choices[0].finish_reason == "stop"
     assert finish.model == model
     assert finish.model_extra is not None
-    assert finish.model_extra["llm_proxy"]["provider"] == ("gemini" if model == GEMINI else "openai")
+    assert finish.model_extra["llm_proxy"]["provider"] == (
+        "gemini" if model == GEMINI else "openai"
+    )
     assert usage.choices == []
-    assert usage.usage is not None and usage.usage == unary.usage
+    assert usage.usage is not None
+    assert usage.usage == unary.usage
 
 
 async def test_a_stream_without_include_usage_has_no_usage_chunk(s: Stack) -> None:
@@ -99,9 +105,8 @@ async def test_models_lists_the_routable_models_and_aliases() -> None:
     async with stack(http=True, model_routes="fast=gemini:gemini-2.0-flash") as s:
         models = await client(s).models.list()
     owners = {m.id: m.owned_by for m in models.data}
-    assert owners == {"fast": "gemini", "gemini-*": "gemini", "gpt-*": "openai"} | {
-        name: "openai" for name in ("chatgpt-*", "o1*", "o3*", "o4*")
-    }
+    prefixes = dict.fromkeys(("chatgpt-*", "gpt-*", "o1*", "o3*", "o4*"), "openai")
+    assert owners == {"fast": "gemini", "gemini-*": "gemini", **prefixes}
 
 
 # -- errors: the status each SDK exception class stands for --------------------------------
@@ -175,15 +180,14 @@ async def test_an_unknown_model_is_404_naming_the_routable_ones(s: Stack) -> Non
     with pytest.raises(openai.NotFoundError) as error:
         await client(s).chat.completions.create(model="llama-3", messages=user("Hi."))
     assert error.value.code == "model_not_found"
-    assert "gpt-*" in error.value.message and "gemini-*" in error.value.message
+    assert "gpt-*" in error.value.message
+    assert "gemini-*" in error.value.message
 
 
 @pytest.mark.parametrize("model", MODELS)
 async def test_rate_limited_upstream_keys_are_429_with_retry_after(s: Stack, model: str) -> None:
     with pytest.raises(openai.RateLimitError) as error:
-        await client(s).chat.completions.create(
-            model=model, messages=user("Busy. [[sim:429:30]]")
-        )
+        await client(s).chat.completions.create(model=model, messages=user("Busy. [[sim:429:30]]"))
     retry_after = int(error.value.response.headers["retry-after"])
     assert 25 <= retry_after <= 31
 
@@ -227,12 +231,16 @@ async def test_a_failure_mid_stream_is_an_error_event_not_a_silent_end(s: Stack)
     stream = await client(s).chat.completions.create(
         model=OPENAI, messages=user("Explain goroutines. [[sim:midstream:2]]"), stream=True
     )
-    chunks = []
-    with pytest.raises(openai.APIError) as error:
+    chunks: list[Any] = []
+
+    async def read() -> None:
         async for chunk in stream:
             chunks.append(chunk)
+
+    with pytest.raises(openai.APIError) as error:
+        await read()
     assert len(chunks) >= 2  # the role chunk and content came first
-    assert error.value.type == "api_error"  # unavailable: the classification of an UpstreamFault
+    assert error.value.type == "api_error"  # unavailable: how an UpstreamFault is classified
 
 
 async def test_a_client_leaving_mid_stream_cancels_the_upstream_call(s: Stack) -> None:
