@@ -5,18 +5,27 @@ providers. Faults come from `[[sim:...]]` prompt markers (docs/simulator.md)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind
 
-from tests.harness import Stack, scrape, stack
+from adapters.http.app import CACHE_CONTROL_HEADER as CACHE_CONTROL
+from tests.harness import SLACK, Stack, scrape, stack
 
 OPENAI, GEMINI = "gpt-4o-mini", "gemini-2.0-flash"
 MODELS = (OPENAI, GEMINI)
 TOKEN = "tok-http-client-1"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
 
 def client(s: Stack, key: str = "unused", **kw: Any) -> openai.AsyncOpenAI:
@@ -290,3 +299,69 @@ async def test_http_port_0_serves_no_http() -> None:
         assert s.proxy.container.http_server() is None
         assert s.proxy.http_port == 0
         await asyncio.sleep(0)
+
+
+# -- cache, tenants, traces -----------------------------------------------------------------
+
+
+async def test_cache_status_in_headers_per_tenant_and_cache_control(tmp_path: Path) -> None:
+    other = "tok-http-client-2"
+    async with stack(
+        http=True, cache_mode="embedded", cache_dir=str(tmp_path), auth_tokens=f"{TOKEN},{other}",
+        **SLACK,
+    ) as s:  # fmt: skip
+        chat = client(s, key=TOKEN).chat.completions.with_raw_response
+        prompt = user("What is a goroutine?")
+        first = await chat.create(model=OPENAI, messages=prompt)
+        await s.proxy.container.inference().drain()  # the store runs in the background
+        again = await chat.create(model=OPENAI, messages=prompt)
+        skipped = await client(s, key=TOKEN).chat.completions.with_raw_response.create(
+            model=OPENAI, messages=prompt, extra_headers={CACHE_CONTROL: "no-lookup"}
+        )
+        elsewhere = await client(s, key=other).chat.completions.with_raw_response.create(
+            model=OPENAI, messages=prompt
+        )
+        stream = await client(s, key=TOKEN).chat.completions.create(
+            model=OPENAI, messages=prompt, stream=True
+        )
+        chunks = [c async for c in stream]
+        with pytest.raises(openai.BadRequestError) as bad:
+            await client(s, key=TOKEN).chat.completions.create(
+                model=OPENAI, messages=prompt, extra_headers={CACHE_CONTROL: "no-thanks"}
+            )
+    assert first.headers["x-llm-proxy-cache"] == "miss"
+    assert again.headers["x-llm-proxy-cache"] == "exact"
+    assert again.parse().choices[0].message.content == first.parse().choices[0].message.content
+    assert skipped.headers["x-llm-proxy-cache"] == "bypass"
+    assert elsewhere.headers["x-llm-proxy-cache"] == "miss"  # another token, another tenant
+    assert chunks[-1].model_extra is not None
+    assert chunks[-1].model_extra["llm_proxy"]["cache"] == "exact"
+    assert "no-thanks" in bad.value.message
+
+
+async def test_a_server_span_continues_the_callers_trace_and_the_request_is_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    async with stack(http=True, overrides={"tracer_provider": provider}) as s:
+        await client(s).chat.completions.create(
+            model=GEMINI, messages=user("Trace me."), extra_headers={"traceparent": TRACEPARENT}
+        )
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    server = spans["POST /v1/chat/completions"]
+    assert server.kind is SpanKind.SERVER
+    assert format(server.context.trace_id, "032x") == TRACE_ID
+    assert server.parent is not None
+    assert format(server.parent.span_id, "016x") == "00f067aa0ba902b7"
+    assert server.attributes is not None
+    assert server.attributes["http.response.status_code"] == 200
+    inference = spans["inference"]
+    assert inference.parent is not None
+    assert inference.parent.span_id == server.context.span_id
+    [line] = [r for r in caplog.records if r.getMessage().startswith("request ok")]
+    assert line.getMessage().startswith("request ok gemini-2.0-flash bypass")
+    assert line.__dict__["protocol"] == "http"
+    assert line.__dict__["provider"] == "gemini"
