@@ -189,8 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser(
         "serve",
-        help="run the gRPC server",
-        description="Run inferenceproxy.InferenceService on GRPC_HOST:GRPC_PORT until SIGTERM "
+        help="run the proxy (gRPC, and the OpenAI-compatible HTTP API)",
+        description="Run inferenceproxy.InferenceService on GRPC_HOST:GRPC_PORT and the "
+        "OpenAI-compatible HTTP API on HTTP_HOST:HTTP_PORT (HTTP_PORT=0: off) until SIGTERM "
         "or SIGINT, then drain in-flight calls for up to SHUTDOWN_GRACE. Without AUTH_TOKENS "
         "(or mTLS) it listens on loopback only; see docs/security.md. An invalid setting exits "
         "with code 2 and a message naming it.",

@@ -42,6 +42,7 @@ CACHE_HEADER = "x-llm-proxy-cache"
 SIMILARITY_HEADER = "x-llm-proxy-cache-similarity"
 PROVIDER_HEADER = "x-llm-proxy-provider"
 CACHE_CONTROL_HEADER = "x-llm-proxy-cache-control"
+TIMEOUT_HEADER = "x-llm-proxy-timeout"  # seconds: the client's deadline, as gRPC's
 _DIRECTIVES = {"no-lookup", "no-store"}
 CLIENT_CLOSED = 499  # nginx's code for a client that went away: nobody receives it
 
@@ -100,6 +101,20 @@ def cache_control(request: web.Request) -> CacheControl:
             "use no-lookup and/or no-store"
         )
     return CacheControl("no-lookup" in directives, "no-store" in directives)
+
+
+def time_left(request: web.Request) -> float | None:
+    """`x-llm-proxy-timeout: <seconds>`: the client's deadline; REQUEST_TIMEOUT bounds it."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise protocol.Invalid(f"{TIMEOUT_HEADER} must be a positive number of seconds")
+    return seconds
 
 
 def cache_headers(answer: Answer) -> dict[str, str]:
@@ -176,10 +191,13 @@ class OpenAIApi:
                 parsed = protocol.parse(body)
                 outcome.model = self._limits.shown(parsed.model)
                 domain = parsed.to_domain(self._limits, tenant, cache_control(request))
+                deadline = time_left(request)
                 id, created = f"chatcmpl-{uuid.uuid4().hex}", int(self._now())
                 if parsed.stream:
-                    return await self._stream(request, parsed, domain, outcome, id, created)
-                answer = await self._service.infer(domain)
+                    return await self._stream(
+                        request, parsed, domain, deadline, outcome, id, created
+                    )
+                answer = await self._service.infer(domain, deadline)
                 outcome.answered(answer)
                 return _json(
                     protocol.ChatCompletion.of(answer, id, created), headers=cache_headers(answer)
@@ -198,12 +216,13 @@ class OpenAIApi:
         request: web.Request,
         parsed: protocol.ChatCompletionRequest,
         domain: InferenceRequest,
+        deadline: float | None,
         outcome: _Outcome,
         id: str,
         created: int,
     ) -> web.StreamResponse:
         chunk = _Chunks(id, created, parsed.model)
-        async with aclosing(self._service.stream(domain)) as events:
+        async with aclosing(self._service.stream(domain, deadline)) as events:
             # The first event before the first byte: a failure up to here (unknown model, rate
             # limits, breaker open, upstream down) still gets its own HTTP status.
             first = await anext(events)

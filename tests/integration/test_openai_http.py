@@ -236,6 +236,21 @@ async def test_the_deadline_is_504_and_a_stream_failure_before_content_has_its_s
     assert streamed.value.status_code == 504
 
 
+async def test_a_timeout_header_is_the_clients_deadline(s: Stack) -> None:
+    sdk = client(s).chat.completions
+    with pytest.raises(openai.InternalServerError) as error:
+        await sdk.create(
+            model=OPENAI, messages=user("Hang. [[sim:stall]]"),
+            extra_headers={"x-llm-proxy-timeout": "0.5"},
+        )  # fmt: skip
+    with pytest.raises(openai.BadRequestError) as bad:
+        await sdk.create(
+            model=OPENAI, messages=user("Hi."), extra_headers={"x-llm-proxy-timeout": "soon"}
+        )
+    assert error.value.status_code == 504  # REQUEST_TIMEOUT is 30 s
+    assert "x-llm-proxy-timeout" in bad.value.message
+
+
 async def test_a_failure_mid_stream_is_an_error_event_not_a_silent_end(s: Stack) -> None:
     stream = await client(s).chat.completions.create(
         model=OPENAI, messages=user("Explain goroutines. [[sim:midstream:2]]"), stream=True
