@@ -13,13 +13,19 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from dependency_injector import providers
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from adapters.http.app import CACHE_CONTROL_HEADER as CACHE_CONTROL
-from tests.harness import SLACK, Stack, scrape, stack
+from adapters.http.server import HttpServer
+from adapters.settings import load_settings
+from cli import serve
+from container import Container
+from tests.fakes import FakeProvider
+from tests.harness import FAST, SLACK, Stack, scrape, stack
 
 OPENAI, GEMINI = "gpt-4o-mini", "gemini-2.0-flash"
 MODELS = (OPENAI, GEMINI)
@@ -380,3 +386,34 @@ async def test_a_server_span_continues_the_callers_trace_and_the_request_is_logg
     assert line.getMessage().startswith("request ok gemini-2.0-flash bypass")
     assert line.__dict__["protocol"] == "http"
     assert line.__dict__["provider"] == "gemini"
+
+
+async def test_shutdown_stops_accepting_then_lets_a_request_in_flight_finish() -> None:
+    container = Container(settings=load_settings(**FAST))
+    fake = FakeProvider("openai")
+    fake.gate = asyncio.Event()
+    container.provider_adapters.override(providers.Object({"openai": fake}))
+    container.http_server.override(
+        providers.Singleton(HttpServer, container.openai_api, "127.0.0.1", 0)
+    )
+    stop = asyncio.Event()
+    serving = asyncio.create_task(serve(container, stop))
+    server = container.http_server()
+    for _ in range(1000):
+        if server.port:
+            break
+        await asyncio.sleep(0.01)
+    url = f"http://127.0.0.1:{server.port}/v1/chat/completions"
+    body = {"model": "gpt-4o", "messages": user("slow one")}
+    async with httpx.AsyncClient() as http:
+        in_flight = asyncio.ensure_future(http.post(url, json=body))
+        await asyncio.wait_for(fake.entered.wait(), 5)
+        stop.set()
+        await asyncio.sleep(0.2)
+        async with httpx.AsyncClient() as late:  # a new connection
+            with pytest.raises(httpx.ConnectError):
+                await late.post(url, json=body)
+        fake.gate.set()
+        answer = await asyncio.wait_for(in_flight, 5)
+    await asyncio.wait_for(serving, 10)
+    assert answer.json()["choices"][0]["message"]["content"] == "echo: slow one"
