@@ -96,13 +96,17 @@ def build_gate(settings: Settings, metrics: PrometheusMetrics, clock: SystemCloc
     return Gate(ClientAuth(settings.client_tokens()), limits, metrics, clock)
 
 
-def build_http_server(settings: Settings, api: OpenAIApi) -> HttpServer | None:
-    """None with HTTP_PORT=0: the OpenAI-compatible API is off."""
+def build_http_server(
+    settings: Settings, api: OpenAIApi, reuse_port: bool = False
+) -> HttpServer | None:
+    """None with HTTP_PORT=0: the OpenAI-compatible API is off. `reuse_port`: share the port
+    with other worker processes (SO_REUSEPORT)."""
     if not settings.http_port:
         return None
     return HttpServer(
-        api, settings.http_bind_host, settings.http_port, ssl_context=http_ssl_context(settings)
-    )
+        api, settings.http_bind_host, settings.http_port,
+        ssl_context=http_ssl_context(settings), reuse_port=reuse_port,
+    )  # fmt: skip
 
 
 def build_ops_server(

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from aiohttp import web
 from dependency_injector import providers
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -417,3 +418,22 @@ async def test_shutdown_stops_accepting_then_lets_a_request_in_flight_finish() -
         answer = await asyncio.wait_for(in_flight, 5)
     await asyncio.wait_for(serving, 10)
     assert answer.json()["choices"][0]["message"]["content"] == "echo: slow one"
+
+
+class _EmptyApi:
+    def app(self) -> web.Application:
+        return web.Application()
+
+
+async def test_reuse_port_lets_workers_share_the_port_and_only_then() -> None:
+    api: Any = _EmptyApi()
+    first = HttpServer(api, "127.0.0.1", 0, reuse_port=True)
+    port = await first.start()
+    try:
+        shared = HttpServer(api, "127.0.0.1", port, reuse_port=True)
+        assert await shared.start() == port
+        await shared.stop()
+        with pytest.raises(OSError, match="in use"):  # without it, a second one fails
+            await HttpServer(api, "127.0.0.1", port).start()
+    finally:
+        await first.stop()
