@@ -236,4 +236,6 @@ class Container(containers.DeclarativeContainer):
     )
     ops_running = providers.Resource(listening_ops, cache_running, ops_server, settings)
     grpc_running = providers.Resource(serving_grpc, ops_running, grpc_server, inference, settings)
-    http_running = providers.Resource(serving_http, grpc_running, http_server, settings)
+    http_running = providers.Resource(
+        serving_http, grpc_running, http_server, grpc_server, settings
+    )

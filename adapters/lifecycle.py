@@ -1,8 +1,8 @@
 """How the proxy process starts: checks and wiring helpers for the composition root, then the
 resources in startup order, as async generators for dependency-injector's `Resource` providers.
 Each takes the one before it as its first argument, so starting the last starts them all in order
-and `shutdown_resources()` stops them in reverse: HTTP (drain) -> gRPC (drain) -> ops server ->
-cache -> clients -> tracer provider."""
+and `shutdown_resources()` stops them in reverse: HTTP and gRPC (drained side by side) -> ops
+server -> cache -> clients -> tracer provider."""
 
 from __future__ import annotations
 
@@ -221,10 +221,12 @@ async def serving_grpc(
 
 
 async def serving_http(
-    _grpc: int, server: HttpServer | None, settings: Settings
+    _grpc: int, server: HttpServer | None, grpc_server: GrpcServer, settings: Settings
 ) -> AsyncIterator[int]:
-    """Started after gRPC; at shutdown stopped first: stop accepting, then let requests in
-    flight finish within SHUTDOWN_GRACE. Yields the port (0: HTTP_PORT=0, off)."""
+    """Started after gRPC. At shutdown both listeners stop accepting at once and drain side by
+    side, within one SHUTDOWN_GRACE (in turn they could take twice that, past Kubernetes'
+    terminationGracePeriodSeconds); serving_grpc's own stop then finds gRPC stopped. Yields the
+    port (0: HTTP_PORT=0, off)."""
     if server is None:
         yield 0
         return
@@ -239,4 +241,4 @@ async def serving_http(
     try:
         yield port
     finally:
-        await server.stop()
+        await asyncio.gather(server.stop(), grpc_server.stop(settings.shutdown_grace))

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import openai
 import pytest
@@ -20,6 +21,8 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.http.app import CACHE_CONTROL_HEADER as CACHE_CONTROL
 from adapters.http.server import HttpServer
 from adapters.settings import load_settings
@@ -389,7 +392,7 @@ async def test_a_server_span_continues_the_callers_trace_and_the_request_is_logg
     assert line.__dict__["provider"] == "gemini"
 
 
-async def test_shutdown_stops_accepting_then_lets_a_request_in_flight_finish() -> None:
+async def test_shutdown_stops_both_listeners_then_lets_a_request_in_flight_finish() -> None:
     container = Container(settings=load_settings(**FAST))
     fake = FakeProvider("openai")
     fake.gate = asyncio.Event()
@@ -414,6 +417,12 @@ async def test_shutdown_stops_accepting_then_lets_a_request_in_flight_finish() -
         async with httpx.AsyncClient() as late:  # a new connection
             with pytest.raises(httpx.ConnectError):
                 await late.post(url, json=body)
+        # gRPC stopped accepting at the same time: the drains run side by side
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{container.grpc_server().port}") as ch:
+            stub = pb_grpc.InferenceServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub.Infer(pb.InferenceRequest(model="gpt-4o", prompt="late"), timeout=2)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         fake.gate.set()
         answer = await asyncio.wait_for(in_flight, 5)
     await asyncio.wait_for(serving, 10)
