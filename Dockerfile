@@ -48,7 +48,7 @@ ENV PATH=/app/.venv/bin:/usr/local/bin:/usr/bin:/bin \
 VOLUME ["/var/cache/llm-proxy"]
 USER 65532:65532
 WORKDIR /home/nonroot
-# gRPC, metrics/health, and the OpenAI-compatible HTTP port (reserved).
+# gRPC, metrics/health, and the OpenAI-compatible HTTP API.
 EXPOSE 50051 9090 8080
 # `serve` drains in-flight calls for SHUTDOWN_GRACE on SIGTERM.
 STOPSIGNAL SIGTERM

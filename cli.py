@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Awaitable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from adapters.config_error import ConfigError
 from adapters.lifecycle import StartupError
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from simulator import RunningSimulator
 
 log = logging.getLogger("llm_proxy")
+T = TypeVar("T")
 
 
 async def serve(container: Container, stop: asyncio.Event) -> None:
@@ -40,14 +41,15 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
         # The last resource: starting it starts the chain under it, in order, and returns only
         # once every one has started or failed (container.init_resources() would start them side
         # by side and could leave one half-started on a failure).
-        await settled(container.grpc_running.init())
+        http_port = await settled(container.http_running.init())
         log.info(
-            "serving inferenceproxy.InferenceService on %s:%d (%s; metrics and health on :%d); "
-            "routable models: %s",
+            "serving inferenceproxy.InferenceService on %s:%d (%s; metrics and health on :%d; "
+            "OpenAI-compatible HTTP %s); routable models: %s",
             settings.host,
             container.grpc_server().port,
             describe_security(settings),
             container.ops_server().port,
+            f"on {settings.http_bind_host}:{http_port}" if http_port else "off (HTTP_PORT=0)",
             ", ".join(container.router().routable()) or "none (no provider has API keys)",
         )
         await stop.wait()
@@ -56,22 +58,24 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
         await settled(container.shutdown_resources())
 
 
-async def settled(result: Awaitable[object] | None) -> None:
+async def settled(result: Awaitable[T] | None) -> T | None:
     """dependency-injector returns None rather than an awaitable when no resource is async."""
-    if result is not None:
-        await result
+    return None if result is None else await result
 
 
 def warn_if_open(settings: Settings) -> None:
-    if settings.authenticates or is_loopback(settings.host):
+    if settings.authenticates:
         return
-    log.warning(
-        "UNAUTHENTICATED: ALLOW_UNAUTHENTICATED=true and no AUTH_TOKENS or TLS_CLIENT_CA_FILE: "
-        "anyone who reaches %s:%d spends the configured API keys. Only run this behind "
-        "something that authenticates clients (a service mesh, a gateway)",
-        settings.host,
-        settings.grpc_port,
-    )
+    for _, host, port in settings.listeners():
+        if is_loopback(host):
+            continue
+        log.warning(
+            "UNAUTHENTICATED: ALLOW_UNAUTHENTICATED=true and no AUTH_TOKENS or "
+            "TLS_CLIENT_CA_FILE: anyone who reaches %s:%d spends the configured API keys. Only "
+            "run this behind something that authenticates clients (a service mesh, a gateway)",
+            host,
+            port,
+        )
 
 
 def describe_security(settings: Settings) -> str:
@@ -185,8 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser(
         "serve",
-        help="run the gRPC server",
-        description="Run inferenceproxy.InferenceService on GRPC_HOST:GRPC_PORT until SIGTERM "
+        help="run the proxy (gRPC, and the OpenAI-compatible HTTP API)",
+        description="Run inferenceproxy.InferenceService on GRPC_HOST:GRPC_PORT and the "
+        "OpenAI-compatible HTTP API on HTTP_HOST:HTTP_PORT (HTTP_PORT=0: off) until SIGTERM "
         "or SIGINT, then drain in-flight calls for up to SHUTDOWN_GRACE. Without AUTH_TOKENS "
         "(or mTLS) it listens on loopback only; see docs/security.md. An invalid setting exits "
         "with code 2 and a message naming it.",

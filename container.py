@@ -15,11 +15,14 @@ import httpx
 from dependency_injector import containers, providers
 from opentelemetry import trace
 
-from adapters.grpc.admission import ClientAuth
+from adapters.admission import ClientAuth
+from adapters.grpc.admission import Admission
 from adapters.grpc.server import GrpcServer
 from adapters.grpc.servicer import InferenceServicer
+from adapters.http.app import OpenAIApi
 from adapters.lifecycle import (
-    build_admission,
+    build_gate,
+    build_http_server,
     build_ops_server,
     build_router,
     cache_kind,
@@ -28,6 +31,7 @@ from adapters.lifecycle import (
     running_cache,
     server_credentials,
     serving_grpc,
+    serving_http,
 )
 from adapters.observability import tracing
 from adapters.observability.logs import SecretRedactor
@@ -199,18 +203,25 @@ class Container(containers.DeclarativeContainer):
         request_timeout=s.request_timeout, upstream_timeout=s.attempt_timeout, clock=clock,
         sleeper=sleeper, random=random, metrics=metrics, tracer=tracer,
     )  # fmt: skip
+    limits = providers.Singleton(
+        RequestLimits, max_model_name=s.max_model_name_length, max_messages=s.max_messages
+    )
+    gate = providers.Singleton(build_gate, settings, metrics, clock)
     servicer = providers.Singleton(
         InferenceServicer, inference, metrics, clock,
-        auth=providers.Factory(ClientAuth, s.client_tokens.call()),
-        limits=providers.Factory(RequestLimits, max_model_name=s.max_model_name_length,
-                                 max_messages=s.max_messages),
+        auth=providers.Factory(ClientAuth, s.client_tokens.call()), limits=limits,
     )  # fmt: skip
     grpc_server = providers.Singleton(
         GrpcServer, servicer, host=s.host, port=s.grpc_port, max_message_bytes=s.max_request_bytes,
-        admission=providers.Singleton(build_admission, settings, metrics, clock),
+        admission=providers.Singleton(Admission, gate),
         tracing=providers.Callable(tracing.build_server_interceptor, tracer_provider),
         credentials=providers.Callable(server_credentials, settings),
     )  # fmt: skip
+    openai_api = providers.Singleton(
+        OpenAIApi, inference, router, gate, metrics, clock, limits=limits,
+        max_request_bytes=s.max_request_bytes, tracer_provider=tracer_provider,
+    )  # fmt: skip
+    http_server = providers.Singleton(build_http_server, settings, openai_api)
     ops_server = providers.Singleton(
         build_ops_server, settings, metrics, grpc_server, router, cache
     )
@@ -225,3 +236,6 @@ class Container(containers.DeclarativeContainer):
     )
     ops_running = providers.Resource(listening_ops, cache_running, ops_server, settings)
     grpc_running = providers.Resource(serving_grpc, ops_running, grpc_server, inference, settings)
+    http_running = providers.Resource(
+        serving_http, grpc_running, http_server, grpc_server, settings
+    )

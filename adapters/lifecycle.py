@@ -1,13 +1,14 @@
 """How the proxy process starts: checks and wiring helpers for the composition root, then the
 resources in startup order, as async generators for dependency-injector's `Resource` providers.
 Each takes the one before it as its first argument, so starting the last starts them all in order
-and `shutdown_resources()` stops them in reverse: gRPC (drain) -> ops server -> cache -> clients ->
-tracer provider."""
+and `shutdown_resources()` stops them in reverse: HTTP and gRPC (drained side by side) -> ops
+server -> cache -> clients -> tracer provider."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import tempfile
 from collections.abc import AsyncIterator, Iterable
 from contextlib import suppress
@@ -18,8 +19,10 @@ import httpx
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
-from adapters.grpc.admission import Admission, ClientAuth, Limits
+from adapters.admission import ClientAuth, Gate, Limits
 from adapters.grpc.server import GrpcServer
+from adapters.http.app import OpenAIApi
+from adapters.http.server import HttpServer
 from adapters.observability.http import OpsServer, Readiness
 from adapters.observability.prometheus import PrometheusMetrics
 from adapters.settings import Settings, redact_url
@@ -71,15 +74,39 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
     )
 
 
-def build_admission(
-    settings: Settings, metrics: PrometheusMetrics, clock: SystemClock
-) -> Admission:
+def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The same TLS (and mTLS) as `server_credentials`, for the HTTP port."""
+    if not (settings.tls_cert_file and settings.tls_key_file):
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
+    if settings.tls_client_ca_file:
+        context.load_verify_locations(cafile=settings.tls_client_ca_file)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def build_gate(settings: Settings, metrics: PrometheusMetrics, clock: SystemClock) -> Gate:
+    """One per process: both protocols share the tenants' rates and MAX_CONCURRENT_REQUESTS."""
     rate = settings.tenant_rate_limit
     limits = Limits(
         max_concurrent=settings.max_concurrent_requests,
         rate=TenantRateLimit(rate, settings.tenant_burst) if rate else None,
     )
-    return Admission(ClientAuth(settings.client_tokens()), limits, metrics, clock)
+    return Gate(ClientAuth(settings.client_tokens()), limits, metrics, clock)
+
+
+def build_http_server(
+    settings: Settings, api: OpenAIApi, reuse_port: bool = False
+) -> HttpServer | None:
+    """None with HTTP_PORT=0: the OpenAI-compatible API is off. `reuse_port`: share the port
+    with other worker processes (SO_REUSEPORT)."""
+    if not settings.http_port:
+        return None
+    return HttpServer(
+        api, settings.http_bind_host, settings.http_port,
+        ssl_context=http_ssl_context(settings), reuse_port=reuse_port,
+    )  # fmt: skip
 
 
 def build_router(settings: Settings, providers: Iterable[str]) -> ModelRouter:
@@ -214,3 +241,27 @@ async def serving_grpc(
     finally:
         await server.stop(settings.shutdown_grace)
         await inference.drain()
+
+
+async def serving_http(
+    _grpc: int, server: HttpServer | None, grpc_server: GrpcServer, settings: Settings
+) -> AsyncIterator[int]:
+    """Started after gRPC. At shutdown both listeners stop accepting at once and drain side by
+    side, within one SHUTDOWN_GRACE (in turn they could take twice that, past Kubernetes'
+    terminationGracePeriodSeconds); serving_grpc's own stop then finds gRPC stopped. Yields the
+    port (0: HTTP_PORT=0, off)."""
+    if server is None:
+        yield 0
+        return
+    try:
+        port = await server.start(settings.shutdown_grace)
+    except OSError as error:
+        raise StartupError(
+            f"cannot listen for HTTP on {settings.http_bind_host}:{settings.http_port} "
+            f"({error.strerror or error}): is another instance running? Set HTTP_PORT to a free "
+            "port (0 turns the OpenAI-compatible API off) and HTTP_HOST"
+        ) from None
+    try:
+        yield port
+    finally:
+        await asyncio.gather(server.stop(), grpc_server.stop(settings.shutdown_grace))

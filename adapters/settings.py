@@ -170,6 +170,9 @@ class Settings(BaseSettings):
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
     grpc_port: Port = 50051
+    # The OpenAI-compatible HTTP API; 0: off. HTTP_HOST None: GRPC_HOST's safe default.
+    http_host: str | None = None
+    http_port: Port = 8080
     metrics_port: Port = 9090
     redis_addr: Annotated[str, AfterValidator(_redis_addr)] = "localhost:6379"
     qdrant_url: HttpUrl = "http://localhost:6333"
@@ -240,9 +243,23 @@ class Settings(BaseSettings):
     @property
     def host(self) -> str:
         """The address gRPC (and metrics) bind to: GRPC_HOST, or its safe default."""
-        if self.grpc_host:
-            return self.grpc_host
+        return self.grpc_host or self._safe_host
+
+    @property
+    def http_bind_host(self) -> str:
+        """The address the OpenAI-compatible HTTP API binds to: HTTP_HOST, or the safe default."""
+        return self.http_host or self._safe_host
+
+    @property
+    def _safe_host(self) -> str:
         return "0.0.0.0" if self.authenticates else "127.0.0.1"
+
+    def listeners(self) -> tuple[tuple[str, str, int], ...]:
+        """(host setting, host, port) of each client-facing listener that is on."""
+        grpc = ("GRPC_HOST", self.host, self.grpc_port)
+        if not self.http_port:
+            return (grpc,)
+        return grpc, ("HTTP_HOST", self.http_bind_host, self.http_port)
 
     @property
     def authenticates(self) -> bool:
@@ -259,9 +276,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _public_bind_needs_auth(self) -> Settings:
-        if not (is_loopback(self.host) or self.authenticates or self.allow_unauthenticated):
+        if self.authenticates or self.allow_unauthenticated:
+            return self
+        for setting, host, _ in self.listeners():
+            if is_loopback(host):
+                continue
             raise ValueError(
-                f"GRPC_HOST={self.host} serves beyond this machine but no client must "
+                f"{setting}={host} serves beyond this machine but no client must "
                 "authenticate: set AUTH_TOKENS (or TLS_CLIENT_CA_FILE for mTLS), or set "
                 "ALLOW_UNAUTHENTICATED=true if something in front of the proxy (a mesh, a "
                 "gateway) authenticates clients"

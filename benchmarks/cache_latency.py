@@ -73,6 +73,7 @@ def run_server(
             settings = load_settings(
                 grpc_host="127.0.0.1",
                 grpc_port=0,
+                http_port=0,
                 metrics_port=0,
                 cache_mode="embedded",
                 cache_dir=cache_dir,

@@ -60,6 +60,7 @@ def run_server(port: int) -> None:
             grpc_host="127.0.0.1",
             grpc_port=port,
             metrics_port=0,
+            http_port=0,  # benchmarks/http_roundtrip.py measures the HTTP API
             openai_api_keys="sk-bench",
             cache_mode="off",  # the proxy's own overhead; benchmarks/cache_latency.py has the cache
         )

@@ -197,6 +197,7 @@ async def main(args: argparse.Namespace) -> int:
             workdir / "proxy.log", "serve",
             env={
                 "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(grpc_port), "METRICS_PORT": "0",
+                "HTTP_PORT": "0",
                 "OPENAI_BASE_URL": f"{base}/v1", "GEMINI_BASE_URL": base,
                 "OPENAI_API_KEYS": "sk-soak-1,sk-soak-2", "GEMINI_API_KEYS": "AIza-soak-1",
                 "CACHE_MODE": args.cache_mode, "CACHE_DIR": str(workdir / "cache"),

@@ -120,6 +120,7 @@ def run_proxy(
         settings = load_settings(
             grpc_host="127.0.0.1",
             grpc_port=0,
+            http_port=0,
             metrics_port=0,
             cache_mode="off",
             openai_base_url=f"{sim_base_url}/v1",

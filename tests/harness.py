@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from qdrant_client import AsyncQdrantClient
 
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.http.server import HttpServer
+from adapters.lifecycle import http_ssl_context
 from adapters.settings import load_settings
 from adapters.vector.qdrant import QdrantIndex
 from application.ports import Provider
@@ -27,6 +29,7 @@ FAST = {
     "grpc_host": "127.0.0.1",  # explicit: with AUTH_TOKENS the default would be 0.0.0.0
     "grpc_port": 0,
     "metrics_port": 0,
+    "http_port": 0,  # off; `running_proxy(http=True)` serves it on an ephemeral port
     "openai_api_keys": "sk-test-one,sk-test-two",
     "gemini_api_keys": "AIza-test-one",
     "retry_wait_initial": "10ms",
@@ -44,17 +47,30 @@ class RunningProxy:
     container: Container
     port: int
     metrics_port: int
+    http_port: int = 0  # 0: the OpenAI-compatible API is off
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}/v1"
 
 
 @asynccontextmanager
 async def running_proxy(
     adapters: Mapping[str, Provider] | None = None,
     overrides: Mapping[str, object] | None = None,
+    http: bool = False,
     **settings: Any,
 ) -> AsyncIterator[RunningProxy]:
     """`serve()` from the real container. `adapters` (fakes) replace the real providers;
-    `overrides` replace other container providers by name with the given objects."""
+    `overrides` replace other container providers by name with the given objects. `http`: the
+    OpenAI-compatible API on an ephemeral loopback port (HTTP_PORT=0 means off, not "any")."""
     container = Container(settings=load_settings(**{**FAST, **settings}))
+    if http:
+        server = providers.Singleton(
+            HttpServer, container.openai_api, "127.0.0.1", 0,
+            ssl_context=providers.Callable(http_ssl_context, container.settings),
+        )  # fmt: skip
+        container.http_server.override(server)
     if adapters is not None:
         container.provider_adapters.override(providers.Object(dict(adapters)))
     for name, value in (overrides or {}).items():
@@ -67,11 +83,18 @@ async def running_proxy(
             if serving.done():
                 serving.result()  # startup failed: raise its error
             await asyncio.sleep(0.01)
+    http_server = container.http_server()
+    async with asyncio.timeout(30):
+        while http_server is not None and not http_server.port:
+            if serving.done():
+                serving.result()
+            await asyncio.sleep(0.01)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
     try:
         yield RunningProxy(
-            pb_grpc.InferenceServiceStub(channel), channel, container, server.port, ops.port
-        )
+            pb_grpc.InferenceServiceStub(channel), channel, container, server.port, ops.port,
+            http_server.port if http_server is not None else 0,
+        )  # fmt: skip
     finally:
         await channel.close()
         stop.set()

@@ -1,105 +1,33 @@
-"""Who may call, and how much: client tokens, a per-tenant rate and a cap on calls in flight.
-Runs before a call reaches the servicer; health and reflection are never limited."""
+"""The admission `Gate` (adapters/admission.py) as a gRPC server interceptor. Runs before a call
+reaches the servicer; health and reflection are never limited."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any, Protocol
 
 import grpc
 
+from adapters.admission import ClientAuth, Gate, Limits, Refused
 from adapters.grpc.interceptor import Context, Continuation, Handler, wrap
 from adapters.grpc.mapping import Status
-from application.ports import Clock
-from domain.admission import TenantRateLimit
 
-log = logging.getLogger("llm_proxy.auth")
+__all__ = ["Admission", "ClientAuth", "Limits"]
 
 PROTECTED_PREFIX = "/inferenceproxy."
-ANONYMOUS = ""
-# Over MAX_CONCURRENT_REQUESTS nothing says when a slot frees up; a second is a fair hint.
-BUSY_RETRY_AFTER = 1.0
-LOG_EVERY = 1.0  # seconds between two lines about refused credentials
 
 
-class AuthFailure(Exception):
-    def __init__(self, reason: str, detail: str, token: bytes | None = None) -> None:
-        super().__init__(detail)
-        self.reason, self.token = reason, token
-
-
-def bearer_token(metadata: Any) -> bytes:
-    """The token from `authorization: Bearer <token>`: the scheme in any case, surrounding
-    whitespace ignored, so one token is one tenant however the header is spelt."""
-    values = [v for k, v in metadata or () if k == "authorization"]
-    if not values:
-        raise AuthFailure("missing", "missing credentials: send 'authorization: Bearer <token>'")
-    value = values[0].encode() if isinstance(values[0], str) else values[0]
-    scheme, _, token = value.strip().partition(b" ")
-    token = token.strip()
-    if scheme.lower() != b"bearer" or not token:
-        raise AuthFailure("malformed", "malformed credentials: expected 'Bearer <token>'")
-    return token
-
-
-def fingerprint(token: bytes) -> str:
-    """Names a token in logs and cache scopes without revealing it."""
-    return hashlib.sha256(token).hexdigest()[:16]
-
-
-class ClientAuth:
-    """The configured client tokens. With none, every caller is the one anonymous tenant (so
-    per-tenant state cannot grow with whatever headers callers send)."""
-
-    def __init__(self, tokens: tuple[str, ...]) -> None:
-        # digests, so the comparison does not even reveal a token's length
-        self._digests = tuple(hashlib.sha256(t.encode()).digest() for t in tokens)
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._digests)
-
-    def tenant(self, metadata: Any) -> str:
-        """The caller's tenant; raises AuthFailure when tokens are configured and it has none."""
-        if not self._digests:
-            return ANONYMOUS
-        token = bearer_token(metadata)
-        digest = hashlib.sha256(token).digest()
-        # compare against every token so the time taken does not tell which one matched
-        matched = [hmac.compare_digest(digest, known) for known in self._digests]
-        if not any(matched):
-            raise AuthFailure("invalid", "invalid token", token)
-        return "tenant-" + digest.hex()[:16]
-
-
-class AdmissionMetrics(Protocol):
-    def request_refused(self, status: str) -> None: ...
-
-    def auth_failure(self, reason: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_concurrent: int = 0  # 0: none
-    rate: TenantRateLimit | None = None
+def _status(refused: Refused) -> Status:
+    failure = refused.failure
+    return Status(grpc.StatusCode[failure.kind.name], failure.message, failure.retry_after)
 
 
 class Admission(grpc.aio.ServerInterceptor):
     """Refuses a call with UNAUTHENTICATED (bad credential) or RESOURCE_EXHAUSTED with
     `retry-after-ms` (tenant over its rate, or MAX_CONCURRENT_REQUESTS calls in flight)."""
 
-    def __init__(
-        self, auth: ClientAuth, limits: Limits, metrics: AdmissionMetrics, clock: Clock
-    ) -> None:
-        self._auth, self._limits, self._metrics, self._clock = auth, limits, metrics, clock
-        self.in_flight = 0
-        self._last_log = float("-inf")
-        self._unlogged = 0
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
 
     async def intercept_service(
         self,
@@ -109,79 +37,20 @@ class Admission(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
-        refusal = self._refusal(details)
-        if refusal is not None:
-            return _refuse(handler, refusal)
-        return self._counted(handler)
-
-    def _refusal(self, details: grpc.HandlerCallDetails) -> Status | None:
         try:
-            tenant = self._auth.tenant(details.invocation_metadata)
-        except AuthFailure as failure:
-            self._auth_failed(failure, details.method)
-            self._metrics.request_refused("unauthenticated")
-            return Status(grpc.StatusCode.UNAUTHENTICATED, str(failure))
-        rate = self._limits.rate
-        if rate is not None:
-            wait = rate.take(tenant, self._clock.now())
-            if wait > 0:
-                self._metrics.request_refused("resource_exhausted")
-                return Status(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
-                    f"over this client's rate limit (TENANT_RATE_LIMIT); retry in {wait:.2f}s",
-                    wait,
-                )
-        return None
+            self._gate.admit(details.invocation_metadata, details.method)
+        except Refused as refused:
+            return _refuse(handler, _status(refused))
+        return wrap(handler, self._counted) if self._gate.counts else handler
 
-    def _auth_failed(self, failure: AuthFailure, method: str) -> None:
-        """One line per second at most, saying how many were left out: a client hammering with
-        a bad token must not flood the logs (the counter has every one)."""
-        self._metrics.auth_failure(failure.reason)
-        now = self._clock.now()
-        if now - self._last_log < LOG_EVERY:
-            self._unlogged += 1
-            return
-        who = fingerprint(failure.token) if failure.token is not None else failure.reason
-        log.warning(
-            "refused %s: %s credential (token %s)%s",
-            method,
-            failure.reason,
-            who,
-            f"; {self._unlogged} more refused since the last line" if self._unlogged else "",
-            extra={"reason": failure.reason, "token_fingerprint": who, "method": method},
-        )
-        self._last_log, self._unlogged = now, 0
-
-    def _busy(self) -> Status | None:
-        """Checked and counted as the call starts (one step on the event loop: no two calls can
-        both take the last slot), and uncounted when it ends, however it ends."""
-        limit = self._limits.max_concurrent
-        if self.in_flight < limit:
-            self.in_flight += 1
-            return None
-        self._metrics.request_refused("resource_exhausted")
-        return Status(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the proxy is at its limit of {limit} requests in flight "
-            "(MAX_CONCURRENT_REQUESTS); retry shortly",
-            BUSY_RETRY_AFTER,
-        )
-
-    def _counted(self, handler: Handler) -> Handler:
-        if not self._limits.max_concurrent:
-            return handler
-
-        @asynccontextmanager
-        async def counted(context: Context) -> AsyncIterator[None]:
-            busy = self._busy()
-            if busy is not None:
-                await context.abort(busy.code, busy.details, busy.trailing_metadata())
-            try:
+    @asynccontextmanager
+    async def _counted(self, context: Context) -> AsyncIterator[None]:
+        try:
+            with self._gate.slot():
                 yield
-            finally:
-                self.in_flight -= 1
-
-        return wrap(handler, counted)
+        except Refused as refused:  # only the slot raises it: the call never started
+            status = _status(refused)
+            await context.abort(status.code, status.details, status.trailing_metadata())
 
 
 def _refuse(handler: Handler, status: Status) -> Handler:

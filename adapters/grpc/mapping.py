@@ -1,4 +1,4 @@
-"""Protobuf messages <-> domain objects, and domain errors -> gRPC status: the one table."""
+"""Protobuf messages <-> domain objects, and domain errors -> gRPC status."""
 
 from __future__ import annotations
 
@@ -6,22 +6,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from adapters.failures import classify
 from adapters.grpc.generated import proxy_pb2 as pb
-from domain.errors import (
-    CircuitOpen,
-    ConnectionsExhausted,
-    DeadlineExceeded,
-    InvalidRequest,
-    KeyRejected,
-    NoUsableKey,
-    ProxyError,
-    RateLimited,
-    Unauthenticated,
-    UnknownModel,
-    UpstreamFault,
-    UpstreamRejected,
-    UpstreamUnavailable,
-)
+from domain.errors import InvalidRequest, ProxyError
 from domain.model import (
     Answer,
     CacheControl,
@@ -128,27 +115,7 @@ class Status:
 
 
 def status_of(error: ProxyError) -> Status:
-    """DESIGN §2's error -> status table. Messages are the domain's own, never upstream bodies."""
-    message = str(error)
-    match error:
-        case InvalidRequest() | UpstreamRejected():
-            return Status(grpc.StatusCode.INVALID_ARGUMENT, message)
-        case UnknownModel():
-            return Status(grpc.StatusCode.NOT_FOUND, message)
-        case NoUsableKey(retry_after=None):
-            return Status(grpc.StatusCode.UNAVAILABLE, message)
-        case (
-            NoUsableKey(retry_after=seconds)
-            | RateLimited(retry_after=seconds)
-            | ConnectionsExhausted(retry_after=seconds)
-        ):
-            return Status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, seconds)
-        case CircuitOpen(retry_after=seconds):
-            return Status(grpc.StatusCode.UNAVAILABLE, message, seconds)
-        case UpstreamUnavailable() | UpstreamFault() | KeyRejected():
-            return Status(grpc.StatusCode.UNAVAILABLE, message)
-        case DeadlineExceeded():
-            return Status(grpc.StatusCode.DEADLINE_EXCEEDED, message)
-        case Unauthenticated():
-            return Status(grpc.StatusCode.UNAUTHENTICATED, message)
-    return Status(grpc.StatusCode.INTERNAL, "internal error")
+    """The shared classification (adapters/failures.py) as a gRPC status: each kind is named
+    after its status code."""
+    failure = classify(error)
+    return Status(grpc.StatusCode[failure.kind.name], failure.message, failure.retry_after)

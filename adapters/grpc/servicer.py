@@ -9,8 +9,8 @@ from typing import Any
 
 import grpc
 
+from adapters.admission import ClientAuth
 from adapters.grpc import mapping
-from adapters.grpc.admission import ClientAuth
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
 from application.inference import InferenceService

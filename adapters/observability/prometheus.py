@@ -55,6 +55,8 @@ SEMANTIC_SKIP_REASONS: Final = ("beyond_window", "different_question")
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
 KNOWN_PROVIDERS: Final = ("openai", "gemini")
+HTTP_ROUTES: Final = ("/v1/chat/completions", "/v1/models")
+HTTP_CODES: Final = ("200", "400", "401", "404", "405", "413", "429", "499", "500", "503", "504")
 
 M = TypeVar("M", Counter, Gauge, Histogram)
 
@@ -128,6 +130,8 @@ class PrometheusMetrics(Metrics):
         self._backend = BoundedLabel(CACHE_BACKENDS, capacity=4)
         self._auth_reason = BoundedLabel(AUTH_FAILURE_REASONS)
         self._operation = BoundedLabel(CACHE_OPERATIONS, capacity=8)
+        self._http_route = BoundedLabel(HTTP_ROUTES)
+        self._http_code = BoundedLabel(HTTP_CODES, capacity=8)
         self._lock = threading.Lock()
         self._hits = 0
         self._lookups = 0
@@ -205,6 +209,13 @@ class PrometheusMetrics(Metrics):
             registry=r,
             buckets=SIMILARITY_BUCKETS,
         )
+        self.http_requests = Counter(
+            "http_requests",
+            "Requests to the OpenAI-compatible HTTP API by route and HTTP status code (they are "
+            "in requests_total too, by the gRPC status of the same outcome)",
+            ("route", "code"),
+            registry=r,
+        )
         self._latency = _Children(self.request_latency)
         self._tokens = _Children(self.token_usage)
         self._requests = _Children(self.requests)
@@ -221,6 +232,10 @@ class PrometheusMetrics(Metrics):
 
     def auth_failure(self, reason: str) -> None:
         self.auth_failures.labels(self._auth_reason(reason)).inc()
+
+    def http_request(self, route: str, code: int) -> None:
+        """One response of the OpenAI-compatible HTTP API (`route`: its path, else "other")."""
+        self.http_requests.labels(self._http_route(route), self._http_code(str(code))).inc()
 
     # -- the Metrics port ------------------------------------------------------------------
 

@@ -166,6 +166,39 @@ class ContextInterceptor(grpc.aio.ServerInterceptor):
         return await continuation(handler_call_details)
 
 
+# -- incoming HTTP (the OpenAI-compatible API) -------------------------------------------------
+
+
+@contextmanager
+def http_server_span(
+    provider: trace.TracerProvider, method: str, route: str, headers: Mapping[str, str]
+) -> Iterator[Callable[[int], None]]:
+    """The caller's W3C context made current for one HTTP request, with a SERVER span when
+    tracing is on (HTTP semantic conventions; 5xx is an error). Yields a callback that records
+    the response status. Our own span: opentelemetry-instrumentation-aiohttp-server would add a
+    dependency for the same few lines."""
+    parent = propagate.extract(headers)
+    if not is_recording(provider):
+        token = context.attach(parent)
+        try:
+            yield lambda code: None
+        finally:
+            context.detach(token)
+        return
+    tracer = provider.get_tracer(INSTRUMENTATION)
+    attributes = {"http.request.method": method, "http.route": route}
+    with tracer.start_as_current_span(
+        f"{method} {route}", context=parent, kind=trace.SpanKind.SERVER, attributes=attributes
+    ) as span:
+
+        def record(code: int) -> None:
+            span.set_attribute("http.response.status_code", code)
+            if code >= 500:
+                span.set_status(Status(StatusCode.ERROR))
+
+        yield record
+
+
 # -- outgoing HTTP ----------------------------------------------------------------------------
 
 

@@ -127,6 +127,7 @@ def test_ports_agree_with_the_apps_defaults_and_the_configmap() -> None:
     fields = Settings.model_fields
     assert PORTS["grpc"] == fields["grpc_port"].default == int(CONFIG["GRPC_PORT"])
     assert PORTS["metrics"] == fields["metrics_port"].default == int(CONFIG["METRICS_PORT"])
+    assert PORTS["http"] == fields["http_port"].default
     annotations = POD["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == PORTS["metrics"]

@@ -50,7 +50,7 @@ async def test_sigterm_under_load_finishes_in_flight_calls_refuses_new_ones_and_
                 env={
                     "PATH": os.environ["PATH"],
                     "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(port),
-                    "METRICS_PORT": str(metrics_port),
+                    "METRICS_PORT": str(metrics_port), "HTTP_PORT": "0",
                     "OPENAI_BASE_URL": simulator.openai_base_url,
                     "GEMINI_BASE_URL": simulator.gemini_base_url,
                     "OPENAI_API_KEYS": ",".join(OPENAI_KEYS),

@@ -23,6 +23,7 @@ class Proxy:
     gemini: FakeProvider
     port: int
     metrics_port: int
+    http_port: int = 0
 
 
 @asynccontextmanager
@@ -30,7 +31,9 @@ async def running_proxy(**settings: Any) -> AsyncIterator[Proxy]:
     """The real server from the container, with fake providers swapped in."""
     openai, gemini = FakeProvider("openai"), FakeProvider("gemini")
     async with harness.running_proxy({"openai": openai, "gemini": gemini}, **settings) as p:
-        yield Proxy(p.stub, p.channel, p.container, openai, gemini, p.port, p.metrics_port)
+        yield Proxy(
+            p.stub, p.channel, p.container, openai, gemini, p.port, p.metrics_port, p.http_port
+        )
 
 
 @pytest.fixture

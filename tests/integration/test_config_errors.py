@@ -24,6 +24,8 @@ BAD: dict[str, dict[str, str]] = {
     "tls_key_file": {"TLS_KEY_FILE": "/nonexistent/key.pem"},
     "tls_client_ca_file": {"TLS_CLIENT_CA_FILE": "/nonexistent/ca.pem"},
     "grpc_port": {"GRPC_PORT": "70000"},
+    "http_host": {"HTTP_HOST": "10.0.0.1"},  # public without client authentication
+    "http_port": {"HTTP_PORT": "-1"},
     "metrics_port": {"METRICS_PORT": "-1"},
     "redis_addr": {"REDIS_ADDR": "redis://:bad:port"},
     "qdrant_url": {"QDRANT_URL": "qdrant:6333"},
@@ -124,6 +126,7 @@ def test_the_installed_entry_point_exits_2_without_traceback(env: dict[str, str]
         [sys.executable, "-m", "cli", "serve"],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "CACHE_MODE": "off", "GRPC_PORT": "0", "METRICS_PORT": "0",
+             "HTTP_PORT": "0",
              **env},
         capture_output=True,
         text=True,

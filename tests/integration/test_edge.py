@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -166,6 +168,24 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+async def test_http_and_grpc_share_max_concurrent_requests() -> None:
+    async with running_proxy(max_concurrent_requests="1", http=True) as proxy:
+        proxy.openai.gate = asyncio.Event()
+        held = asyncio.ensure_future(proxy.stub.Infer(ask("held over gRPC")))
+        async with asyncio.timeout(10):
+            await proxy.openai.entered.wait()
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(
+                f"http://127.0.0.1:{proxy.http_port}/v1/chat/completions",
+                json={"model": "gpt-4o", "messages": [{"role": "user", "content": "and me"}]},
+            )
+        proxy.openai.gate.set()
+        assert (await held).content
+    assert refused.status_code == 429
+    assert refused.headers["retry-after"] == "1"
+    assert "MAX_CONCURRENT_REQUESTS" in refused.json()["error"]["message"]
+
+
 def _cert(
     name: str,
     key: ec.EllipticCurvePrivateKey,
@@ -250,6 +270,36 @@ async def test_mtls_requires_a_client_certificate_from_the_configured_ca(pki: Pk
             async with channel:
                 error = await status_of(stub.Infer(ask(), timeout=5))
             assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def _https(pki: Pki, cert: bytes | None, key: bytes | None, tmp: Path) -> httpx.AsyncClient:
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if cert is not None and key is not None:
+        (tmp / "client.pem").write_bytes(cert)
+        (tmp / "client.key").write_bytes(key)
+        context.load_cert_chain(tmp / "client.pem", tmp / "client.key")
+    return httpx.AsyncClient(verify=context)
+
+
+async def test_the_http_port_has_the_same_mtls(pki: Pki, tmp_path: Path) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "over https"}]}
+    async with running_proxy(
+        tls_cert_file=str(pki.cert), tls_key_file=str(pki.key), tls_client_ca_file=str(pki.ca),
+        http=True,
+    ) as proxy:  # fmt: skip
+        url = f"https://localhost:{proxy.http_port}/v1/chat/completions"
+        async with _https(pki, pki.client_cert, pki.client_key, tmp_path) as client:
+            answer = await client.post(url, json=body)
+        for cert, key in ((None, None), (pki.stranger_cert, pki.stranger_key)):
+            async with _https(pki, cert, key, tmp_path) as client:
+                with pytest.raises(
+                    (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError)
+                ):
+                    await client.post(url, json=body)
+        async with httpx.AsyncClient() as plain:
+            with pytest.raises((httpx.RemoteProtocolError, httpx.ReadError)):
+                await plain.post(url.replace("https", "http"), json=body)
+    assert answer.json()["choices"][0]["message"]["content"] == "echo: over https"
 
 
 def test_unreadable_or_mismatched_tls_files_name_the_variable(pki: Pki, tmp_path: Path) -> None:

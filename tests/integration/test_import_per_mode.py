@@ -22,7 +22,7 @@ from cli import serve
 from container import Container
 
 async def main():
-    settings = load_settings(grpc_port=0, metrics_port=0, **json.loads(sys.argv[1]))
+    settings = load_settings(grpc_port=0, metrics_port=0, http_port=0, **json.loads(sys.argv[1]))
     container = Container(settings=settings)
     stop = asyncio.Event()
     serving = asyncio.create_task(serve(container, stop))

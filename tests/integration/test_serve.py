@@ -44,6 +44,7 @@ async def start_proxy(*args: str, **env: str) -> asyncio.subprocess.Process:
         env={
             "PATH": os.environ["PATH"],
             "METRICS_PORT": "0",
+            "HTTP_PORT": "0",
             "CACHE_DIR": str(CACHE_DIR),
             **env,
         },
@@ -168,7 +169,7 @@ async def test_an_unsupported_otlp_protocol_stops_startup_naming_the_variable(
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("variable", ["GRPC_PORT", "METRICS_PORT"])
+@pytest.mark.parametrize("variable", ["GRPC_PORT", "METRICS_PORT", "HTTP_PORT"])
 async def test_a_port_in_use_stops_startup_naming_the_variable(variable: str) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

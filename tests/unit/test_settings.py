@@ -35,6 +35,25 @@ def test_a_public_bind_without_tokens_is_refused_naming_both_ways_out(host: str)
     assert load_settings(grpc_host=host, auth_tokens="tok-alpha-1").host == host
 
 
+def test_http_host_follows_the_same_safe_default_and_refusal() -> None:
+    assert load_settings().http_bind_host == "127.0.0.1"
+    assert load_settings(auth_tokens="tok-alpha-1").http_bind_host == "0.0.0.0"
+    assert load_settings().http_port == 8080
+    with pytest.raises(ConfigError, match=r"HTTP_HOST=0\.0\.0\.0 serves beyond this machine"):
+        load_settings(http_host="0.0.0.0")
+    # off: its host does not matter
+    assert load_settings(http_host="0.0.0.0", http_port=0).listeners() == (
+        ("GRPC_HOST", "127.0.0.1", 50051),
+    )
+
+
+def test_an_unauthenticated_public_http_bind_says_so_loudly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    warn_if_open(load_settings(http_host="0.0.0.0", allow_unauthenticated=True))
+    assert [r.getMessage().split("reaches ")[1][:12] for r in caplog.records] == ["0.0.0.0:8080"]
+
+
 def test_an_unauthenticated_public_bind_says_so_loudly(caplog: pytest.LogCaptureFixture) -> None:
     warn_if_open(load_settings(grpc_host="0.0.0.0", allow_unauthenticated=True))
     assert [r.levelno for r in caplog.records] == [logging.WARNING]

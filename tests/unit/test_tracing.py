@@ -20,8 +20,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from adapters.admission import ClientAuth, Gate, Limits
 from adapters.config_error import ConfigError
-from adapters.grpc.admission import Admission, ClientAuth, Limits
+from adapters.grpc.admission import Admission
 from adapters.grpc.interceptor import ErrorBoundary
 from adapters.observability.tracing import (
     NullTracer,
@@ -451,9 +452,8 @@ async def test_admission_refuses_a_stream_cleanly_under_the_grpc_instrumentation
 ) -> None:
     """Admission's refusal and in-flight count wrap streams as streams (the instrumentation
     iterates a streaming handler: a coroutine there was an UNKNOWN error, not the refusal)."""
-    admission = Admission(
-        ClientAuth(("a-client-token",)), Limits(max_concurrent), _Refusals(), FakeClock()
-    )
+    gate = Gate(ClientAuth(("a-client-token",)), Limits(max_concurrent), _Refusals(), FakeClock())
+    admission = Admission(gate)
     seen = Seen()
     server = grpc.aio.server(
         interceptors=[build_server_interceptor(provider), admission, ErrorBoundary()]
@@ -478,7 +478,7 @@ async def test_admission_refuses_a_stream_cleanly_under_the_grpc_instrumentation
             assert len([m async for m in call(b"", metadata=token)]) == CHUNKS
     finally:
         await server.stop(None)
-    assert admission.in_flight == 0
+    assert gate.in_flight == 0
     assert [s.name for s in finished(exporter)] == ["/inferenceproxy.Probe/Count"] * 2
 
 

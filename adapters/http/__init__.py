@@ -1,0 +1,1 @@
+"""The OpenAI-compatible HTTP API: a second driving adapter on the same use case as gRPC."""

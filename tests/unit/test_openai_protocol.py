@@ -1,0 +1,117 @@
+"""OpenAI's request shape -> the domain request, and one failure classification for both
+protocols."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+import pytest
+
+from adapters.failures import Kind, classify
+from adapters.grpc.mapping import status_of
+from adapters.http import app, protocol
+from domain.errors import (
+    CircuitOpen,
+    DeadlineExceeded,
+    InvalidRequest,
+    NoUsableKey,
+    ProxyError,
+    UnknownModel,
+)
+from domain.model import CacheControl, RequestLimits, Role
+
+
+def domain(**body: Any) -> Any:
+    request = {"model": "gpt-4o", "messages": [{"role": "user", "content": "Hi."}], **body}
+    parsed = protocol.ChatCompletionRequest.model_validate(request)
+    return parsed.to_domain(RequestLimits(), "tenant-a", CacheControl(skip_store=True))
+
+
+def test_roles_parts_and_limits_map_to_the_same_domain_request() -> None:
+    parts = [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]
+    system = {"role": "developer", "content": "Be brief."}
+    request = domain(
+        messages=[system, {"role": "user", "content": parts}],
+        temperature=0,
+        max_tokens=10,
+        max_completion_tokens=20,
+    )  # fmt: skip
+    assert [(m.role, m.content) for m in request.messages] == [
+        (Role.SYSTEM, "Be brief."),
+        (Role.USER, "Hello"),
+    ]
+    assert request.temperature == 0  # zero, not "unset"
+    assert request.max_tokens == 20  # max_completion_tokens wins: it is OpenAI's newer name
+    assert request.tenant == "tenant-a"
+    assert request.cache == CacheControl(skip_store=True)
+
+
+@pytest.mark.parametrize(
+    "neutral",
+    [{"tools": []}, {"tool_choice": "none"}, {"response_format": {"type": "text"}}, {"n": 1},
+     {"logprobs": False}, {"stop": None}, {"top_p": 0.3, "seed": 7, "user": "u"}],
+)  # fmt: skip
+def test_neutral_values_and_unknown_fields_are_accepted(neutral: dict[str, Any]) -> None:
+    assert domain(**neutral).model == "gpt-4o"
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"stop": ["\n"]}, "stop"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"n": 3}, "n"),
+        ({"max_tokens": -1}, "max_tokens"),
+    ],
+)
+def test_what_would_change_the_answer_is_refused_naming_it(
+    body: dict[str, Any], param: str
+) -> None:
+    with pytest.raises(protocol.Invalid) as error:
+        domain(**body)
+    assert error.value.param == param
+    assert param in str(error.value)
+
+
+def test_the_domain_checks_are_the_same_as_grpcs() -> None:
+    with pytest.raises(InvalidRequest, match="MAX_MODEL_NAME_LENGTH"):
+        domain(model="m" * 200)
+    with pytest.raises(InvalidRequest, match="last message must have role user"):
+        domain(messages=[{"role": "assistant", "content": "Hi."}])
+
+
+def test_a_body_that_is_not_json_or_lacks_a_field_says_so() -> None:
+    with pytest.raises(protocol.Invalid, match="not valid JSON"):
+        protocol.parse(b"{")
+    with pytest.raises(protocol.Invalid) as missing:
+        protocol.parse(b'{"messages": []}')
+    assert missing.value.param == "model"
+
+
+@pytest.mark.parametrize(
+    ("error", "kind", "http", "retry"),
+    [
+        (InvalidRequest("bad"), Kind.INVALID_ARGUMENT, 400, None),
+        (UnknownModel("x", "no provider", ()), Kind.NOT_FOUND, 404, None),
+        (NoUsableKey("openai", 2.5), Kind.RESOURCE_EXHAUSTED, 429, "3"),
+        (NoUsableKey("openai", None), Kind.UNAVAILABLE, 503, None),
+        (CircuitOpen("gemini", 4.0), Kind.UNAVAILABLE, 503, "4"),
+        (DeadlineExceeded("late"), Kind.DEADLINE_EXCEEDED, 504, None),
+    ],
+)
+def test_one_classification_gives_both_statuses(
+    error: ProxyError, kind: Kind, http: int, retry: str | None
+) -> None:
+    failure = classify(error)
+    assert failure.kind is kind
+    assert status_of(error).code is grpc.StatusCode[kind.name]
+    response = app.error_response(failure)
+    assert response.status == http
+    assert response.headers.get("Retry-After") == retry
+
+
+def test_every_kind_has_a_grpc_code_and_an_http_status() -> None:
+    for kind in Kind:
+        assert grpc.StatusCode[kind.name].name.lower() == kind.value
+    assert set(app._HTTP) == set(Kind)
