@@ -40,6 +40,7 @@ CHAT = "/v1/chat/completions"
 MODELS = "/v1/models"
 CACHE_HEADER = "x-llm-proxy-cache"
 SIMILARITY_HEADER = "x-llm-proxy-cache-similarity"
+FALLBACK_HEADER = "x-llm-proxy-fallback-from"
 PROVIDER_HEADER = "x-llm-proxy-provider"
 CACHE_CONTROL_HEADER = "x-llm-proxy-cache-control"
 TIMEOUT_HEADER = "x-llm-proxy-timeout"  # seconds: the client's deadline, as gRPC's
@@ -121,6 +122,8 @@ def cache_headers(answer: Answer) -> dict[str, str]:
     headers = {CACHE_HEADER: answer.cache.status.value, PROVIDER_HEADER: answer.completion.provider}
     if answer.cache.status is CacheStatus.SEMANTIC:
         headers[SIMILARITY_HEADER] = f"{answer.cache.similarity:.4f}"
+    if answer.fallback_from is not None:
+        headers[FALLBACK_HEADER] = answer.fallback_from
     return headers
 
 
@@ -131,6 +134,7 @@ def cache_extension(answer: Answer) -> dict[str, object]:
         "provider": answer.completion.provider,
         "cache": info.status.value,
         "similarity": info.similarity,
+        "fallback_from": answer.fallback_from,
     }
 
 
@@ -140,10 +144,13 @@ class _Outcome:
     provider: str = ""
     cache_status: CacheStatus = CacheStatus.MISS
     failure: Failure | None = None  # after the response started: it went out as an SSE event
+    fallback_to: str = ""  # the model that answered, when a MODEL_FALLBACKS model did
 
     def answered(self, answer: Answer) -> None:
         self.provider = answer.completion.provider
         self.cache_status = answer.cache.status
+        if answer.fallback_from is not None:
+            self.fallback_to = answer.completion.model
 
 
 class OpenAIApi:
@@ -275,12 +282,14 @@ class OpenAIApi:
             self._metrics.request_finished(
                 outcome.provider, outcome.model, outcome.cache_status, status, seconds
             )
+            fallback = self._limits.shown(outcome.fallback_to)  # the provider's name for it
             log.info(
-                "request %s %s %s %.1fms",
+                "request %s %s %s %.1fms%s",
                 status,
                 outcome.model,
                 outcome.cache_status.value,
                 seconds * 1000,
+                f" (fallback: {outcome.provider} {fallback})" if fallback else "",
                 extra={
                     "outcome": status,
                     "latency_ms": round(seconds * 1000, 2),
@@ -288,6 +297,7 @@ class OpenAIApi:
                     "model": outcome.model,
                     "cache_status": outcome.cache_status.value,
                     "protocol": "http",
+                    **({"fallback_to": fallback} if fallback else {}),
                 },
             )
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
+import openai
 import pytest
 
 from adapters.grpc.generated import proxy_pb2 as pb
@@ -93,3 +95,32 @@ async def test_a_silent_openai_gives_way_to_gemini_at_upstream_timeout() -> None
             (("outcome", "upstream_fault"), ("provider", "openai")),
         )
         assert samples[silent] == 2
+
+
+async def test_the_openai_http_api_falls_back_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sim = SimulatorConfig(invalid_keys=frozenset(OPENAI_KEYS))
+    async with stack(sim, model_fallbacks=CHAIN, http=True) as s:
+        client = openai.AsyncOpenAI(base_url=s.proxy.http_url, api_key="unused", max_retries=0)
+        messages: list[Any] = [{"role": "user", "content": "Name a prime number"}]
+        with caplog.at_level(logging.INFO, logger="llm_proxy.requests"):
+            raw = await client.chat.completions.with_raw_response.create(
+                model="gpt-4o", messages=messages
+            )
+        answer = raw.parse()
+        assert answer.model == "gemini-1.5-flash"
+        assert raw.headers["x-llm-proxy-provider"] == "gemini"
+        assert raw.headers["x-llm-proxy-fallback-from"] == "gpt-4o"
+        (line,) = [r for r in caplog.records if r.getMessage().startswith("request ok gpt-4o")]
+        assert "(fallback: gemini gemini-1.5-flash)" in line.getMessage()
+
+        stream = await client.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "Stream a line"}], stream=True
+        )
+        chunks = [chunk async for chunk in stream]
+        (finish,) = [c for c in chunks if c.choices and c.choices[0].finish_reason]
+        assert finish.model == "gemini-1.5-flash"
+        extension = (finish.model_extra or {})["llm_proxy"]
+        assert (extension["provider"], extension["fallback_from"]) == ("gemini", "gpt-4o")
+        assert (await scrape(s))[STEP] == 2
