@@ -82,10 +82,13 @@ def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Em
     )
 
 
-def local_embedder() -> Embedder:
+def local_embedder(settings: Settings) -> Embedder:
     from adapters.embedders.local import LocalMiniLMEmbedder
 
-    return LocalMiniLMEmbedder()
+    # a store's embedding gives up before the store's CACHE_TIMEOUT budget would count it failed
+    return LocalMiniLMEmbedder(
+        background_max_age=settings.cache_timeout / 2, max_busy=settings.cache_embed_max_cpu
+    )
 
 
 def edge_index(settings: Settings) -> Any:
@@ -160,7 +163,7 @@ class Container(containers.DeclarativeContainer):
     )
     embedder = providers.Selector(
         s.embedder_kind,
-        local=providers.Singleton(local_embedder),
+        local=providers.Singleton(local_embedder, settings),
         openai=providers.Singleton(api_embedder, "openai", embedding_http, settings),
         gemini=providers.Singleton(api_embedder, "gemini", embedding_http, settings),
     )
@@ -177,7 +180,7 @@ class Container(containers.DeclarativeContainer):
     semantic_cache = providers.Singleton(
         SemanticCache, embedder, vector_index, response_store,
         providers.Factory(CachePolicy, threshold=s.similarity_threshold, ttl=s.cache_ttl,
-                          timeout=s.cache_timeout),
+                          timeout=s.cache_timeout, embed_budget=s.cache_embed_budget),
         clock, metrics, tracer,
     )  # fmt: skip
     kind = providers.Singleton(cache_kind, settings)

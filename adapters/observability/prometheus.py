@@ -51,7 +51,9 @@ ATTEMPT_OUTCOMES: Final = (
     "malformed", "proxy_busy", "rejected",
 )  # fmt: skip
 AUTH_FAILURE_REASONS: Final = ("missing", "malformed", "invalid")
-SEMANTIC_SKIP_REASONS: Final = ("beyond_window", "different_question")
+SEMANTIC_SKIP_REASONS: Final = (
+    "beyond_window", "different_question", "embedder_busy", "store_embedder_busy",
+)  # fmt: skip
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
 KNOWN_PROVIDERS: Final = ("openai", "gemini")
@@ -186,8 +188,11 @@ class PrometheusMetrics(Metrics):
         )
         self.cache_semantic_skips = Counter(
             "cache_semantic_skips",
-            "Semantic-tier lookups declined: beyond_window (prompt longer than the embedder "
-            "reads; exact tier only), different_question (a candidate judged another question)",
+            "Semantic tier declined: beyond_window (prompt longer than the embedder reads; exact "
+            "tier only), different_question (a candidate judged another question), "
+            "embedder_busy (a lookup shed: the embedder would take longer than "
+            "CACHE_EMBED_BUDGET), store_embedder_busy (a stored answer not indexed: the "
+            "embedder was busy with lookups)",
             ("reason",),
             registry=r,
         )
