@@ -127,13 +127,16 @@ def build_tracer(provider: trace.TracerProvider, settings: Settings) -> Tracer:
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     s = settings.provided
+    # True in a worker of WORKERS > 1: it shares its ports with the others (SO_REUSEPORT)
+    reuse_port = providers.Object(False)
 
     clock = providers.Singleton(SystemClock)
     sleeper = providers.Singleton(AsyncioSleeper)
     random = providers.Singleton(SystemRandom)
     metrics = providers.Singleton(
-        PrometheusMetrics, models=providers.Callable(tuple, s.model_routes)
-    )
+        PrometheusMetrics, models=providers.Callable(tuple, s.model_routes),
+        multiprocess_dir=s.prometheus_multiproc_dir,
+    )  # fmt: skip
     tracer_provider = providers.Singleton(tracing.build_tracer_provider)
     tracer = providers.Singleton(build_tracer, tracer_provider, settings)
 
@@ -212,10 +215,10 @@ class Container(containers.DeclarativeContainer):
         GrpcServer, servicer, host=s.host, port=s.grpc_port, max_message_bytes=s.max_request_bytes,
         admission=providers.Singleton(build_admission, settings, metrics, clock),
         tracing=providers.Callable(tracing.build_server_interceptor, tracer_provider),
-        credentials=providers.Callable(server_credentials, settings),
+        credentials=providers.Callable(server_credentials, settings), reuse_port=reuse_port,
     )  # fmt: skip
     ops_server = providers.Singleton(
-        build_ops_server, settings, metrics, grpc_server, router, cache
+        build_ops_server, settings, metrics, grpc_server, router, cache, reuse_port
     )
 
     clients = providers.Resource(
@@ -226,5 +229,7 @@ class Container(containers.DeclarativeContainer):
     cache_running = providers.Resource(
         running_cache, clients, settings, cache, cache_embedder, sleeper
     )
-    ops_running = providers.Resource(listening_ops, cache_running, ops_server, settings)
+    ops_running = providers.Resource(
+        listening_ops, cache_running, ops_server, settings, metrics, sleeper
+    )
     grpc_running = providers.Resource(serving_grpc, ops_running, grpc_server, inference, settings)

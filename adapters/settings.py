@@ -23,6 +23,7 @@ from adapters.config_error import ConfigError
 from adapters.durations import parse_duration
 from adapters.embedders.gemini import NATIVE_DIMENSIONS as GEMINI_DIMENSIONS
 from adapters.embedders.openai import NATIVE_DIMENSIONS as OPENAI_DIMENSIONS
+from adapters.supervisor import cpu_quota
 from domain.routing import Route
 
 PROVIDERS = ("openai", "gemini")
@@ -205,6 +206,9 @@ class Settings(BaseSettings):
     tenant_rate_limit: float = Field(0.0, ge=0)  # requests/s per tenant; 0: no limit
     tenant_rate_burst: Limit = 0  # 0: the rate, rounded up
     shutdown_grace: Duration = 10.0
+    workers: int | None = Field(None, ge=1, le=256)  # None: the CPU quota (adapters/supervisor.py)
+    # set by the supervisor for its workers (prometheus-client's own variable)
+    prometheus_multiproc_dir: str | None = None
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
     log_format: Literal["json", "text"] | None = None  # None: text on a terminal, else JSON
 
@@ -226,6 +230,10 @@ class Settings(BaseSettings):
         if self.grpc_host:
             return self.grpc_host
         return "0.0.0.0" if self.authenticates else "127.0.0.1"
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or cpu_quota()
 
     @property
     def authenticates(self) -> bool:
