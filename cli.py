@@ -107,7 +107,7 @@ def simulated(settings: Settings, simulator: RunningSimulator) -> Settings:
     )
 
 
-async def _run(settings: Settings, with_simulator: bool, worker: bool = False) -> None:
+async def _run(settings: Settings, with_simulator: bool, worker: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -125,7 +125,7 @@ async def _run(settings: Settings, with_simulator: bool, worker: bool = False) -
                 simulator.base_url,
             )
         container = Container(settings=settings)
-        container.reuse_port.override(worker)
+        container.worker.override(worker)
         await serve(container, stop)
 
 
@@ -195,7 +195,7 @@ def _parser() -> argparse.ArgumentParser:
         "(or mTLS) it listens on loopback only; see docs/security.md. An invalid setting exits "
         "with code 2 and a message naming it.",
     )
-    serve_cmd.add_argument(WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    serve_cmd.add_argument(WORKER_FLAG, type=int, help=argparse.SUPPRESS)
     serve_cmd.add_argument(
         "--simulator",
         action="store_true",
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     as_json = logs_as_json(settings, sys.stderr.isatty())
     configure_logging(settings.log_level, as_json, secrets=settings.secrets())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
-    if settings.worker_count > 1 and not args.worker:
+    if settings.worker_count > 1 and args.worker is None:
         if args.simulator:
             log.warning("--simulator runs one worker (WORKERS=%d ignored)", settings.worker_count)
         else:

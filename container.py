@@ -7,6 +7,7 @@ of a Singleton turning into a Future when it depends on an async Resource never 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -91,10 +92,12 @@ def local_embedder(settings: Settings) -> Embedder:
     )
 
 
-def edge_index(settings: Settings) -> Any:
+def edge_index(settings: Settings, worker: int | None) -> Any:
     from adapters.vector.edge import EdgeIndex
 
-    return EdgeIndex(Path(settings.cache_dir) / "vectors")
+    # a Qdrant Edge shard is one process's: each worker keeps its own (the response store is shared)
+    name = "vectors" if worker is None else f"vectors-worker-{worker}"
+    return EdgeIndex(Path(settings.cache_dir) / name)
 
 
 def qdrant_index(settings: Settings) -> Any:
@@ -127,8 +130,9 @@ def build_tracer(provider: trace.TracerProvider, settings: Settings) -> Tracer:
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     s = settings.provided
-    # True in a worker of WORKERS > 1: it shares its ports with the others (SO_REUSEPORT)
-    reuse_port = providers.Object(False)
+    # WORKERS > 1: this worker's number; it shares its ports with the others (SO_REUSEPORT)
+    worker: providers.Provider[int | None] = providers.Object(None)
+    reuse_port = providers.Callable(operator.is_not, worker, None)
 
     clock = providers.Singleton(SystemClock)
     sleeper = providers.Singleton(AsyncioSleeper)
@@ -172,7 +176,7 @@ class Container(containers.DeclarativeContainer):
     )
     vector_index = providers.Selector(
         s.cache_mode,
-        embedded=providers.Singleton(edge_index, settings),
+        embedded=providers.Singleton(edge_index, settings, worker),
         remote=providers.Singleton(qdrant_index, settings),
     )
     response_store = providers.Selector(

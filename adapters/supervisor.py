@@ -35,7 +35,8 @@ from pathlib import Path
 log = logging.getLogger("llm_proxy")
 
 WORKER_FLAG = "--worker"
-"""`llm-proxy serve --worker`: a process the supervisor started (binds with SO_REUSEPORT)."""
+"""`llm-proxy serve --worker N`: the supervisor's worker N (binds with SO_REUSEPORT, keeps its
+own embedded vector shard, CACHE_DIR/vectors-worker-N)."""
 STOP_MARGIN = 10.0  # seconds past SHUTDOWN_GRACE before a worker is killed
 
 
@@ -107,7 +108,7 @@ class Supervisor:
         self.workers = workers
         self.ports = ports
         self.grace = grace
-        self.command = list(command or [sys.executable, "-m", "cli", "serve", WORKER_FLAG])
+        self.command = list(command or [sys.executable, "-m", "cli", "serve"])
         self._stopping = False
 
     def run(self) -> int:
@@ -137,8 +138,9 @@ class Supervisor:
         children: list[subprocess.Popen[bytes]] = []
         code = 0
         try:
-            for _ in range(self.workers):
-                children.append(subprocess.Popen(self.command, env=dict(env)))
+            for n in range(self.workers):
+                command = [*self.command, WORKER_FLAG, str(n)]
+                children.append(subprocess.Popen(command, env=dict(env)))
             log.info(
                 "supervising %d workers (pids %s) on %s", self.workers,
                 ", ".join(str(c.pid) for c in children),

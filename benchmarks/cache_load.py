@@ -2,20 +2,21 @@
 on against cache off, and the semantic hit rate kept meanwhile.
 
     .venv/bin/python benchmarks/cache_load.py [--rates 100,200,400] [--seconds 10]
-        [--paraphrases 0.1] [--upstream-latency 0] [--set NAME=VALUE ...] [--tree DIR]
+        [--paraphrases 0.1] [--set NAME=VALUE ...] [--tree DIR]
 
 For each configuration (CACHE_MODE=off, then CACHE_MODE=embedded with a fresh CACHE_DIR) a
-proxy (the real container, started by `serve()`) and the upstream simulator run in a child
-process; the client sends open-loop `Infer` calls at each rate for `--seconds`, a new prompt
-each (`What is the capital of country number N?`), except a share `--paraphrases` that asks a
-paraphrase the same-question judge accepts (`What's the capital of country number N, please?`)
-of a prompt answered at least two seconds before. Latency is measured from each call's
-scheduled send time (a late send counts against the proxy), so a proxy that falls behind shows
-it. It prints p50 / p99 of the misses per rate and configuration, the share of paraphrases
-served as SEMANTIC hits, and the proxy's `cache_semantic_skips_total` and `cache_errors_total`
-(embed timeouts). `--set` passes settings to the proxy (e.g. `--set cache_embed_budget=1h` turns
-shedding off); `--tree DIR` imports the proxy from another source tree (an older commit),
-measured with the same client.
+proxy (the real container, started by `serve()`) runs in a child process, in front of a
+fixed-reply upstream in another (benchmarks/fixed_upstream.py: the simulator would share the
+proxy's cores and be the bottleneck first). The client sends open-loop `Infer` calls at each
+rate for `--seconds`, a new prompt each (`What is the capital of country number N?`), except a
+share `--paraphrases` that asks a paraphrase the same-question judge accepts (`What's the
+capital of country number N, please?`) of a prompt answered at least two seconds before.
+Latency is measured from each call's scheduled send time (a late send counts against the
+proxy), so a proxy that falls behind shows it. It prints p50 / p99 of the misses per rate and
+configuration, the share of paraphrases served as SEMANTIC hits, and the proxy's
+`cache_semantic_skips_total` and `cache_errors_total` (embed timeouts). `--set` passes
+settings to the proxy (e.g. `--set cache_embed_budget=1h` turns shedding off); `--tree DIR`
+imports the proxy from another source tree (an older commit), measured with the same client.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from fixed_upstream import fixed_upstream  # noqa: E402
+
 MODEL = "gpt-4o"
 STORED = "What is the capital of country number {i}?"
 PARAPHRASE = "What's the capital of country number {i}, please?"
@@ -42,35 +47,32 @@ CHILD_LIMIT_S = 900.0
 
 
 def run_server(
-    tree: str, overrides: dict[str, Any], latency: float, ready: Queue[Any],
+    tree: str, overrides: dict[str, Any], upstream: str, ready: Queue[Any],
     stop: multiprocessing.synchronize.Event,
 ) -> None:  # fmt: skip
     sys.path.insert(0, tree)
     from adapters.settings import load_settings
     from cli import serve
     from container import Container
-    from simulator import SimulatorConfig, running_simulator
 
     async def main() -> None:
-        async with running_simulator(SimulatorConfig(unary_latency_s=latency)) as sim:
-            settings = load_settings(
-                grpc_host="127.0.0.1", grpc_port=0, metrics_port=0,
-                openai_base_url=sim.openai_base_url, gemini_base_url=sim.gemini_base_url,
-                openai_api_keys="sk-bench-1,sk-bench-2", shutdown_grace="2s",
-                log_level="ERROR", **overrides,
-            )  # fmt: skip
-            container = Container(settings=settings)
-            stopping = asyncio.Event()
-            serving = asyncio.create_task(serve(container, stopping))
-            async with asyncio.timeout(60):
-                while not container.grpc_server().serving:
-                    if serving.done():
-                        serving.result()
-                    await asyncio.sleep(0.01)
-            ready.put((container.grpc_server().port, container.ops_server().port))
-            await asyncio.to_thread(stop.wait, CHILD_LIMIT_S)
-            stopping.set()
-            await asyncio.wait_for(serving, 60)
+        settings = load_settings(
+            grpc_host="127.0.0.1", grpc_port=0, metrics_port=0, openai_base_url=upstream,
+            openai_api_keys="sk-bench-1,sk-bench-2", shutdown_grace="2s",
+            log_level="ERROR", **overrides,
+        )  # fmt: skip
+        container = Container(settings=settings)
+        stopping = asyncio.Event()
+        serving = asyncio.create_task(serve(container, stopping))
+        async with asyncio.timeout(60):
+            while not container.grpc_server().serving:
+                if serving.done():
+                    serving.result()
+                await asyncio.sleep(0.01)
+        ready.put((container.grpc_server().port, container.ops_server().port))
+        await asyncio.to_thread(stop.wait, CHILD_LIMIT_S)
+        stopping.set()
+        await asyncio.wait_for(serving, 60)
 
     try:
         asyncio.run(main())
@@ -160,7 +162,7 @@ def run_config(
     ready: Queue[Any] = ctx.Queue()
     stop = ctx.Event()
     child = ctx.Process(
-        target=run_server, args=(tree, overrides, args.upstream_latency, ready, stop), daemon=True
+        target=run_server, args=(tree, overrides, args.upstream, ready, stop), daemon=True
     )
     child.start()
     rows = []
@@ -201,7 +203,6 @@ def main() -> None:
     parser.add_argument("--rates", default="100,200,400")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--paraphrases", type=float, default=0.1)
-    parser.add_argument("--upstream-latency", type=float, default=0.0)
     parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--tree", default=str(ROOT), help="source tree of the proxy")
     parser.add_argument("--only", choices=("off", "embedded"), help="one configuration only")
@@ -211,7 +212,8 @@ def main() -> None:
         raise SystemExit("--paraphrases in [0, 1), --seconds at most 60, rates at most 2000/s")
     extra = dict(item.split("=", 1) for item in args.set)
     sys.path.insert(0, args.tree)
-    with tempfile.TemporaryDirectory() as cache_dir:
+    with tempfile.TemporaryDirectory() as cache_dir, fixed_upstream() as upstream:
+        args.upstream = upstream
         configs = [
             ("cache off", {"cache_mode": "off"}),
             ("cache on (embedded)", {"cache_mode": "embedded", "cache_dir": cache_dir}),

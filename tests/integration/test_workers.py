@@ -103,11 +103,17 @@ async def test_two_workers_share_the_ports_sum_their_metrics_and_drain_on_sigter
                 await process.wait()
 
 
-async def test_a_second_instance_on_the_same_port_fails_naming_grpc_port() -> None:
+async def test_a_second_instance_on_the_same_port_fails_naming_grpc_port(tmp_path: Path) -> None:
     async with running_simulator(SimulatorConfig()) as sim:
-        first = await start(sim.openai_base_url, WORKERS="2")
+        # the embedded cache: each worker opens a vector shard of its own (one process per shard)
+        first = await start(
+            sim.openai_base_url, WORKERS="2", CACHE_MODE="embedded", CACHE_DIR=str(tmp_path)
+        )
         try:
             log = await read_until(first, r"serving inferenceproxy\.InferenceService", 2)
+            assert "unavailable" not in log, log
+            shards = sorted(os.listdir(tmp_path))
+            assert {"vectors-worker-0", "vectors-worker-1"} <= set(shards), shards
             found = re.search(r"GRPC_PORT=(\d+)", log)
             assert found, log
             for workers in ("2", "1"):
