@@ -17,6 +17,7 @@ from adapters.config_error import ConfigError
 from adapters.lifecycle import StartupError
 from adapters.observability.logs import configure_logging
 from adapters.settings import Settings, is_loopback, load_settings
+from adapters.supervisor import WORKER_FLAG, PortTaken, SharedPort, Supervisor
 from adapters.vector import IncompatibleIndex
 from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
 from application.semantic_cache import CachePolicy, SemanticCache
@@ -110,7 +111,7 @@ def simulated(settings: Settings, simulator: RunningSimulator) -> Settings:
     )
 
 
-async def _run(settings: Settings, with_simulator: bool) -> None:
+async def _run(settings: Settings, with_simulator: bool, worker: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -127,7 +128,9 @@ async def _run(settings: Settings, with_simulator: bool) -> None:
                 "OpenAI and Gemini are not contacted and configured API keys are not used",
                 simulator.base_url,
             )
-        await serve(Container(settings=settings), stop)
+        container = Container(settings=settings)
+        container.worker.override(worker)
+        await serve(container, stop)
 
 
 def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
@@ -192,10 +195,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run the proxy (gRPC, and the OpenAI-compatible HTTP API)",
         description="Run inferenceproxy.InferenceService on GRPC_HOST:GRPC_PORT and the "
         "OpenAI-compatible HTTP API on HTTP_HOST:HTTP_PORT (HTTP_PORT=0: off) until SIGTERM "
-        "or SIGINT, then drain in-flight calls for up to SHUTDOWN_GRACE. Without AUTH_TOKENS "
+        "or SIGINT, then drain in-flight calls for up to SHUTDOWN_GRACE. WORKERS processes "
+        "(default: the CPU quota) share the ports; see docs/deployment.md. Without AUTH_TOKENS "
         "(or mTLS) it listens on loopback only; see docs/security.md. An invalid setting exits "
         "with code 2 and a message naming it.",
     )
+    serve_cmd.add_argument(WORKER_FLAG, type=int, help=argparse.SUPPRESS)
     serve_cmd.add_argument(
         "--simulator",
         action="store_true",
@@ -263,12 +268,31 @@ def main(argv: list[str] | None = None) -> int:
     as_json = logs_as_json(settings, sys.stderr.isatty())
     configure_logging(settings.log_level, as_json, secrets=settings.secrets())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
+    if settings.worker_count > 1 and args.worker is None:
+        if args.simulator:
+            log.warning("--simulator runs one worker (WORKERS=%d ignored)", settings.worker_count)
+        else:
+            return supervise(settings)
     try:
-        asyncio.run(_run(settings, args.simulator))
+        asyncio.run(_run(settings, args.simulator, args.worker))
     except (ConfigError, IncompatibleIndex, StartupError) as error:
         print(f"llm-proxy: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def supervise(settings: Settings) -> int:
+    """WORKERS > 1: this process holds the ports and runs the workers (adapters/supervisor.py)."""
+    ports = [
+        SharedPort("GRPC_PORT", settings.host, settings.grpc_port),
+        SharedPort("METRICS_PORT", settings.host, settings.metrics_port),
+    ]
+    supervisor = Supervisor(settings.worker_count, ports, settings.shutdown_grace)
+    try:
+        return supervisor.run()
+    except PortTaken as error:
+        print(f"llm-proxy: {error}", file=sys.stderr)
+        return 2
 
 
 def cli() -> None:

@@ -7,6 +7,7 @@ of a Singleton turning into a Future when it depends on an async Resource never 
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -86,16 +87,21 @@ def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Em
     )
 
 
-def local_embedder() -> Embedder:
+def local_embedder(settings: Settings) -> Embedder:
     from adapters.embedders.local import LocalMiniLMEmbedder
 
-    return LocalMiniLMEmbedder()
+    # a store's embedding gives up before the store's CACHE_TIMEOUT budget would count it failed
+    return LocalMiniLMEmbedder(
+        background_max_age=settings.cache_timeout / 2, max_busy=settings.cache_embed_max_cpu
+    )
 
 
-def edge_index(settings: Settings) -> Any:
+def edge_index(settings: Settings, worker: int | None) -> Any:
     from adapters.vector.edge import EdgeIndex
 
-    return EdgeIndex(Path(settings.cache_dir) / "vectors")
+    # a Qdrant Edge shard is one process's: each worker keeps its own (the response store is shared)
+    name = "vectors" if worker is None else f"vectors-worker-{worker}"
+    return EdgeIndex(Path(settings.cache_dir) / name)
 
 
 def qdrant_index(settings: Settings) -> Any:
@@ -128,13 +134,17 @@ def build_tracer(provider: trace.TracerProvider, settings: Settings) -> Tracer:
 class Container(containers.DeclarativeContainer):
     settings = providers.Dependency(instance_of=Settings)
     s = settings.provided
+    # WORKERS > 1: this worker's number; it shares its ports with the others (SO_REUSEPORT)
+    worker: providers.Provider[int | None] = providers.Object(None)
+    reuse_port = providers.Callable(operator.is_not, worker, None)
 
     clock = providers.Singleton(SystemClock)
     sleeper = providers.Singleton(AsyncioSleeper)
     random = providers.Singleton(SystemRandom)
     metrics = providers.Singleton(
-        PrometheusMetrics, models=s.configured_models, fallback_models=s.configured_models
-    )
+        PrometheusMetrics, models=s.configured_models, fallback_models=s.configured_models,
+        multiprocess_dir=s.prometheus_multiproc_dir,
+    )  # fmt: skip
     tracer_provider = providers.Singleton(tracing.build_tracer_provider)
     tracer = providers.Singleton(build_tracer, tracer_provider, settings)
 
@@ -164,13 +174,13 @@ class Container(containers.DeclarativeContainer):
     )
     embedder = providers.Selector(
         s.embedder_kind,
-        local=providers.Singleton(local_embedder),
+        local=providers.Singleton(local_embedder, settings),
         openai=providers.Singleton(api_embedder, "openai", embedding_http, settings),
         gemini=providers.Singleton(api_embedder, "gemini", embedding_http, settings),
     )
     vector_index = providers.Selector(
         s.cache_mode,
-        embedded=providers.Singleton(edge_index, settings),
+        embedded=providers.Singleton(edge_index, settings, worker),
         remote=providers.Singleton(qdrant_index, settings),
     )
     response_store = providers.Selector(
@@ -181,7 +191,7 @@ class Container(containers.DeclarativeContainer):
     semantic_cache = providers.Singleton(
         SemanticCache, embedder, vector_index, response_store,
         providers.Factory(CachePolicy, threshold=s.similarity_threshold, ttl=s.cache_ttl,
-                          timeout=s.cache_timeout),
+                          timeout=s.cache_timeout, embed_budget=s.cache_embed_budget),
         clock, metrics, tracer,
     )  # fmt: skip
     kind = providers.Singleton(cache_kind, settings)
@@ -215,7 +225,7 @@ class Container(containers.DeclarativeContainer):
         GrpcServer, servicer, host=s.host, port=s.grpc_port, max_message_bytes=s.max_request_bytes,
         admission=providers.Singleton(Admission, gate),
         tracing=providers.Callable(tracing.build_server_interceptor, tracer_provider),
-        credentials=providers.Callable(server_credentials, settings),
+        credentials=providers.Callable(server_credentials, settings), reuse_port=reuse_port,
     )  # fmt: skip
     openai_api = providers.Singleton(
         OpenAIApi, inference, router, gate, metrics, clock, limits=limits,
@@ -223,7 +233,7 @@ class Container(containers.DeclarativeContainer):
     )  # fmt: skip
     http_server = providers.Singleton(build_http_server, settings, openai_api)
     ops_server = providers.Singleton(
-        build_ops_server, settings, metrics, grpc_server, router, cache
+        build_ops_server, settings, metrics, grpc_server, router, cache, reuse_port
     )
 
     clients = providers.Resource(
@@ -234,7 +244,9 @@ class Container(containers.DeclarativeContainer):
     cache_running = providers.Resource(
         running_cache, clients, settings, cache, cache_embedder, sleeper
     )
-    ops_running = providers.Resource(listening_ops, cache_running, ops_server, settings)
+    ops_running = providers.Resource(
+        listening_ops, cache_running, ops_server, settings, metrics, sleeper
+    )
     grpc_running = providers.Resource(serving_grpc, ops_running, grpc_server, inference, settings)
     http_running = providers.Resource(
         serving_http, grpc_running, http_server, grpc_server, settings

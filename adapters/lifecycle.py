@@ -134,7 +134,7 @@ def build_router(settings: Settings, providers: Iterable[str]) -> ModelRouter:
 
 def build_ops_server(
     settings: Settings, metrics: PrometheusMetrics, server: GrpcServer, router: ModelRouter,
-    cache: ResponseCache | None,
+    cache: ResponseCache | None, reuse_port: bool = False,
 ) -> OpsServer:  # fmt: skip
     """/readyz: serving and routable decide; the cache backends are reported, never required
     (the cache fails open: a down Redis must not take every replica out of the Service)."""
@@ -147,7 +147,9 @@ def build_ops_server(
         routable=lambda: bool(router.routable()),
         backends=backends,
     )
-    return OpsServer(metrics, readiness, host=settings.host, port=settings.metrics_port)
+    return OpsServer(
+        metrics, readiness, host=settings.host, port=settings.metrics_port, reuse_port=reuse_port
+    )
 
 
 def describe_cache(settings: Settings) -> str:
@@ -208,7 +210,12 @@ async def running_cache(
         await cache.close()
 
 
-async def listening_ops(_cache: None, ops: OpsServer, settings: Settings) -> AsyncIterator[int]:
+async def listening_ops(
+    _cache: None, ops: OpsServer, settings: Settings, metrics: PrometheusMetrics,
+    sleeper: AsyncioSleeper,
+) -> AsyncIterator[int]:  # fmt: skip
+    """With WORKERS > 1, also publishes this worker's breaker and key-pool states every second
+    (the other workers' scrapes read them from the shared metrics directory)."""
     try:
         port = await ops.start()
     except OSError as error:
@@ -217,10 +224,20 @@ async def listening_ops(_cache: None, ops: OpsServer, settings: Settings) -> Asy
             f"({error.strerror or error}): is another instance running? Set METRICS_PORT to a "
             "free port"
         ) from None
+    publisher = asyncio.create_task(_publish_upstreams(metrics, sleeper))
     try:
         yield port
     finally:
+        publisher.cancel()
+        with suppress(asyncio.CancelledError):
+            await publisher
         await ops.stop()
+
+
+async def _publish_upstreams(metrics: PrometheusMetrics, sleeper: AsyncioSleeper) -> None:
+    while metrics.multiprocess:
+        metrics.publish_upstreams()
+        await sleeper.sleep(1.0)
 
 
 async def serving_grpc(

@@ -23,6 +23,7 @@ from adapters.config_error import ConfigError
 from adapters.durations import parse_duration
 from adapters.embedders.gemini import NATIVE_DIMENSIONS as GEMINI_DIMENSIONS
 from adapters.embedders.openai import NATIVE_DIMENSIONS as OPENAI_DIMENSIONS
+from adapters.supervisor import cpu_quota
 from domain.routing import ModelRouter, Route
 
 PROVIDERS = ("openai", "gemini")
@@ -212,6 +213,8 @@ class Settings(BaseSettings):
     retry_wait_max: Duration = 5.0
     key_cooldown_default: Duration = 30.0
     cache_timeout: PositiveDuration = 0.25
+    cache_embed_budget: Duration = 0.01
+    cache_embed_max_cpu: float = Field(0.5, gt=0.0, le=1.0)
     model_routes: Annotated[dict[str, Route], NoDecode, BeforeValidator(_parse_routes)] = Field(
         default_factory=dict
     )
@@ -225,6 +228,9 @@ class Settings(BaseSettings):
     tenant_rate_limit: float = Field(0.0, ge=0)  # requests/s per tenant; 0: no limit
     tenant_rate_burst: Limit = 0  # 0: the rate, rounded up
     shutdown_grace: Duration = 10.0
+    workers: int | None = Field(None, ge=1, le=256)  # None: the CPU quota (adapters/supervisor.py)
+    # set by the supervisor for its workers (prometheus-client's own variable)
+    prometheus_multiproc_dir: str | None = None
     log_level: str = Field("INFO", pattern=r"(?i)^(debug|info|warning|error)$")
     log_format: Literal["json", "text"] | None = None  # None: text on a terminal, else JSON
 
@@ -260,6 +266,10 @@ class Settings(BaseSettings):
         if not self.http_port:
             return (grpc,)
         return grpc, ("HTTP_HOST", self.http_bind_host, self.http_port)
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or cpu_quota()
 
     @property
     def authenticates(self) -> bool:

@@ -207,7 +207,10 @@ class MemoEmbedder(Embedder):
         texts = {embedding_text(t) for p in pairs for t in (p.a, p.b)}
         await self.embed(sorted(t for t in texts if self.fits(t)))
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def expected_wait(self) -> float:
+        return 0.0  # the pairs are embedded up front, by prefill
+
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> list[list[float]]:
         missing = sorted({t for t in texts if t not in self._vectors})
         if missing:
             self._vectors.update(zip(missing, await self._inner.embed(missing), strict=True))

@@ -44,11 +44,23 @@ class Embedder(Protocol):
     dimension: int
     input_window: int
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> list[list[float]]:
+        """`background`: a store's embedding, which must not delay a lookup's: it runs when no
+        lookup waits, and may be refused with EmbedderBusy when the embedder is saturated."""
+        ...
 
     def fits(self, text: str) -> bool:
         """Whether the model reads all of `text` (False when it cannot tell)."""
         ...
+
+    def expected_wait(self) -> float:
+        """Seconds a lookup's text submitted now is expected to wait behind other texts before
+        it is embedded; 0.0 when idle, or when the embedder cannot tell (an API)."""
+        ...
+
+
+class EmbedderBusy(Exception):
+    """The embedder declined background work: too much is queued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,8 +174,9 @@ class Metrics(Protocol):
 
     def cache_semantic_skip(self, reason: str) -> None:
         """The semantic tier declined: "beyond_window" (the prompt is longer than the embedder
-        reads: exact tier only) or "different_question" (a candidate above the threshold was
-        judged another question)."""
+        reads: exact tier only), "different_question" (a candidate above the threshold was
+        judged another question), "embedder_busy" (a lookup shed: the embedder would take longer
+        than the budget) or "store_embedder_busy" (a stored answer not indexed)."""
         ...
 
 

@@ -6,6 +6,12 @@ served by the exact tier alone. A candidate above the threshold is served only w
 
 It fails open: a backend that errors, or a lookup (or store) that takes longer than `timeout`
 over all its backend calls, turns into a miss (counted and logged), never a failed request.
+
+Under load it sheds instead of queueing: a lookup whose text would wait longer than
+`embed_budget` behind other texts for the embedder skips the semantic tier ("embedder_busy"),
+and a store's embedding is background work the embedder may refuse ("store_embedder_busy": the
+answer is stored for the exact tier only). A saturated embedder thus costs a miss nothing but the
+exact lookup.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 from collections import OrderedDict
 from collections.abc import Awaitable
 from contextlib import suppress
@@ -22,6 +29,7 @@ from typing import TypeVar
 from application.ports import (
     Clock,
     Embedder,
+    EmbedderBusy,
     Metrics,
     ResponseCache,
     ResponseStore,
@@ -46,6 +54,7 @@ class CachePolicy:
     threshold: float
     ttl: float
     timeout: float
+    embed_budget: float = math.inf  # longest a lookup's text may queue for the embedder
     embedding_lru: int = 1024
     error_summary_every: float = 60.0
 
@@ -94,7 +103,11 @@ class SemanticCache(ResponseCache):
             seen = embedding_text(prompt)
             if not self._embedder.fits(seen):
                 return  # exact tier only: its vector would stand for a text it never saw whole
-            vector = await self._embed(seen, deadline)
+            try:
+                vector = await self._embed(seen, deadline, background=True)
+            except EmbedderBusy:  # lookups keep it busy: this answer serves exact repeats only
+                self._metrics.cache_semantic_skip("store_embedder_busy")
+                return
             await self._ensure_index(deadline)
             point = VectorPoint(point_id(key), vector, scope, key, prompt, self._clock.wall() + ttl)
             await self._call("vector_index", "upsert", self._index.upsert(point), deadline)
@@ -138,7 +151,12 @@ class SemanticCache(ResponseCache):
         if not self._embedder.fits(seen):
             self._metrics.cache_semantic_skip("beyond_window")
             return None
-        vector = await self._embed(seen, deadline)
+        vector = self._remembered(seen)
+        if vector is None:
+            if self._embedder.expected_wait() > self._policy.embed_budget:
+                self._metrics.cache_semantic_skip("embedder_busy")
+                return None
+            vector = await self._embed(seen, deadline)
         await self._ensure_index(deadline)
         search = self._index.search(vector, scope, self._clock.wall(), CANDIDATES)
         for match in await self._call("vector_index", "search", search, deadline):
@@ -164,14 +182,21 @@ class SemanticCache(ResponseCache):
     def _scope(self, request: InferenceRequest, provider: str) -> str:
         return cache_scope(request, provider, self._embedder.identity)
 
-    async def _embed(self, text: str, deadline: float) -> list[float]:
+    def _remembered(self, text: str) -> list[float] | None:
         # Keyed by a digest: the LRU holds 32 bytes per prompt, not the prompt.
         digest = hashlib.sha256(text.encode()).digest()
         vector = self._vectors.get(digest)
         if vector is not None:
             self._vectors.move_to_end(digest)
+        return vector
+
+    async def _embed(self, text: str, deadline: float, background: bool = False) -> list[float]:
+        vector = self._remembered(text)
+        if vector is not None:
             return vector
-        vectors = await self._call("embedder", "embed", self._embedder.embed([text]), deadline)
+        embedding = self._embedder.embed([text], background=background)
+        vectors = await self._call("embedder", "embed", embedding, deadline)
+        digest = hashlib.sha256(text.encode()).digest()
         self._vectors[digest] = vectors[0]
         if len(self._vectors) > self._policy.embedding_lru:
             self._vectors.popitem(last=False)
@@ -191,6 +216,8 @@ class SemanticCache(ResponseCache):
             with self._tracer.span(f"cache.{backend}.{operation}"):
                 async with asyncio.timeout_at(deadline):
                     result = await call
+        except EmbedderBusy:
+            raise  # declined background work: the embedder is fine
         except Exception as error:
             reason = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
             self._metrics.cache_error(backend, operation)

@@ -46,7 +46,7 @@ def idle_rss(env: dict[str, str], settle: float) -> float:
             [sys.executable, "-m", "cli", "serve"],
             cwd=ROOT,
             env={"PATH": os.environ["PATH"], "GRPC_PORT": "0", "METRICS_PORT": "0",
-                 "HTTP_PORT": "0",
+                 "HTTP_PORT": "0", "WORKERS": "1",
                  "CACHE_DIR": cache_dir, "LOG_FORMAT": "text", **env},
             stderr=subprocess.PIPE,
             text=True,

@@ -201,7 +201,7 @@ async def main(args: argparse.Namespace) -> int:
                 "OPENAI_BASE_URL": f"{base}/v1", "GEMINI_BASE_URL": base,
                 "OPENAI_API_KEYS": "sk-soak-1,sk-soak-2", "GEMINI_API_KEYS": "AIza-soak-1",
                 "CACHE_MODE": args.cache_mode, "CACHE_DIR": str(workdir / "cache"),
-                "CACHE_TTL": args.cache_ttl, "LOG_LEVEL": "WARNING",
+                "CACHE_TTL": args.cache_ttl, "LOG_LEVEL": "WARNING", "WORKERS": "1",
                 **dict(setting.split("=", 1) for setting in args.proxy_env),
             },
         )  # fmt: skip

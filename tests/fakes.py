@@ -15,6 +15,7 @@ from application.ports import (
     AttributeValue,
     Clock,
     Embedder,
+    EmbedderBusy,
     Metrics,
     Provider,
     RandomSource,
@@ -251,7 +252,8 @@ def _uncontrolled(request: InferenceRequest) -> InferenceRequest:
 
 class WordEmbedder(Embedder):
     """Bag-of-words unit vectors: texts sharing words are close. `broken` makes it raise,
-    `delay` makes it slow."""
+    `delay` makes it slow, `wait` is what it says a lookup would wait, `busy` refuses background
+    work (EmbedderBusy)."""
 
     identity = "fake:words"
     dimension = 64
@@ -264,13 +266,23 @@ class WordEmbedder(Embedder):
         self.calls: list[str] = []
         self.broken = False
         self.delay = 0.0
+        self.wait = 0.0
+        self.busy = False
+        self.background_calls: list[str] = []
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def expected_wait(self) -> float:
+        return self.wait
+
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> list[list[float]]:
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.broken:
             raise ConnectionError("embedder down")
+        if background and self.busy:
+            raise EmbedderBusy("busy")
         self.calls.extend(texts)
+        if background:
+            self.background_calls.extend(texts)
         return [_bag_of_words(text, self.dimension) for text in texts]
 
 

@@ -88,7 +88,10 @@ class GeminiEmbedder(Embedder):
 
         return {"requests": [request(text) for text in texts]}
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def expected_wait(self) -> float:
+        return 0.0  # an API: its queue is not ours to see
+
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> list[list[float]]:
         vectors: list[list[float]] = []
         for batch in batches(texts, self._max_requests):
             payload = await post_json(

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import numpy.typing as npt
@@ -22,6 +21,7 @@ from safetensors.numpy import load_file
 from threadpoolctl import threadpool_limits
 from tokenizers import Tokenizer
 
+from adapters.embedders.batching import MicroBatcher
 from adapters.worker import WorkerThread
 from application.ports import Embedder
 
@@ -220,15 +220,23 @@ class LocalMiniLMEmbedder(Embedder):
 
     Inference runs on one dedicated worker thread: the event loop never blocks, concurrent
     calls queue instead of fighting over the cores BLAS already uses, and the shared default
-    executor is left to the other adapters. A call cancelled while queued (a cache timeout) is
-    dropped before it runs.
+    executor is left to the other adapters. Concurrent texts share one forward pass
+    (adapters/embedders/batching.py: lookups first, a store's texts behind them); a text whose
+    lookup was cancelled while queued (a cache timeout) is dropped before it runs.
     """
 
     identity = f"local:{MODEL_NAME}"
     dimension = 384
     input_window = MAX_TOKENS
 
-    def __init__(self, model_dir: Path | str | None = None, *, batch_size: int = 32) -> None:
+    def __init__(
+        self,
+        model_dir: Path | str | None = None,
+        *,
+        batch_size: int = 32,
+        background_max_age: float = 1.0,
+        max_busy: float = 1.0,
+    ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
@@ -244,6 +252,13 @@ class LocalMiniLMEmbedder(Embedder):
         self._counter: Tokenizer | None = None
         self._lock = threading.Lock()
         self._worker = WorkerThread("minilm", "the local embedder is closed")
+        self._batcher = MicroBatcher(
+            lambda texts: self.model().encode(texts, self._batch_size).tolist(),
+            self._worker,
+            max_batch=batch_size,
+            background_max_age=background_max_age,
+            max_busy=max_busy,
+        )
 
     def __repr__(self) -> str:
         return f"LocalMiniLMEmbedder(model_dir={str(self.model_dir)!r})"
@@ -251,12 +266,13 @@ class LocalMiniLMEmbedder(Embedder):
     async def load(self) -> None:
         await self._worker.run(self.model)
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> list[list[float]]:
         if not texts:
             return []
-        batch = list(texts)
-        vectors = await self._worker.run(lambda: self.model().encode(batch, self._batch_size))
-        return cast(list[list[float]], vectors.tolist())
+        return await self._batcher.embed(texts, background)
+
+    def expected_wait(self) -> float:
+        return self._batcher.expected_wait()
 
     def fits(self, text: str) -> bool:
         """Counted with the model's own tokenizer: a word-piece covers at least one character,
@@ -288,5 +304,6 @@ class LocalMiniLMEmbedder(Embedder):
             return self._model
 
     def close(self) -> None:
-        """Stops the worker thread; calls queued behind it are cancelled."""
+        """Stops the worker thread; calls queued behind it fail."""
         self._worker.stop()
+        self._batcher.fail_all(RuntimeError("the local embedder is closed"))

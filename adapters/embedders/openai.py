@@ -78,7 +78,10 @@ class OpenAIEmbedder(Embedder):
             body["dimensions"] = self._dimensions
         return body
 
-    async def embed(self, texts: Sequence[str]) -> list[list[float]]:
+    def expected_wait(self) -> float:
+        return 0.0  # an API: its queue is not ours to see
+
+    async def embed(self, texts: Sequence[str], *, background: bool = False) -> list[list[float]]:
         vectors: list[list[float]] = []
         for batch in batches(texts, self._max_inputs):
             payload = await post_json(

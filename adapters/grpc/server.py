@@ -26,7 +26,11 @@ class GrpcServer:
         admission: Admission | None = None,
         tracing: grpc.aio.ServerInterceptor | None = None,
         credentials: grpc.ServerCredentials | None = None,
+        reuse_port: bool = False,
     ) -> None:
+        """`reuse_port`: share the port with the other workers (SO_REUSEPORT). Off otherwise
+        (grpcio turns it on by default on Linux): a second instance on the same port must fail
+        to start, not silently take half of the connections."""
         self._address = f"{host}:{port}"
         self._credentials = credentials
         self.health = health_aio.HealthServicer()
@@ -39,7 +43,7 @@ class GrpcServer:
             interceptors=interceptors,
             options=[
                 ("grpc.max_receive_message_length", max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", int(reuse_port)),
             ],
         )
         pb_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)

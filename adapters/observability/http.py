@@ -76,12 +76,14 @@ class OpsServer:
     """`await start()` returns the bound port (pass port 0 for any free one)."""
 
     def __init__(
-        self, metrics: Exposition, readiness: Readiness, host: str = "0.0.0.0", port: int = 9090
-    ) -> None:
+        self, metrics: Exposition, readiness: Readiness, host: str = "0.0.0.0", port: int = 9090,
+        reuse_port: bool = False,
+    ) -> None:  # fmt: skip
         self._metrics = metrics
         self._readiness = readiness
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port  # WORKERS > 1: every worker listens on the port
         self._runner: web.AppRunner | None = None
         self.port = 0
 
@@ -96,7 +98,8 @@ class OpsServer:
         runner = web.AppRunner(self.app(), access_log=None)  # no log line per scrape or probe
         await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            site = web.TCPSite(runner, self._host, self._port, reuse_port=self._reuse_port or None)
+            await site.start()
         except BaseException:
             await runner.cleanup()
             raise

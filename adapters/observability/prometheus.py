@@ -3,6 +3,14 @@
 The first eight metrics are the predecessor's contract (names, types, labels). Every label value
 is bounded: a value outside a label's known set takes one of a few free slots, first come first
 served, and becomes "other" when they are gone, so no client input can create series without end.
+
+With WORKERS > 1 (`multiprocess_dir`, PROMETHEUS_MULTIPROC_DIR), every worker writes its values
+to files there and any worker's /metrics shows them all (prometheus-client's multiprocess mode):
+counters and histograms are summed; `active_requests` is the sum over live workers;
+`cache_backend_up` the minimum (0 when any worker's last call failed); `cache_hit_ratio` is
+computed from the summed hits and lookups; `circuit_breaker_state` and `key_pool_keys` keep one
+series per worker, labelled `pid` (each worker has its own breakers and key pools), refreshed
+every second; the process_*/python_* collectors, which would describe one worker only, are off.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, choose_encoder
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from application.ports import Metrics
@@ -51,7 +60,9 @@ ATTEMPT_OUTCOMES: Final = (
     "malformed", "proxy_busy", "rejected",
 )  # fmt: skip
 AUTH_FAILURE_REASONS: Final = ("missing", "malformed", "invalid")
-SEMANTIC_SKIP_REASONS: Final = ("beyond_window", "different_question")
+SEMANTIC_SKIP_REASONS: Final = (
+    "beyond_window", "different_question", "embedder_busy", "store_embedder_busy",
+)  # fmt: skip
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
 KNOWN_PROVIDERS: Final = ("openai", "gemini")
@@ -119,8 +130,10 @@ class PrometheusMetrics(Metrics):
         max_models: int = 64,
         latency_buckets: Sequence[float] = LATENCY_BUCKETS,
         process_metrics: bool = True,
+        multiprocess_dir: str | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.multiprocess = bool(multiprocess_dir)
         providers = tuple(providers)
         self._provider = BoundedLabel((*providers, NO_PROVIDER), capacity=4)
         self._model = BoundedLabel(models, capacity=max_models)
@@ -135,13 +148,27 @@ class PrometheusMetrics(Metrics):
         self._lock = threading.Lock()
         self._hits = 0
         self._lookups = 0
-        if process_metrics:
+        if process_metrics and not self.multiprocess:
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
         self._define(tuple(latency_buckets))
         self._upstreams = _UpstreamStates(self._provider)
-        self.registry.register(self._upstreams)
+        self._exposed = self.registry
+        if multiprocess_dir:
+            self._exposed = CollectorRegistry()
+            collector = MultiProcessCollector(None, multiprocess_dir)  # type: ignore[no-untyped-call]
+            self._exposed.register(_Aggregated(collector))
+            self._breaker_gauge = Gauge(
+                "circuit_breaker_state", "Circuit breaker state: 0 closed, 1 open, 2 half-open",
+                ("provider",), registry=None, multiprocess_mode="liveall",
+            )  # fmt: skip
+            self._keys_gauge = Gauge(
+                "key_pool_keys", "API keys per provider by state (usable, cooling_down, disabled)",
+                ("provider", "state"), registry=None, multiprocess_mode="liveall",
+            )  # fmt: skip
+        else:
+            self.registry.register(self._upstreams)
 
     def _define(self, latency_buckets: tuple[float, ...]) -> None:
         r = self.registry
@@ -162,7 +189,9 @@ class PrometheusMetrics(Metrics):
         self.cache_hits = Counter("cache_hits", "Cache hits (exact or semantic)", registry=r)
         self.cache_lookups = Counter("cache_lookups", "Cache lookups", registry=r)
         self.cache_hit_ratio = Gauge("cache_hit_ratio", "cache hits / cache lookups", registry=r)
-        self.active_requests = Gauge("active_requests", "In-flight requests", registry=r)
+        self.active_requests = Gauge(
+            "active_requests", "In-flight requests", registry=r, multiprocess_mode="livesum"
+        )
         self.requests = Counter(
             "requests", "Requests by outcome (gRPC status, lower case)", ("status",), registry=r
         )
@@ -195,11 +224,15 @@ class PrometheusMetrics(Metrics):
             "1 when the cache backend's last call succeeded, 0 when it failed",
             ("backend",),
             registry=r,
+            multiprocess_mode="livemin",
         )
         self.cache_semantic_skips = Counter(
             "cache_semantic_skips",
-            "Semantic-tier lookups declined: beyond_window (prompt longer than the embedder "
-            "reads; exact tier only), different_question (a candidate judged another question)",
+            "Semantic tier declined: beyond_window (prompt longer than the embedder reads; exact "
+            "tier only), different_question (a candidate judged another question), "
+            "embedder_busy (a lookup shed: the embedder would take longer than "
+            "CACHE_EMBED_BUDGET), store_embedder_busy (a stored answer not indexed: the "
+            "embedder was busy with lookups)",
             ("reason",),
             registry=r,
         )
@@ -297,16 +330,28 @@ class PrometheusMetrics(Metrics):
         self._upstreams.upstreams = dict(upstreams)
         self._upstreams.now = now
 
+    def publish_upstreams(self) -> None:
+        """Multiprocess mode: writes this worker's breaker and key-pool states for the others'
+        scrapes (called every second)."""
+        if not self.multiprocess:
+            return
+        for metric in self._upstreams.collect():
+            gauge = (
+                self._breaker_gauge if metric.name == "circuit_breaker_state" else self._keys_gauge
+            )
+            for sample in metric.samples:
+                gauge.labels(*sample.labels.values()).set(sample.value)
+
     # -- exposition ------------------------------------------------------------------------
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (`CONTENT_TYPE`)."""
-        return generate_latest(self.registry)
+        return generate_latest(self._exposed)
 
     def render(self, accept: str | None) -> tuple[bytes, str]:
         """The registry in the format an HTTP `Accept` header asks for, and its content type."""
         encoder, content_type = choose_encoder(accept or "")
-        return encoder(self.registry), content_type
+        return encoder(self._exposed), content_type
 
     def model_labels(self) -> frozenset[str]:
         return self._model.values() | {OTHER}
@@ -343,3 +388,26 @@ class _UpstreamStates(Collector):
             keys.add_metric((label, "disabled"), pool.disabled())
         yield breakers
         yield keys
+
+
+class _Aggregated(Collector):
+    """Every worker's metrics, with `cache_hit_ratio` computed from the summed counters (each
+    worker's own ratio cannot be combined into the overall one)."""
+
+    def __init__(self, collector: MultiProcessCollector) -> None:
+        self._collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        totals = {"cache_hits": 0.0, "cache_lookups": 0.0}
+        for metric in self._collector.collect():  # type: ignore[no-untyped-call]
+            if metric.name == "cache_hit_ratio":
+                continue
+            if metric.name in totals:
+                totals[metric.name] = sum(
+                    s.value for s in metric.samples if s.name.endswith("_total")
+                )
+            yield metric
+        ratio = GaugeMetricFamily("cache_hit_ratio", "cache hits / cache lookups")
+        lookups = totals["cache_lookups"]
+        ratio.add_metric((), totals["cache_hits"] / lookups if lookups else 0.0)
+        yield ratio

@@ -55,7 +55,7 @@ async def test_sigterm_under_load_finishes_in_flight_calls_refuses_new_ones_and_
                     "GEMINI_BASE_URL": simulator.gemini_base_url,
                     "OPENAI_API_KEYS": ",".join(OPENAI_KEYS),
                     "GEMINI_API_KEYS": ",".join(GEMINI_KEYS),
-                    "CACHE_MODE": "off", "SHUTDOWN_GRACE": "10s",
+                    "CACHE_MODE": "off", "SHUTDOWN_GRACE": "10s", "WORKERS": "1",
                 },
                 stdout=sink, stderr=sink,
             )  # fmt: skip

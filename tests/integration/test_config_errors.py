@@ -66,6 +66,9 @@ BAD: dict[str, dict[str, str]] = {
     "retry_wait_max": {"RETRY_WAIT_MAX": "-1"},
     "key_cooldown_default": {"KEY_COOLDOWN_DEFAULT": "x"},
     "cache_timeout": {"CACHE_TIMEOUT": "0"},
+    "cache_embed_budget": {"CACHE_EMBED_BUDGET": "-1ms"},
+    "cache_embed_max_cpu": {"CACHE_EMBED_MAX_CPU": "1.5"},
+    "workers": {"WORKERS": "0"},
     "model_routes": {"MODEL_ROUTES": "fast=bedrock"},
     "model_fallbacks": {"MODEL_FALLBACKS": "gpt-4o=claude-3"},  # claude-3 routes nowhere
     "max_request_bytes": {"MAX_REQUEST_BYTES": "1"},
@@ -80,7 +83,7 @@ BAD: dict[str, dict[str, str]] = {
 }
 # Settings with no bad value: any string is a name, a path that is checked at startup (an unusable
 # CACHE_DIR is a warning: the proxy serves without the cache).
-ANY_VALUE = {"qdrant_collection", "cache_dir"}
+ANY_VALUE = {"qdrant_collection", "cache_dir", "prometheus_multiproc_dir"}
 
 
 def test_every_setting_is_covered() -> None:

@@ -36,7 +36,7 @@ def first_log_line(stderr_tty: bool, **env: str) -> str:
         [sys.executable, "-m", "cli", "serve"],
         cwd=ROOT,
         env={"PATH": "/usr/bin:/bin", "CACHE_MODE": "off", "GRPC_PORT": "0", "METRICS_PORT": "0",
-             "HTTP_PORT": "0",
+             "HTTP_PORT": "0", "WORKERS": "1",
              **env},
         stderr=writer,
     )  # fmt: skip

@@ -45,6 +45,7 @@ async def start_proxy(*args: str, **env: str) -> asyncio.subprocess.Process:
             "PATH": os.environ["PATH"],
             "METRICS_PORT": "0",
             "HTTP_PORT": "0",
+            "WORKERS": "1",
             "CACHE_DIR": str(CACHE_DIR),
             **env,
         },

@@ -234,3 +234,46 @@ async def test_a_down_backend_logs_its_state_changes_and_a_periodic_summary(
         "cache response_store still down: 50 more failed calls (last: ConnectionError)",
         "cache response_store is back after 100 failed calls",
     ]
+
+
+async def test_a_busy_embedder_sheds_the_semantic_tier_instead_of_making_the_miss_wait() -> None:
+    c = Cache()
+    c.cache = SemanticCache(
+        c.embedder, c.index, c.store,
+        CachePolicy(threshold=0.8, ttl=60.0, timeout=0.2, embed_budget=0.02),
+        c.clock, c.metrics, RecordingTracer(),
+    )  # fmt: skip
+    await c.cache.store(ask("How do I reset my password?"), answer())
+    c.embedder.wait = 0.05  # the embedder expects to take longer than the budget
+    c.embedder.calls.clear()
+    assert await c.cache.lookup(ask("How can I reset my password"), "openai") is None
+    assert c.embedder.calls == []
+    assert c.metrics.semantic_skips == ["embedder_busy"]
+    assert c.metrics.cache_errors == []  # shedding is not a failure
+    hit = await c.cache.lookup(ask("How do I reset my password?"), "openai")
+    assert hit is not None
+    assert hit.cache.status is CacheStatus.EXACT
+    c.embedder.wait = 0.01
+    hit = await c.cache.lookup(ask("How can I reset my password"), "openai")
+    assert hit is not None
+    assert hit.cache.status is CacheStatus.SEMANTIC
+
+
+async def test_a_stored_answer_is_embedded_as_background_work(c: Cache) -> None:
+    await c.cache.store(ask("How do I reset my password?"), answer())
+    assert c.embedder.background_calls == ["how do i reset my password"]
+    await c.cache.lookup(ask("How can I reset my password"), "openai")
+    assert c.embedder.background_calls == ["how do i reset my password"]  # a lookup is not
+
+
+async def test_a_store_the_embedder_declines_serves_the_exact_tier_only(c: Cache) -> None:
+    c.embedder.busy = True
+    await c.cache.store(ask("How do I reset my password?"), answer())
+    assert c.metrics.semantic_skips == ["store_embedder_busy"]
+    assert c.metrics.cache_errors == []
+    assert c.cache.states["embedder"] != "down"
+    assert c.index.points == {}
+    hit = await c.cache.lookup(ask("How do I reset my password?"), "openai")
+    assert hit is not None
+    assert hit.cache.status is CacheStatus.EXACT
+    assert await c.cache.lookup(ask("How can I reset my password"), "openai") is None

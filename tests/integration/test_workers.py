@@ -1,0 +1,131 @@
+"""`llm-proxy serve` with WORKERS=2: one supervisor, two worker processes on the same ports."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import grpc
+import httpx
+import pytest
+
+from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from simulator import SimulatorConfig, running_simulator
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def start(upstream: str, **env: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli", "serve",
+        cwd=ROOT,
+        env={
+            "PATH": os.environ["PATH"], "CACHE_MODE": "off", "LOG_FORMAT": "text",
+            "GRPC_PORT": "0", "METRICS_PORT": "0", "OPENAI_API_KEYS": "sim-openai-key-1",
+            "OPENAI_BASE_URL": upstream, "SHUTDOWN_GRACE": "10s", **env,
+        },
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+
+
+async def read_until(process: asyncio.subprocess.Process, pattern: str, count: int = 1) -> str:
+    assert process.stderr is not None
+    seen = ""
+    async with asyncio.timeout(60):
+        while len(re.findall(pattern, seen)) < count:
+            line = await process.stderr.readline()
+            if not line:
+                raise AssertionError(f"process ended before printing {pattern!r}:\n{seen}")
+            seen += line.decode()
+    return seen
+
+
+def counter(text: str, name: str) -> float:
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
+
+
+async def test_two_workers_share_the_ports_sum_their_metrics_and_drain_on_sigterm() -> None:
+    config = SimulatorConfig(unary_latency_s=0.6)  # long enough to be in flight at SIGTERM
+    async with running_simulator(config) as sim:
+        process = await start(sim.openai_base_url, WORKERS="2")
+        try:
+            log = await read_until(process, r"serving inferenceproxy\.InferenceService", 2)
+            found = re.search(r"GRPC_PORT=(\d+), METRICS_PORT=(\d+)", log)
+            assert found, log
+            grpc_port, metrics_port = found.groups()
+            assert len(set(re.findall(r"supervising 2 workers \(pids (\d+), (\d+)\)", log)[0])) == 2
+
+            # a connection goes to one worker: several connections reach both
+            channels = [grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") for _ in range(8)]
+            try:
+                stubs = [pb_grpc.InferenceServiceStub(c) for c in channels]
+                replies = await asyncio.gather(*(
+                    stubs[i % 8].Infer(pb.InferenceRequest(model="gpt-4o", prompt=f"q {i}"),
+                                       timeout=20)
+                    for i in range(24)
+                ))  # fmt: skip
+                assert all(r.content for r in replies)
+            finally:
+                for channel in channels:
+                    await channel.close()
+
+            async with httpx.AsyncClient() as http:
+                for _ in range(4):  # whichever worker answers the scrape, it shows them all
+                    text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
+                    assert counter(text, "requests_total") == 24
+                    breaker_pids = set(re.findall(r'circuit_breaker_state{pid="(\d+)"', text))
+                    assert len(breaker_pids) == 2  # one breaker per worker, labelled by pid
+
+            # SIGTERM to the supervisor while calls are in flight: they finish, it exits 0
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                stub = pb_grpc.InferenceServiceStub(channel)
+                calls = [
+                    asyncio.ensure_future(stub.Infer(
+                        pb.InferenceRequest(model="gpt-4o", prompt=f"slow {i}"), timeout=20
+                    ))
+                    for i in range(4)
+                ]  # fmt: skip
+                await asyncio.sleep(0.4)
+                process.send_signal(signal.SIGTERM)
+                replies = await asyncio.gather(*calls)
+                assert all(r.content for r in replies)
+            async with asyncio.timeout(30):
+                assert await process.wait() == 0
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_a_second_instance_on_the_same_port_fails_naming_grpc_port(tmp_path: Path) -> None:
+    async with running_simulator(SimulatorConfig()) as sim:
+        # the embedded cache: each worker opens a vector shard of its own (one process per shard)
+        first = await start(
+            sim.openai_base_url, WORKERS="2", CACHE_MODE="embedded", CACHE_DIR=str(tmp_path)
+        )
+        try:
+            log = await read_until(first, r"serving inferenceproxy\.InferenceService", 2)
+            assert "unavailable" not in log, log
+            shards = sorted(os.listdir(tmp_path))
+            assert {"vectors-worker-0", "vectors-worker-1"} <= set(shards), shards
+            found = re.search(r"GRPC_PORT=(\d+)", log)
+            assert found, log
+            for workers in ("2", "1"):
+                second = await start(sim.openai_base_url, WORKERS=workers, GRPC_PORT=found.group(1))
+                async with asyncio.timeout(60):
+                    code = await second.wait()
+                assert second.stderr is not None
+                err = (await second.stderr.read()).decode()
+                assert code == 2, err
+                assert "GRPC_PORT" in err
+                assert "Traceback" not in err
+        finally:
+            first.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await first.wait() == 0

@@ -1,0 +1,175 @@
+"""The micro-batcher in front of the local embedder, with a recording encoder on a real worker
+thread (adapters/embedders/batching.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from adapters.embedders.batching import MicroBatcher
+from adapters.worker import WorkerThread
+from application.ports import EmbedderBusy
+
+
+class Encoder:
+    """Records each pass; a pass blocks until `gate` is set (a slow model)."""
+
+    def __init__(self) -> None:
+        self.passes: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def __call__(self, texts: list[str]) -> list[list[float]]:
+        self.passes.append(list(texts))
+        self.gate.wait(5)
+        return [[float(len(text))] for text in texts]
+
+
+@pytest.fixture
+async def worker() -> AsyncIterator[WorkerThread]:
+    thread = WorkerThread("test-batcher", "closed")
+    yield thread
+    thread.stop()
+
+
+async def until(condition: object, seconds: float = 2.0) -> None:
+    for _ in range(int(seconds / 0.005)):
+        if callable(condition) and condition():
+            return
+        await asyncio.sleep(0.005)
+    raise AssertionError("condition never became true")
+
+
+async def test_texts_that_queue_while_a_pass_runs_share_the_next_pass(
+    worker: WorkerThread,
+) -> None:
+    encode = Encoder()
+    batcher = MicroBatcher(encode, worker)
+    encode.gate.clear()
+    first = asyncio.ensure_future(batcher.embed(["a"]))
+    await until(lambda: encode.passes)
+    rest = [asyncio.ensure_future(batcher.embed([t])) for t in ("bb", "ccc", "dddd")]
+    await asyncio.sleep(0.01)
+    encode.gate.set()
+    assert await first == [[1.0]]
+    assert [await r for r in rest] == [[[2.0]], [[3.0]], [[4.0]]]
+    assert encode.passes == [["a"], ["bb", "ccc", "dddd"]]
+
+
+async def test_calls_in_the_same_loop_turn_share_one_pass(worker: WorkerThread) -> None:
+    encode = Encoder()
+    batcher = MicroBatcher(encode, worker)
+    results = await asyncio.gather(*(batcher.embed([t]) for t in ("x", "yy", "zzz")))
+    assert results == [[[1.0]], [[2.0]], [[3.0]]]
+    assert encode.passes == [["x", "yy", "zzz"]]
+
+
+async def test_lookups_go_before_background_texts_queued_earlier(worker: WorkerThread) -> None:
+    encode = Encoder()
+    batcher = MicroBatcher(encode, worker)
+    encode.gate.clear()
+    first = asyncio.ensure_future(batcher.embed(["busy"]))
+    await until(lambda: encode.passes)
+    stored = asyncio.ensure_future(batcher.embed(["stored"], background=True))
+    await asyncio.sleep(0)
+    looked_up = asyncio.ensure_future(batcher.embed(["looked up"]))
+    await asyncio.sleep(0.01)
+    encode.gate.set()
+    await asyncio.gather(first, stored, looked_up)
+    assert encode.passes == [["busy"], ["looked up"], ["stored"]]
+
+
+async def test_background_work_is_refused_beyond_its_queue(worker: WorkerThread) -> None:
+    encode = Encoder()
+    batcher = MicroBatcher(encode, worker, max_background=2)
+    encode.gate.clear()
+    first = asyncio.ensure_future(batcher.embed(["busy"]))
+    await until(lambda: encode.passes)
+    queued = [asyncio.ensure_future(batcher.embed([t], background=True)) for t in ("s1", "s2")]
+    await asyncio.sleep(0)
+    with pytest.raises(EmbedderBusy):
+        await batcher.embed(["s3"], background=True)
+    encode.gate.set()
+    await asyncio.gather(first, *queued)
+
+
+async def test_background_work_gives_up_when_lookups_keep_the_embedder_busy(
+    worker: WorkerThread,
+) -> None:
+    encode = Encoder()
+    batcher = MicroBatcher(encode, worker, background_max_age=0.05)
+    encode.gate.clear()
+    first = asyncio.ensure_future(batcher.embed(["busy"]))
+    await until(lambda: encode.passes)
+    with pytest.raises(EmbedderBusy):
+        await batcher.embed(["stored"], background=True)
+    encode.gate.set()
+    await first
+    await batcher.embed(["next"])
+    assert ["stored"] not in encode.passes
+
+
+async def test_a_text_whose_lookup_was_cancelled_is_not_embedded(worker: WorkerThread) -> None:
+    encode = Encoder()
+    batcher = MicroBatcher(encode, worker)
+    encode.gate.clear()
+    first = asyncio.ensure_future(batcher.embed(["busy"]))
+    await until(lambda: encode.passes)
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.02):
+            await batcher.embed(["gave up"])
+    encode.gate.set()
+    await first
+    assert await batcher.embed(["after"]) == [[5.0]]
+    assert encode.passes == [["busy"], ["after"]]
+
+
+async def test_the_expected_wait_grows_with_the_queue(worker: WorkerThread) -> None:
+    encode = Encoder()
+    batcher = MicroBatcher(encode, worker)
+    idle = batcher.expected_wait()
+    encode.gate.clear()
+    calls = [asyncio.ensure_future(batcher.embed([f"t{i}"])) for i in range(10)]
+    await until(lambda: encode.passes)
+    more = [asyncio.ensure_future(batcher.embed([f"u{i}"])) for i in range(10)]
+    await asyncio.sleep(0)
+    assert idle == 0.0
+    assert batcher.expected_wait() > 9 * batcher.per_text
+    encode.gate.set()
+    await asyncio.gather(*calls, *more)
+
+
+async def test_an_encoder_failure_fails_the_calls_of_its_pass_only(worker: WorkerThread) -> None:
+    failing = True
+
+    def encode(texts: list[str]) -> list[list[float]]:
+        if failing:
+            raise ValueError("model broke")
+        return [[1.0] for _ in texts]
+
+    batcher = MicroBatcher(encode, worker)
+    with pytest.raises(ValueError, match="model broke"):
+        await batcher.embed(["a"])
+    failing = False
+    assert await batcher.embed(["b"]) == [[1.0]]
+
+
+async def test_past_its_cpu_share_it_sheds_lookups_and_refuses_background_work(
+    worker: WorkerThread,
+) -> None:
+    def slow(texts: list[str]) -> list[list[float]]:
+        time.sleep(0.1)  # a tenth of the last second: over a 5% share
+        return [[1.0] for _ in texts]
+
+    batcher = MicroBatcher(slow, worker, max_busy=0.05)
+    assert batcher.expected_wait() == 0.0
+    await batcher.embed(["a"])
+    assert batcher.utilisation() > 0.05
+    assert batcher.expected_wait() == math.inf
+    with pytest.raises(EmbedderBusy, match="share"):
+        await batcher.embed(["stored"], background=True)
