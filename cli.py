@@ -287,6 +287,8 @@ def supervise(settings: Settings) -> int:
         SharedPort("GRPC_PORT", settings.host, settings.grpc_port),
         SharedPort("METRICS_PORT", settings.host, settings.metrics_port),
     ]
+    if settings.http_port:
+        ports.append(SharedPort("HTTP_PORT", settings.http_bind_host, settings.http_port))
     supervisor = Supervisor(settings.worker_count, ports, settings.shutdown_grace)
     try:
         return supervisor.run()

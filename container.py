@@ -66,13 +66,6 @@ def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dic
     }
 
 
-def upstream_client(
-    url: str, connect: float, read: float, connections: int, tracer_provider: trace.TracerProvider
-) -> httpx.AsyncClient:
-    settings = HttpSettings(connect=connect, read=read, max_connections=connections)
-    return http_client(url, settings, tracer_provider)
-
-
 def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Embedder:
     from adapters.embedders import gemini, openai
 
@@ -149,12 +142,16 @@ class Container(containers.DeclarativeContainer):
     tracer = providers.Singleton(build_tracer, tracer_provider, settings)
 
     openai_http = providers.Singleton(
-        upstream_client, s.openai_base_url, s.openai_connect_timeout, s.openai_read_timeout,
-        s.upstream_max_connections, tracer_provider,
+        http_client, s.openai_base_url,
+        providers.Factory(HttpSettings, connect=s.openai_connect_timeout,
+                          read=s.openai_read_timeout, max_connections=s.upstream_max_connections),
+        tracer_provider,
     )  # fmt: skip
     gemini_http = providers.Singleton(
-        upstream_client, s.gemini_base_url, s.gemini_connect_timeout, s.gemini_read_timeout,
-        s.upstream_max_connections, tracer_provider,
+        http_client, s.gemini_base_url,
+        providers.Factory(HttpSettings, connect=s.gemini_connect_timeout,
+                          read=s.gemini_read_timeout, max_connections=s.upstream_max_connections),
+        tracer_provider,
     )  # fmt: skip
     openai = providers.Singleton(
         OpenAIProvider, openai_http, base_url=s.openai_base_url,
@@ -231,7 +228,7 @@ class Container(containers.DeclarativeContainer):
         OpenAIApi, inference, router, gate, metrics, clock, limits=limits,
         max_request_bytes=s.max_request_bytes, tracer_provider=tracer_provider,
     )  # fmt: skip
-    http_server = providers.Singleton(build_http_server, settings, openai_api)
+    http_server = providers.Singleton(build_http_server, settings, openai_api, reuse_port)
     ops_server = providers.Singleton(
         build_ops_server, settings, metrics, grpc_server, router, cache, reuse_port
     )

@@ -6,6 +6,7 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -27,7 +28,8 @@ async def start(upstream: str, **env: str) -> asyncio.subprocess.Process:
         cwd=ROOT,
         env={
             "PATH": os.environ["PATH"], "CACHE_MODE": "off", "LOG_FORMAT": "text",
-            "GRPC_PORT": "0", "METRICS_PORT": "0", "OPENAI_API_KEYS": "sim-openai-key-1",
+            "GRPC_PORT": "0", "METRICS_PORT": "0", "HTTP_PORT": "0",
+            "OPENAI_API_KEYS": "sim-openai-key-1",
             "OPENAI_BASE_URL": upstream, "SHUTDOWN_GRACE": "10s", **env,
         },
         stderr=asyncio.subprocess.PIPE,
@@ -46,6 +48,13 @@ async def read_until(process: asyncio.subprocess.Process, pattern: str, count: i
     return seen
 
 
+def free_port() -> int:
+    """HTTP_PORT=0 turns the HTTP API off, so it needs a number: one free a moment ago."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 def counter(text: str, name: str) -> float:
     return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M))
 
@@ -53,10 +62,13 @@ def counter(text: str, name: str) -> float:
 async def test_two_workers_share_the_ports_sum_their_metrics_and_drain_on_sigterm() -> None:
     config = SimulatorConfig(unary_latency_s=0.6)  # long enough to be in flight at SIGTERM
     async with running_simulator(config) as sim:
-        process = await start(sim.openai_base_url, WORKERS="2")
+        http_port = free_port()
+        process = await start(sim.openai_base_url, WORKERS="2", HTTP_PORT=str(http_port))
         try:
             log = await read_until(process, r"serving inferenceproxy\.InferenceService", 2)
-            found = re.search(r"GRPC_PORT=(\d+), METRICS_PORT=(\d+)", log)
+            found = re.search(
+                r"GRPC_PORT=(\d+), METRICS_PORT=(\d+), HTTP_PORT=" + str(http_port), log
+            )
             assert found, log
             grpc_port, metrics_port = found.groups()
             assert len(set(re.findall(r"supervising 2 workers \(pids (\d+), (\d+)\)", log)[0])) == 2
@@ -75,10 +87,23 @@ async def test_two_workers_share_the_ports_sum_their_metrics_and_drain_on_sigter
                 for channel in channels:
                     await channel.close()
 
+            async with httpx.AsyncClient() as http:  # the OpenAI-compatible API: the same sharing
+                for i in range(8):
+                    answer = await http.post(
+                        f"http://127.0.0.1:{http_port}/v1/chat/completions",
+                        json={
+                            "model": "gpt-4o",
+                            "messages": [{"role": "user", "content": f"h {i}"}],
+                        },
+                        headers={"connection": "close"},  # a new connection each: both workers
+                        timeout=20,
+                    )
+                    assert answer.status_code == 200, answer.text
+
             async with httpx.AsyncClient() as http:
                 for _ in range(4):  # whichever worker answers the scrape, it shows them all
                     text = (await http.get(f"http://127.0.0.1:{metrics_port}/metrics")).text
-                    assert counter(text, "requests_total") == 24
+                    assert counter(text, "requests_total") == 32
                     breaker_pids = set(re.findall(r'circuit_breaker_state{pid="(\d+)"', text))
                     assert len(breaker_pids) == 2  # one breaker per worker, labelled by pid
 
