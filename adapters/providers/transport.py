@@ -33,9 +33,11 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 limit=self._max_connections,
                 limit_per_host=0,
                 keepalive_timeout=self._keepalive_expiry,
+                ssl=httpx.create_ssl_context(),  # the CAs httpx verifies with (certifi, SSL_CERT_*)
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
+                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx honours them
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,  # httpx decodes, as it does with its own transport
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # httpx sets them
