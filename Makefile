@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh clone (only python3 >= 3.11 and make needed):
 #   make serve   start the proxy, answering through the built-in upstream simulator
 #   make test    run every check and the whole test suite
+#   make bench   the proxy per core vs a near-free upstream (docs/benchmarks.md, ~2 min)
 #   make image   build the llm-proxy:dev image (no registry needed; see docs/deployment.md)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -54,8 +55,9 @@ proto-check:
 test: check
 	pytest
 
+# The proxy pinned to one core against a fixed-reply upstream on the other (docs/benchmarks.md).
 bench: setup
-	python benchmarks/roundtrip.py
+	python benchmarks/gateway.py
 
 clean:
 	rm -rf .uv $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis .import_linter_cache

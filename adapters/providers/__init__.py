@@ -13,11 +13,13 @@ import httpx
 from opentelemetry import trace
 
 from adapters.observability.tracing import instrument_http_client
+from adapters.providers.transport import AiohttpTransport
 
 
 @dataclass(frozen=True, slots=True)
 class HttpSettings:
-    """Timeouts (seconds) and pool bounds of one upstream's shared `httpx.AsyncClient`.
+    """Timeouts (seconds) and pool bounds of one upstream's shared `httpx.AsyncClient` (over
+    aiohttp's pool: `max_connections` bounds every connection, idle ones included).
 
     `read` bounds each socket read, including the wait for the response headers of a unary call,
     which arrive only once the whole answer is generated: keep it generous and let the request
@@ -29,15 +31,14 @@ class HttpSettings:
     write: float = 30.0
     pool: float = 10.0
     max_connections: int = 100
-    max_keepalive_connections: int = 20
     keepalive_expiry: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("connect", "read", "write", "pool", "keepalive_expiry"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"HttpSettings.{name} must be positive")
-        if self.max_connections < 1 or self.max_keepalive_connections < 0:
-            raise ValueError("HttpSettings: max_connections must be >= 1, keep-alive >= 0")
+        if self.max_connections < 1:
+            raise ValueError("HttpSettings: max_connections must be >= 1")
 
 
 def http_client(
@@ -51,11 +52,7 @@ def http_client(
     client = httpx.AsyncClient(
         base_url=base_url,
         timeout=httpx.Timeout(connect=s.connect, read=s.read, write=s.write, pool=s.pool),
-        limits=httpx.Limits(
-            max_connections=s.max_connections,
-            max_keepalive_connections=s.max_keepalive_connections,
-            keepalive_expiry=s.keepalive_expiry,
-        ),
         follow_redirects=False,
+        transport=AiohttpTransport(s.max_connections, s.keepalive_expiry),
     )
     return instrument_http_client(client, tracer_provider)

@@ -5,6 +5,12 @@ by `max_bytes` of stored values: a put that goes over removes expired entries fi
 recently used ones. Expired entries read as misses and are removed. All SQLite work runs on one
 worker thread of the store's own, so the event loop never blocks on disk and the connection is
 never shared between threads.
+
+In front of it, an in-process LRU of the most recently stored or read answers (up to
+`FRONT_ENTRIES`, each at most `FRONT_MAX_CHARS` of content, with the same expiry) serves a
+repeated prompt without the hop to that thread: an exact hit then costs no thread switch
+(docs/benchmarks.md). With several processes on one file, each has its own front; an answer
+another process stored is found in SQLite, then kept in this one's front.
 """
 
 from __future__ import annotations
@@ -13,7 +19,9 @@ import logging
 import os
 import sqlite3
 import time
+from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +38,8 @@ SCHEMA_VERSION = 1
 DEFAULT_MAX_ENTRIES = 100_000
 DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 BUSY_TIMEOUT = 1.0  # seconds to wait for another process holding the write lock
+FRONT_ENTRIES = 1024
+FRONT_MAX_CHARS = 16 * 1024  # longer answers are read from SQLite: the front stays ~16 MiB at most
 
 # `totals` is kept by triggers, in the same transaction as every change, so the bounds are checked
 # without scanning the table and stay right even if another process writes to the same file.
@@ -92,6 +102,9 @@ class EmbeddedStore(ResponseStore):
         self._clock = clock
         self._worker = WorkerThread("embedded-store", "the embedded response store is closed")
         self._use_count = 0
+        self._front: OrderedDict[str, tuple[Completion, float]] = OrderedDict()
+        self._front_entries = min(FRONT_ENTRIES, max_entries)
+        self._touched: set[str] = set()  # front hits whose SQLite `used` is not yet updated
         try:
             self._db = self._worker.call(self._open)
         except BaseException:
@@ -99,27 +112,58 @@ class EmbeddedStore(ResponseStore):
             raise
 
     async def get(self, key: str) -> Completion | None:
-        data = await self._worker.run(self._get, key, self._clock())
-        if data is None:
+        now = self._clock()
+        front = self._front.get(key)
+        if front is not None:
+            if front[1] > now:
+                self._front.move_to_end(key)
+                self._touched.add(key)
+                return front[0]
+            del self._front[key]
+        found = await self._worker.run(self._get, key, now)
+        if found is None:
             return None
-        completion = codec.decode(data)
+        completion = codec.decode(found[0])
         if completion is None:
             log.warning("unreadable embedded store entry %s: treated as a miss", key)
+            return None
+        self._remember(key, completion, found[1])
         return completion
 
     async def put(self, key: str, completion: Completion, ttl: float) -> None:
         """Stores for `ttl` seconds; a `ttl` <= 0, or a value larger than `max_bytes`, stores
         nothing (and drops what was stored under `key`)."""
         now = self._clock()
-        await self._worker.run(self._put, key, codec.encode(completion), now + ttl, now)
+        value = codec.encode(completion)
+        self._front.pop(key, None)
+        touched, self._touched = self._touched, set()
+        evicted = await self._worker.run(self._put, key, value, now + ttl, now, touched)
+        for gone in evicted:
+            self._front.pop(gone, None)
+        if ttl > 0 and len(value) <= self._max_bytes:
+            self._remember(key, completion, now + ttl)
 
     async def delete(self, key: str) -> None:
+        self._front.pop(key, None)
         await self._worker.run(self._delete, key)
+
+    def _remember(self, key: str, completion: Completion, expires_at: float) -> None:
+        if len(completion.content) > FRONT_MAX_CHARS:
+            return
+        self._front[key] = (completion, expires_at)
+        self._front.move_to_end(key)
+        if len(self._front) > self._front_entries:
+            self._front.popitem(last=False)
 
     async def usage(self) -> StoreUsage:
         return await self._worker.run(self._usage)
 
     async def close(self) -> None:
+        self._front.clear()
+        touched, self._touched = self._touched, set()
+        if touched:  # the LRU order survives a restart
+            with suppress(RuntimeError):  # closed already
+                await self._worker.run(self._touch, touched)
         await self._worker.close(self._db.close)
 
     # Everything below runs on the worker thread.
@@ -142,7 +186,7 @@ class EmbeddedStore(ResponseStore):
         self._use_count += 1
         return self._use_count
 
-    def _get(self, key: str, now: float) -> bytes | None:
+    def _get(self, key: str, now: float) -> tuple[bytes, float] | None:
         row = self._db.execute(
             "SELECT value, expires_at FROM responses WHERE key = ?", (key,)
         ).fetchone()
@@ -153,17 +197,22 @@ class EmbeddedStore(ResponseStore):
             self._db.execute("DELETE FROM responses WHERE key = ? AND expires_at <= ?", (key, now))
             return None
         self._db.execute("UPDATE responses SET used = ? WHERE key = ?", (self._next_use(), key))
-        return bytes(value)
+        return bytes(value), expires_at
 
-    def _put(self, key: str, value: bytes, expires_at: float, now: float) -> None:
+    def _put(
+        self, key: str, value: bytes, expires_at: float, now: float, touched: set[str]
+    ) -> list[str]:
+        """Stores; returns the keys evicted. `touched`: keys read from the front since the last
+        put, marked used first so the LRU order is the one the readers saw."""
         if len(value) > self._max_bytes:
             log.warning("a response of %d bytes exceeds max_bytes: not stored", len(value))
             self._delete(key)
-            return
+            return []
         if expires_at <= now:
             self._delete(key)
-            return
+            return []
         with _transaction(self._db):
+            self._touch(touched)
             self._db.execute(
                 "INSERT INTO responses (key, value, expires_at, used) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT (key) DO UPDATE SET "
@@ -171,13 +220,19 @@ class EmbeddedStore(ResponseStore):
                 (key, value, expires_at, self._next_use()),
             )
             self._db.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
-            self._evict()
+            return self._evict()
 
-    def _evict(self) -> None:
+    def _touch(self, keys: set[str]) -> None:
+        self._db.executemany(
+            "UPDATE responses SET used = ? WHERE key = ?", [(self._next_use(), k) for k in keys]
+        )
+
+    def _evict(self) -> list[str]:
         """Removes least recently used entries until both bounds hold. The entry just put is the
         most recently used and fits `max_bytes` alone, so it is never the one removed."""
         usage = self._usage()
         entries, size = usage.entries, usage.value_bytes
+        evicted: list[str] = []
         while entries > self._max_entries or size > self._max_bytes:
             batch = max(entries - self._max_entries, 16)
             victims = self._db.execute(
@@ -190,6 +245,8 @@ class EmbeddedStore(ResponseStore):
                 chosen.append((key,))
                 entries, size = entries - 1, size - length
             self._db.executemany("DELETE FROM responses WHERE key = ?", chosen)
+            evicted += (key for (key,) in chosen)
+        return evicted
 
     def _delete(self, key: str) -> None:
         self._db.execute("DELETE FROM responses WHERE key = ?", (key,))

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from adapters.store.embedded import EmbeddedStore
+from adapters.store.embedded import FRONT_MAX_CHARS, EmbeddedStore
 from adapters.store.redis import DEFAULT_NAMESPACE, RedisStore, parse_addr, redis_client
 from application.ports import ResponseStore
 from domain.model import Completion, FinishReason, Usage
@@ -55,9 +55,14 @@ def embedded_backend(directory: Path) -> Backend:
     store = EmbeddedStore(directory, clock=clock)
 
     async def write_raw(key: str, value: bytes) -> None:
-        await store.put(key, completion(), 60)
+        # straight into the file, as another process would write it (this store's in-process
+        # front holds only what it put or read itself)
+        await store.put("other", completion(), 60)  # the schema is ready
         with sqlite3.connect(store.path) as db:
-            db.execute("UPDATE responses SET value = ? WHERE key = ?", (value, key))
+            db.execute(
+                "INSERT INTO responses (key, value, expires_at, used) VALUES (?, ?, ?, 0)",
+                (key, value, clock.now + 60),
+            )
         db.close()
 
     async def let_expire() -> None:
@@ -323,6 +328,42 @@ async def test_embedded_does_not_block_the_event_loop(tmp_path: Path) -> None:
     task.cancel()
     assert ticks > 50  # the loop kept running other tasks while SQLite worked
     await store.close()
+
+
+async def test_embedded_repeated_reads_skip_the_worker_thread(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = EmbeddedStore(tmp_path, clock=clock)
+    await store.put("stored", completion("a"), 10)
+    with sqlite3.connect(store.path) as db:  # as another process would write it
+        db.execute("INSERT INTO responses VALUES ('other', ?, ?, 0)", (codec_bytes("b"), 1e12))
+    db.close()
+    assert await store.get("other") == completion("b")  # read from SQLite once...
+    hops = 0
+    run = store._worker.run
+
+    async def counted(*args: object) -> object:
+        nonlocal hops
+        hops += 1
+        return await run(*args)  # type: ignore[arg-type]
+
+    store._worker.run = counted  # type: ignore[method-assign]
+    assert await store.get("stored") == completion("a")  # ...then served in-process
+    assert await store.get("other") == completion("b")
+    assert hops == 0
+    clock.now += 10  # the front keeps the entry's expiry
+    assert await store.get("stored") is None
+    assert hops == 1
+    long = completion("x" * (FRONT_MAX_CHARS + 1))  # long answers are not kept in memory
+    await store.put("long", long, 60)
+    assert await store.get("long") == long
+    assert hops == 3
+    await store.close()
+
+
+def codec_bytes(content: str) -> bytes:
+    from adapters.store import codec
+
+    return codec.encode(completion(content))
 
 
 def test_embedded_rejects_non_positive_bounds(tmp_path: Path) -> None:
