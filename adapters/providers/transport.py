@@ -14,6 +14,8 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import httpx
+import yarl
+from aiohttp.helpers import get_env_proxy_for_url
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -26,6 +28,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         self._keepalive_expiry = keepalive_expiry
         self._session: aiohttp.ClientSession | None = None
         self._busy = 0  # exchanges holding (or waiting for) a connection
+        self._proxies: dict[tuple[str, str], tuple[str | None, aiohttp.BasicAuth | None]] = {}
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -37,7 +40,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             )
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                trust_env=True,  # HTTP(S)_PROXY and NO_PROXY, as httpx honours them
+                trust_env=False,  # the environment's proxy is looked up once: `_proxy`
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,  # httpx decodes, as it does with its own transport
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # httpx sets them
@@ -47,11 +50,14 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout", {})
         connect, pool = timeout.get("connect"), timeout.get("pool")
+        proxy, proxy_auth = self._proxy(request.url)
         self._busy += 1
         try:
             response = await self._client().request(
                 request.method,
                 str(request.url),
+                proxy=proxy,
+                proxy_auth=proxy_auth,
                 headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,
@@ -74,6 +80,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             stream=_Body(self, response, request),
             extensions={"http_version": b"HTTP/1.1"},
         )
+
+    def _proxy(self, url: httpx.URL) -> tuple[str | None, aiohttp.BasicAuth | None]:
+        """HTTP(S)_PROXY and NO_PROXY, as httpx honours them, read once per scheme and host:
+        aiohttp's `trust_env` reads them (and ~/.netrc) again on every request, in a thread."""
+        key = (url.scheme, url.host)
+        found = self._proxies.get(key)
+        if found is None:
+            try:
+                proxy, auth = get_env_proxy_for_url(yarl.URL(str(url)))
+                found = (str(proxy), auth)
+            except LookupError:
+                found = (None, None)
+            self._proxies[key] = found
+        return found
 
     def _httpx_error(
         self, exc: aiohttp.ClientError, request: httpx.Request, *, waited: bool = False
