@@ -1,10 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -13,27 +11,14 @@ from adapters.admission import ClientAuth
 from adapters.grpc import mapping
 from adapters.grpc.generated import proxy_pb2 as pb
 from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.request_log import Outcome
 from application.inference import InferenceService
 from application.ports import Clock, Metrics
 from domain.errors import ProxyError
-from domain.model import Answer, CacheStatus, InferenceRequest, RequestLimits
+from domain.model import Answer, InferenceRequest, RequestLimits
 
 Context = grpc.aio.ServicerContext[Any, Any]
-log = logging.getLogger("llm_proxy.requests")
 DEADLINE_SLACK = 0.25  # seconds: a cancellation this close to the deadline is the deadline
-
-
-@dataclass
-class _Outcome:
-    provider: str = ""
-    cache_status: CacheStatus = CacheStatus.MISS
-    fallback_to: str = ""  # the model that answered, when a MODEL_FALLBACKS model did
-
-    def answered(self, answer: Answer) -> None:
-        self.provider = answer.completion.provider
-        self.cache_status = answer.cache.status
-        if answer.fallback_from is not None:
-            self.fallback_to = answer.completion.model
 
 
 class InferenceServicer(pb_grpc.InferenceServiceServicer):
@@ -81,8 +66,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
     @asynccontextmanager
     async def _observed(
         self, request: pb.InferenceRequest, context: Context
-    ) -> AsyncIterator[_Outcome]:
-        outcome = _Outcome()
+    ) -> AsyncIterator[Outcome]:
+        outcome = Outcome()
         started = self._clock.now()
         self._metrics.request_started()
         status = "internal"
@@ -107,20 +92,4 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             self._metrics.request_finished(
                 outcome.provider, model, outcome.cache_status, status, seconds
             )
-            fallback = self._limits.shown(outcome.fallback_to)  # the provider's name for it
-            log.info(
-                "request %s %s %s %.1fms%s",
-                status,
-                model,
-                outcome.cache_status.value,
-                seconds * 1000,
-                f" (fallback: {outcome.provider} {fallback})" if fallback else "",
-                extra={
-                    "outcome": status,
-                    "latency_ms": round(seconds * 1000, 2),
-                    "provider": outcome.provider,
-                    "model": model,
-                    "cache_status": outcome.cache_status.value,
-                    **({"fallback_to": fallback} if fallback else {}),
-                },
-            )
+            outcome.log(status, model, seconds, self._limits)

@@ -21,6 +21,7 @@ from adapters.admission import Gate, Metadata, Refused
 from adapters.failures import Failure, Kind, classify
 from adapters.http import protocol
 from adapters.observability.tracing import http_server_span
+from adapters.request_log import Outcome
 from application.inference import InferenceService
 from application.ports import Clock, Metrics
 from domain.errors import ProxyError
@@ -139,18 +140,9 @@ def cache_extension(answer: Answer) -> dict[str, object]:
 
 
 @dataclass
-class _Outcome:
+class _Outcome(Outcome):
     model: str = ""
-    provider: str = ""
-    cache_status: CacheStatus = CacheStatus.MISS
     failure: Failure | None = None  # after the response started: it went out as an SSE event
-    fallback_to: str = ""  # the model that answered, when a MODEL_FALLBACKS model did
-
-    def answered(self, answer: Answer) -> None:
-        self.provider = answer.completion.provider
-        self.cache_status = answer.cache.status
-        if answer.fallback_from is not None:
-            self.fallback_to = answer.completion.model
 
 
 class OpenAIApi:
@@ -282,24 +274,7 @@ class OpenAIApi:
             self._metrics.request_finished(
                 outcome.provider, outcome.model, outcome.cache_status, status, seconds
             )
-            fallback = self._limits.shown(outcome.fallback_to)  # the provider's name for it
-            log.info(
-                "request %s %s %s %.1fms%s",
-                status,
-                outcome.model,
-                outcome.cache_status.value,
-                seconds * 1000,
-                f" (fallback: {outcome.provider} {fallback})" if fallback else "",
-                extra={
-                    "outcome": status,
-                    "latency_ms": round(seconds * 1000, 2),
-                    "provider": outcome.provider,
-                    "model": outcome.model,
-                    "cache_status": outcome.cache_status.value,
-                    "protocol": "http",
-                    **({"fallback_to": fallback} if fallback else {}),
-                },
-            )
+            outcome.log(status, outcome.model, seconds, self._limits, protocol="http")
 
     @web.middleware
     async def _boundary(
