@@ -7,7 +7,7 @@ import contextvars
 import hashlib
 import math
 from collections import deque
-from collections.abc import AsyncGenerator, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -423,3 +423,16 @@ class RecordingTracer(Tracer):
 
     def named(self, name: str) -> list[RecordedSpan]:
         return [s for s in self.spans if s.name == name]
+
+
+async def collected(events: AsyncIterator[Delta | Answer]) -> tuple[list[str], Answer]:
+    """A use-case stream drained: its deltas' text, then the Answer it ended with."""
+    deltas: list[str] = []
+    answer = None
+    async for event in events:
+        if isinstance(event, Delta):
+            deltas.append(event.content)
+        else:
+            answer = event
+    assert answer is not None
+    return deltas, answer

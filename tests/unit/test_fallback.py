@@ -38,6 +38,7 @@ from tests.fakes import (
     RecordingMetrics,
     RecordingTracer,
     Reply,
+    collected,
 )
 
 CHAIN = {"gpt-4o": ("gemini-1.5-flash",)}
@@ -86,15 +87,7 @@ class World:
         )
 
     async def stream(self, request: InferenceRequest) -> tuple[list[str], Answer]:
-        deltas: list[str] = []
-        answer = None
-        async for event in self.service.stream(request):
-            if isinstance(event, Delta):
-                deltas.append(event.content)
-            else:
-                answer = event
-        assert answer is not None
-        return deltas, answer
+        return await collected(self.service.stream(request))
 
 
 def ask(prompt: str = "hi", model: str = "gpt-4o", **kw: object) -> InferenceRequest:

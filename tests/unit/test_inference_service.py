@@ -46,6 +46,7 @@ from tests.fakes import (
     RecordingMetrics,
     RecordingTracer,
     Reply,
+    collected,
 )
 
 
@@ -87,15 +88,7 @@ class World:
         )
 
     async def stream(self, request: InferenceRequest) -> tuple[list[str], Answer]:
-        deltas: list[str] = []
-        answer = None
-        async for event in self.service.stream(request):
-            if isinstance(event, Delta):
-                deltas.append(event.content)
-            else:
-                answer = event
-        assert answer is not None
-        return deltas, answer
+        return await collected(self.service.stream(request))
 
 
 def ask(prompt: str = "hi", model: str = "gpt-4o-mini", **kw: object) -> InferenceRequest:
