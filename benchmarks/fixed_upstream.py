@@ -1,7 +1,8 @@
-"""A near-free OpenAI-compatible upstream for benchmarks: one pre-encoded chat completion
-(finish reason stop, so the proxy's cache stores it) for every POST /v1/chat/completions, in a
-process of its own so that it takes no CPU from the proxy's event loop. Not a simulator: no
-streaming, no faults, no latency (see simulator/ for those)."""
+"""A near-free OpenAI-compatible upstream for benchmarks, in a process of its own so that it
+takes no CPU from the proxy's event loop: raw asyncio (uvloop when installed), HTTP/1.1
+keep-alive, one pre-encoded chat completion (finish reason stop, so the proxy's cache stores it)
+for every POST, or one pre-encoded SSE answer when the request asks for a stream. Not a
+simulator: no faults, no latency (see simulator/ for those)."""
 
 from __future__ import annotations
 
@@ -9,31 +10,85 @@ import asyncio
 import json
 import multiprocessing
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from typing import Any
 
-REPLY = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "gpt-4o",
-    "choices": [{"index": 0, "finish_reason": "stop",
-                 "message": {"role": "assistant", "content": "a fixed reply"}}],
-    "usage": {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8},
-}).encode()  # fmt: skip
+MODEL = "gpt-4o-mini"
+
+_ANSWER = json.dumps(
+    {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "model": MODEL,
+        "choices": [
+            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
+        ],
+        "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9},
+    }
+).encode()
+_EVENTS = [
+    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "o"}}]},
+    {"choices": [{"index": 0, "delta": {"content": "k"}, "finish_reason": "stop"}]},
+    {"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10}},
+]
+_SSE = (
+    b"".join(
+        b"data: " + json.dumps({"id": "c", "model": MODEL, **e}).encode() + b"\n\n" for e in _EVENTS
+    )
+    + b"data: [DONE]\n\n"
+)
 
 
-def _serve(port_out: multiprocessing.Queue[int]) -> None:
-    from aiohttp import web
+def _reply(content_type: bytes, body: bytes) -> bytes:
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
+    return head % (content_type, len(body)) + body
 
-    async def reply(request: web.Request) -> web.Response:
-        await request.read()
-        return web.Response(body=REPLY, content_type="application/json")
+
+JSON_REPLY = _reply(b"application/json", _ANSWER)
+SSE_REPLY = _reply(b"text/event-stream", _SSE)
+
+
+class FixedReply(asyncio.Protocol):
+    """HTTP/1.1 keep-alive: every request with a Content-Length body gets the fixed answer."""
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        self.buffer = b""
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            end = self.buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buffer[:end].lower()
+            at = head.find(b"content-length:")
+            length = 0
+            if at >= 0:
+                stop = head.find(b"\r\n", at)
+                length = int(head[at + 15 : stop if stop >= 0 else None])
+            if len(self.buffer) < end + 4 + length:
+                return
+            body = self.buffer[end + 4 : end + 4 + length]
+            self.buffer = self.buffer[end + 4 + length :]
+            stream = b'"stream": true' in body or b'"stream":true' in body
+            self.transport.write(SSE_REPLY if stream else JSON_REPLY)
+
+
+def run_fixed_upstream(port: int, ready: multiprocessing.Queue[int] | None = None) -> None:
+    """Serves on 127.0.0.1:`port` (0: any free one, put on `ready`) until killed."""
+    with suppress(ImportError):
+        import uvloop
+
+        uvloop.install()
 
     async def main() -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", reply)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", 0).start()
-        port_out.put(runner.addresses[0][1])
-        await asyncio.sleep(3600)  # killed by the benchmark long before
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(FixedReply, "127.0.0.1", port, backlog=1024)
+        if ready is not None:
+            ready.put(server.sockets[0].getsockname()[1])
+        async with server:
+            await server.serve_forever()
 
     asyncio.run(main())
 
@@ -43,7 +98,7 @@ def fixed_upstream() -> Iterator[str]:
     """The upstream's OpenAI base URL (`http://127.0.0.1:PORT/v1`) while it runs."""
     ctx = multiprocessing.get_context("spawn")
     ports: multiprocessing.Queue[int] = ctx.Queue()
-    server = ctx.Process(target=_serve, args=(ports,), daemon=True)
+    server = ctx.Process(target=run_fixed_upstream, args=(0, ports), daemon=True)
     server.start()
     try:
         yield f"http://127.0.0.1:{ports.get(timeout=30)}/v1"

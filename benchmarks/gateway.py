@@ -6,10 +6,11 @@
 `make bench` runs it with the defaults. Every loop is bounded by time (and the whole run by
 `--seconds`); everything binds 127.0.0.1 on ephemeral ports.
 
-- The upstream is a fixed-reply OpenAI-compatible HTTP/1.1 server (below, raw asyncio, uvloop
-  when installed) on the other core: it answers `POST .../chat/completions` with one JSON body,
-  or with one SSE body when the request asks for a stream. `--upstream simulator` puts the
-  project's simulator there instead, to see how far it is from free.
+- The upstream is the fixed-reply OpenAI-compatible HTTP/1.1 server of fixed_upstream.py (raw
+  asyncio, uvloop when installed) on the other core: it answers `POST .../chat/completions`
+  with one JSON body, or with one SSE body when the request asks for a stream.
+  `--upstream simulator` puts the project's simulator there instead, to see how far it is from
+  free.
 - The proxy is `llm-proxy serve`, pinned to one core (`taskset -c`), request logs on (JSON to a
   file), metrics on. First `CACHE_MODE=off` (pass-through), then `CACHE_MODE=embedded` with a
   cache pre-warmed with `--hit-prompts` prompts, whose requests are all exact hits.
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import multiprocessing
 import os
 import shutil
@@ -49,85 +49,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODEL = "gpt-4o-mini"
+from fixed_upstream import MODEL, run_fixed_upstream  # noqa: E402
+
 TICK = os.sysconf("SC_CLK_TCK")
-
-
-# --- the fixed-reply upstream -------------------------------------------------------------------
-
-_ANSWER = json.dumps(
-    {
-        "id": "chatcmpl-bench",
-        "object": "chat.completion",
-        "model": MODEL,
-        "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}
-        ],
-        "usage": {"prompt_tokens": 8, "completion_tokens": 1, "total_tokens": 9},
-    }
-).encode()
-_EVENTS = [
-    {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "o"}}]},
-    {"choices": [{"index": 0, "delta": {"content": "k"}, "finish_reason": "stop"}]},
-    {"choices": [], "usage": {"prompt_tokens": 8, "completion_tokens": 2, "total_tokens": 10}},
-]
-_SSE = (
-    b"".join(
-        b"data: " + json.dumps({"id": "c", "model": MODEL, **e}).encode() + b"\n\n" for e in _EVENTS
-    )
-    + b"data: [DONE]\n\n"
-)
-
-
-def _reply(content_type: bytes, body: bytes) -> bytes:
-    head = b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ncontent-length: %d\r\n\r\n"
-    return head % (content_type, len(body)) + body
-
-
-JSON_REPLY = _reply(b"application/json", _ANSWER)
-SSE_REPLY = _reply(b"text/event-stream", _SSE)
-
-
-class FixedReply(asyncio.Protocol):
-    """HTTP/1.1 keep-alive: every request with a Content-Length body gets the fixed answer."""
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        self.buffer = b""
-
-    def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buffer[:end].lower()
-            at = head.find(b"content-length:")
-            length = 0
-            if at >= 0:
-                stop = head.find(b"\r\n", at)
-                length = int(head[at + 15 : stop if stop >= 0 else None])
-            if len(self.buffer) < end + 4 + length:
-                return
-            body = self.buffer[end + 4 : end + 4 + length]
-            self.buffer = self.buffer[end + 4 + length :]
-            stream = b'"stream": true' in body or b'"stream":true' in body
-            self.transport.write(SSE_REPLY if stream else JSON_REPLY)
-
-
-def run_fixed_upstream(port: int) -> None:
-    with suppress(ImportError):
-        import uvloop
-
-        uvloop.install()
-
-    async def main() -> None:
-        loop = asyncio.get_running_loop()
-        server = await loop.create_server(FixedReply, "127.0.0.1", port, backlog=1024)
-        async with server:
-            await server.serve_forever()
-
-    asyncio.run(main())
 
 
 # --- load generators (one process each) ---------------------------------------------------------
