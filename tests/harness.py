@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import httpx
+from aiohttp import web
 from dependency_injector import providers
 from prometheus_client.parser import text_string_to_metric_families
 from qdrant_client import AsyncQdrantClient
@@ -167,3 +168,15 @@ def remote_cache(directory: Path, redis_addr: str, collection: str) -> dict[str,
         "overrides": {"vector_index": index},
         **SLACK,
     }
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[int]:
+    """A hand-written upstream (an aiohttp app) on an ephemeral loopback port, while it runs."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield runner.addresses[0][1]
+    finally:
+        await runner.cleanup()

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from adapters.grpc.generated import proxy_pb2 as pb
-from tests.harness import running_proxy
+from tests.harness import running_proxy, serving
 
 ANSWER = {
     "model": "gpt-4o-mini",
@@ -36,15 +36,8 @@ async def hostile() -> AsyncIterator[tuple[str, list[bool]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", chat)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(app) as port:
         yield f"http://127.0.0.1:{port}/v1", calls
-    finally:
-        await runner.cleanup()
 
 
 async def test_an_out_of_range_token_count_is_a_malformed_answer_retried_once() -> None:

@@ -20,6 +20,7 @@ from adapters.grpc.interceptor import ErrorBoundary
 from adapters.observability.logs import TraceContextFilter
 from adapters.observability.tracing import build_server_interceptor
 from adapters.providers import http_client
+from tests.harness import serving
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -39,15 +40,8 @@ async def upstream() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
+    async with serving(app) as port:
         yield f"http://127.0.0.1:{port}", received
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture
