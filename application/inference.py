@@ -80,10 +80,6 @@ class InferenceService:
         self._inflight: dict[Hashable, _Shared] = {}
         self._background: set[asyncio.Task[None]] = set()
 
-    def route(self, request: InferenceRequest) -> Route:
-        """The route of the first model that may answer `request` (UnknownModel: none)."""
-        return self._router.targets(request.model)[0].route
-
     async def infer(self, request: InferenceRequest, time_left: float | None = None) -> Answer:
         """One complete answer. `time_left` is the client's remaining deadline in seconds."""
         deadline = self._deadline(time_left)
