@@ -234,8 +234,7 @@ def build_tracer(provider: trace.TracerProvider, redact: Redact = str) -> Tracer
 
 
 class OtelTracer(Tracer):
-    """Spans from `provider`, or from the global provider (the no-op one until
-    `setup_tracing` installs the SDK; a tracer taken before that follows it)."""
+    """Spans from `provider`, or from OpenTelemetry's global provider when none is given."""
 
     def __init__(
         self,
