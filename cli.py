@@ -13,12 +13,12 @@ from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from adapters.config_error import ConfigError
-from adapters.lifecycle import StartupError
-from adapters.observability.logs import configure_logging
-from adapters.settings import Settings, is_loopback, load_settings
-from adapters.supervisor import WORKER_FLAG, PortTaken, SharedPort, Supervisor
-from adapters.vector import IncompatibleIndex
+from adapters.outbound.observability.logs import configure_logging
+from adapters.outbound.vector import IncompatibleIndex
+from adapters.process.config_error import ConfigError
+from adapters.process.lifecycle import StartupError
+from adapters.process.settings import Settings, is_loopback, load_settings
+from adapters.process.supervisor import WORKER_FLAG, PortTaken, SharedPort, Supervisor
 from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
 from application.semantic_cache import CachePolicy, SemanticCache
 from container import Container
@@ -283,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def supervise(settings: Settings) -> int:
-    """WORKERS > 1: this process holds the ports and runs the workers (adapters/supervisor.py)."""
+    """WORKERS > 1: this process holds the ports and runs the workers (process/supervisor.py)."""
     ports = [
         SharedPort("GRPC_PORT", settings.host, settings.grpc_port),
         SharedPort("METRICS_PORT", settings.host, settings.metrics_port),

@@ -16,12 +16,18 @@ import httpx
 from dependency_injector import containers, providers
 from opentelemetry import trace
 
-from adapters.admission import ClientAuth
-from adapters.grpc.admission import Admission
-from adapters.grpc.server import GrpcServer
-from adapters.grpc.servicer import InferenceServicer
-from adapters.http.app import OpenAIApi
-from adapters.lifecycle import (
+from adapters.inbound.admission import ClientAuth
+from adapters.inbound.grpc.admission import Admission
+from adapters.inbound.grpc.server import GrpcServer
+from adapters.inbound.grpc.servicer import InferenceServicer
+from adapters.inbound.http.app import OpenAIApi
+from adapters.outbound.observability import tracing
+from adapters.outbound.observability.logs import SecretRedactor
+from adapters.outbound.observability.prometheus import PrometheusMetrics
+from adapters.outbound.providers import HttpSettings, http_client
+from adapters.outbound.providers.gemini import GeminiProvider
+from adapters.outbound.providers.openai import OpenAIProvider, max_tokens_field_for
+from adapters.process.lifecycle import (
     build_gate,
     build_http_server,
     build_ops_server,
@@ -34,14 +40,8 @@ from adapters.lifecycle import (
     serving_grpc,
     serving_http,
 )
-from adapters.observability import tracing
-from adapters.observability.logs import SecretRedactor
-from adapters.observability.prometheus import PrometheusMetrics
-from adapters.providers import HttpSettings, http_client
-from adapters.providers.gemini import GeminiProvider
-from adapters.providers.openai import OpenAIProvider, max_tokens_field_for
-from adapters.settings import Settings
-from adapters.system import AsyncioSleeper, SystemClock, SystemRandom
+from adapters.process.settings import Settings
+from adapters.process.system import AsyncioSleeper, SystemClock, SystemRandom
 from application.inference import InferenceService
 from application.ports import Embedder, Provider, ResponseCache, Tracer
 from application.resilience import Upstream
@@ -67,7 +67,7 @@ def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dic
 
 
 def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Embedder:
-    from adapters.embedders import gemini, openai
+    from adapters.outbound.embedders import gemini, openai
 
     assert settings.embedding_api_key is not None  # Settings refuses an API embedder without it
     module = openai if kind == "openai" else gemini
@@ -81,7 +81,7 @@ def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Em
 
 
 def local_embedder(settings: Settings) -> Embedder:
-    from adapters.embedders.local import LocalMiniLMEmbedder
+    from adapters.outbound.embedders.local import LocalMiniLMEmbedder
 
     # a store's embedding gives up before the store's CACHE_TIMEOUT budget would count it failed
     return LocalMiniLMEmbedder(
@@ -90,7 +90,7 @@ def local_embedder(settings: Settings) -> Embedder:
 
 
 def edge_index(settings: Settings, worker: int | None) -> Any:
-    from adapters.vector.edge import EdgeIndex
+    from adapters.outbound.vector.edge import EdgeIndex
 
     # a Qdrant Edge shard is one process's: each worker keeps its own (the response store is shared)
     name = "vectors" if worker is None else f"vectors-worker-{worker}"
@@ -100,14 +100,14 @@ def edge_index(settings: Settings, worker: int | None) -> Any:
 def qdrant_index(settings: Settings) -> Any:
     from qdrant_client import AsyncQdrantClient
 
-    from adapters.vector.qdrant import QdrantIndex
+    from adapters.outbound.vector.qdrant import QdrantIndex
 
     client = AsyncQdrantClient(url=settings.qdrant_url, timeout=5)
     return QdrantIndex(client, settings.qdrant_collection)
 
 
 def embedded_store(settings: Settings) -> Any:
-    from adapters.store.embedded import EmbeddedStore
+    from adapters.outbound.store.embedded import EmbeddedStore
 
     return EmbeddedStore(
         Path(settings.cache_dir) / "responses", max_entries=settings.cache_max_entries
@@ -115,7 +115,7 @@ def embedded_store(settings: Settings) -> Any:
 
 
 def redis_store(settings: Settings) -> Any:
-    from adapters.store.redis import RedisStore, redis_client
+    from adapters.outbound.store.redis import RedisStore, redis_client
 
     return RedisStore(redis_client(settings.redis_addr, settings.cache_timeout))
 

@@ -51,7 +51,7 @@ def run_server(
     stop: multiprocessing.synchronize.Event,
 ) -> None:  # fmt: skip
     sys.path.insert(0, tree)
-    from adapters.settings import load_settings
+    from adapters.process.settings import load_settings
     from cli import serve
     from container import Container
 
@@ -100,8 +100,8 @@ def scrape(port: int, names: tuple[str, ...]) -> dict[str, float]:
 async def load(port: int, rate: int, seconds: float, share: float, first: int) -> dict[str, Any]:
     import grpc
 
-    from adapters.grpc.generated import proxy_pb2 as pb
-    from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+    from adapters.inbound.grpc.generated import proxy_pb2 as pb
+    from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 
     misses: list[float] = []
     semantic: list[float] = []

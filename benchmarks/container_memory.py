@@ -25,8 +25,8 @@ import docker
 import grpc
 import httpx
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 
 TOKEN = "benchmark-token"
 LABEL = {"llm-proxy.tests": "true"}

@@ -91,8 +91,8 @@ async def _load(load: Load) -> dict[str, Any]:
     if load.target == "grpc":
         import grpc
 
-        from adapters.grpc.generated import proxy_pb2 as pb
-        from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+        from adapters.inbound.grpc.generated import proxy_pb2 as pb
+        from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 
         channel = grpc.aio.insecure_channel(load.address)
         await asyncio.wait_for(channel.channel_ready(), 60)

@@ -28,9 +28,9 @@ import grpc
 import openai
 from dependency_injector import providers
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
-from adapters.settings import load_settings
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.process.settings import load_settings
 from benchmarks.roundtrip import InstantProvider, percentile
 from cli import serve
 from container import Container

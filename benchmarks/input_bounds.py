@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.grpc import mapping
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc import mapping
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from domain.errors import InvalidRequest
 from domain.model import RequestLimits
 

@@ -34,11 +34,11 @@ import httpx
 import httpx_sse
 from pythonjsonlogger.json import JsonFormatter as LibraryJsonFormatter
 
-from adapters.observability.logs import JsonFormatter
-from adapters.providers.sse import aiter_events
-from adapters.store import codec
-from adapters.store.embedded import EmbeddedStore
-from adapters.worker import WorkerThread
+from adapters.outbound.observability.logs import JsonFormatter
+from adapters.outbound.providers.sse import aiter_events
+from adapters.outbound.store import codec
+from adapters.outbound.store.embedded import EmbeddedStore
+from adapters.process.worker import WorkerThread
 from domain.model import Completion, FinishReason, Usage
 
 EVENTS, RECORDS, ENTRIES = 2000, 20_000, 2000

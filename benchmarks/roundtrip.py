@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc
 from dependency_injector import providers
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
-from adapters.settings import load_settings
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.process.settings import load_settings
 from application.ports import Provider
 from cli import serve
 from container import Container

@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("gpt-4o-mini", "gemini-2.0-flash")

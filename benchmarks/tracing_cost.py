@@ -99,8 +99,8 @@ def run_proxy(
     from dependency_injector import providers
     from opentelemetry.sdk.trace import TracerProvider
 
-    from adapters.observability import tracing as tracing_module
-    from adapters.settings import load_settings
+    from adapters.outbound.observability import tracing as tracing_module
+    from adapters.process.settings import load_settings
     from container import Container
 
     try:
@@ -182,8 +182,8 @@ class Result:
 async def drive(
     port: int, requests: int, concurrency: int, warmup: int, max_seconds: float, result: Result
 ) -> None:
-    from adapters.grpc.generated import proxy_pb2 as pb
-    from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+    from adapters.inbound.grpc.generated import proxy_pb2 as pb
+    from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 
     async with grpc.aio.insecure_channel(
         f"127.0.0.1:{port}", options=[("grpc.enable_http_proxy", 0)]

@@ -48,8 +48,8 @@ def cpu_seconds(pids: list[int]) -> float:
 async def load(port: int, seconds: float, concurrency: int, connections: int) -> int:
     import grpc
 
-    from adapters.grpc.generated import proxy_pb2 as pb
-    from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+    from adapters.inbound.grpc.generated import proxy_pb2 as pb
+    from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 
     channels = [
         grpc.aio.insecure_channel(

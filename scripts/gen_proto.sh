@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Generates the Python gRPC code for proto/*.proto into adapters/grpc/generated.
+# Generates the Python gRPC code for proto/*.proto into adapters/inbound/grpc/generated.
 # With --check, generates into a temporary folder and fails if the committed code differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=adapters/grpc/generated
+out=adapters/inbound/grpc/generated
 target=$out
 if [[ "${1:-}" == "--check" ]]; then
   target=$(mktemp -d)
@@ -12,8 +12,8 @@ fi
 python -m grpc_tools.protoc -I proto \
   --python_out="$target" --grpc_python_out="$target" \
   --mypy_out="$target" --mypy_grpc_out="$target" proto/proxy.proto
-# protoc writes top-level imports ("import proxy_pb2"); the package lives under adapters.grpc.generated.
-sed -i "s/^import proxy_pb2 as /from adapters.grpc.generated import proxy_pb2 as /" "$target/proxy_pb2_grpc.py" "$target/proxy_pb2_grpc.pyi"
+# protoc writes top-level imports ("import proxy_pb2"); the package lives under adapters.inbound.grpc.generated.
+sed -i "s/^import proxy_pb2 as /from adapters.inbound.grpc.generated import proxy_pb2 as /" "$target/proxy_pb2_grpc.py" "$target/proxy_pb2_grpc.pyi"
 if [[ "${1:-}" == "--check" ]]; then
   for f in proxy_pb2.py proxy_pb2.pyi proxy_pb2_grpc.py proxy_pb2_grpc.pyi; do
     if ! diff -u "$out/$f" "$target/$f"; then

@@ -13,7 +13,7 @@ import logging
 import signal
 import sys
 
-from adapters import durations
+from adapters.process import durations
 from simulator.app import serve
 from simulator.config import SimulatorConfig
 

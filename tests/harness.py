@@ -16,11 +16,11 @@ from dependency_injector import providers
 from prometheus_client.parser import text_string_to_metric_families
 from qdrant_client import AsyncQdrantClient
 
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
-from adapters.http.server import HttpServer
-from adapters.lifecycle import http_ssl_context
-from adapters.settings import load_settings
-from adapters.vector.qdrant import QdrantIndex
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.inbound.http.server import HttpServer
+from adapters.outbound.vector.qdrant import QdrantIndex
+from adapters.process.lifecycle import http_ssl_context
+from adapters.process.settings import load_settings
 from application.ports import Provider
 from cli import serve
 from container import Container

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters.grpc.generated import proxy_pb2, proxy_pb2_grpc
+from adapters.inbound.grpc.generated import proxy_pb2, proxy_pb2_grpc
 from tests.containers import LABEL
 
 import docker  # isort: skip  (after tests.containers, which sets testcontainers' environment)

@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 import yaml
 
-from adapters.durations import parse_duration
-from adapters.settings import Settings
+from adapters.process.durations import parse_duration
+from adapters.process.settings import Settings
 
 K8S = Path(__file__).parents[2] / "k8s"
 SECRET_SETTINGS = {"OPENAI_API_KEYS", "GEMINI_API_KEYS", "EMBEDDING_API_KEY", "AUTH_TOKENS"}

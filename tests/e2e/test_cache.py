@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from redis import Redis
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from domain.cache_policy import cache_scope
 from domain.model import InferenceRequest, Message, Role
 from tests.containers import RedisServer, disposable_redis, redis_server  # noqa: F401

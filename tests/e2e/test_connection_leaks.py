@@ -8,7 +8,7 @@ import asyncio
 import grpc
 import pytest
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from simulator import SimulatorConfig
 from tests.harness import stack
 

@@ -9,7 +9,7 @@ from typing import Any
 import openai
 import pytest
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from simulator import SimulatorConfig
 from tests.harness import OPENAI_KEYS, SLACK, Stack, scrape, stack
 

@@ -10,7 +10,7 @@ import grpc
 import pytest
 from aiohttp import web
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from tests.harness import running_proxy, serving
 
 ANSWER = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from tests.harness import stack
 
 

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from simulator import SimulatorConfig
 from tests.containers import RedisServer, disposable_redis  # noqa: F401
 from tests.harness import (

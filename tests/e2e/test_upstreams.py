@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 import pytest
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from domain.key_pool import ApiKey
 from simulator import SimulatorConfig, key_fingerprint
 from tests.harness import GEMINI_KEYS, OPENAI_KEYS, stack

@@ -12,7 +12,7 @@ from typing import Any
 import grpc
 import pytest
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from tests.harness import Samples, Stack, scrape
 
 OPENAI, GEMINI = "gpt-4o-mini", "gemini-2.0-flash"

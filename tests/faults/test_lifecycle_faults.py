@@ -12,8 +12,8 @@ import grpc
 import httpx
 import pytest
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 from simulator import SimulatorConfig, running_simulator
 from tests.containers import RedisServer, disposable_redis, free_port  # noqa: F401
 from tests.faults.matrix import GEMINI, OPENAI, ask, collect, failure, metric, total

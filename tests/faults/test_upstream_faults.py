@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from simulator import key_fingerprint
 from tests.fakes import WordEmbedder
 from tests.faults.matrix import (

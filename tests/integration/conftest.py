@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 from container import Container
 from tests import harness
 from tests.fakes import FakeProvider

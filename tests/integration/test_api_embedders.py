@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.embedders.gemini import GeminiEmbedder
-from adapters.embedders.openai import OpenAIEmbedder
-from adapters.providers import http_client
+from adapters.outbound.embedders.gemini import GeminiEmbedder
+from adapters.outbound.embedders.openai import OpenAIEmbedder
+from adapters.outbound.providers import http_client
 from domain.errors import KeyRejected, RateLimited, UpstreamFault, UpstreamRejected
 from domain.key_pool import ApiKey
 from simulator import SimulatorConfig, embed_text, running_simulator

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import cli
-from adapters.settings import Settings
+from adapters.process.settings import Settings
 from cli import main
 
 pytestmark = pytest.mark.integration

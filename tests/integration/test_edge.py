@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 from tests.harness import scrape_port
 from tests.integration.conftest import running_proxy
 from tests.integration.test_grpc_api import ask, status_of
@@ -303,8 +303,8 @@ async def test_the_http_port_has_the_same_mtls(pki: Pki, tmp_path: Path) -> None
 
 
 def test_unreadable_or_mismatched_tls_files_name_the_variable(pki: Pki, tmp_path: Path) -> None:
-    from adapters.config_error import ConfigError
-    from adapters.settings import load_settings
+    from adapters.process.config_error import ConfigError
+    from adapters.process.settings import load_settings
 
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate")

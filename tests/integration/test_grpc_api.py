@@ -13,7 +13,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from domain.errors import KeyRejected, RateLimited, UpstreamFault, UpstreamRejected
 from domain.model import MAX_INPUT_CHARS
 from tests.fakes import Fail, Hang, Reply

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from adapters.providers import HttpSettings, http_client
-from adapters.providers.errors import transport_failure
+from adapters.outbound.providers import HttpSettings, http_client
+from adapters.outbound.providers.errors import transport_failure
 from domain.errors import ConnectionsExhausted
 from domain.key_pool import ApiKey
 

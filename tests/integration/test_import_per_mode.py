@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # Serves until both servers listen, stops, then prints the top-level packages it imported.
 SERVE_BRIEFLY = """
 import asyncio, json, sys
-from adapters.settings import load_settings
+from adapters.process.settings import load_settings
 from cli import serve
 from container import Container
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.settings import load_settings
+from adapters.process.settings import load_settings
 from cli import logs_as_json
 
 pytestmark = pytest.mark.integration

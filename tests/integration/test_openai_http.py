@@ -21,11 +21,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
-from adapters.http.app import CACHE_CONTROL_HEADER as CACHE_CONTROL
-from adapters.http.server import HttpServer
-from adapters.settings import load_settings
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.inbound.http.app import CACHE_CONTROL_HEADER as CACHE_CONTROL
+from adapters.inbound.http.server import HttpServer
+from adapters.process.settings import load_settings
 from cli import serve
 from container import Container
 from tests.fakes import FakeProvider

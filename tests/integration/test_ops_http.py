@@ -8,8 +8,8 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.observability.http import OpsServer, Readiness
-from adapters.observability.prometheus import PrometheusMetrics
+from adapters.outbound.observability.http import OpsServer, Readiness
+from adapters.outbound.observability.prometheus import PrometheusMetrics
 from application.resilience import Upstream
 from domain.circuit_breaker import CircuitBreaker, Verdict
 from domain.key_pool import ApiKey, KeyPool

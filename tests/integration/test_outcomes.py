@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from adapters.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from tests.fakes import Hang
 from tests.integration.conftest import Proxy, running_proxy
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from adapters.store.embedded import FRONT_MAX_CHARS, EmbeddedStore
-from adapters.store.redis import DEFAULT_NAMESPACE, RedisStore, parse_addr, redis_client
+from adapters.outbound.store.embedded import FRONT_MAX_CHARS, EmbeddedStore
+from adapters.outbound.store.redis import DEFAULT_NAMESPACE, RedisStore, parse_addr, redis_client
 from application.ports import ResponseStore
 from domain.model import Completion, FinishReason, Usage
 from tests.containers import RedisServer, disposable_redis, redis_server  # noqa: F401
@@ -361,7 +361,7 @@ async def test_embedded_repeated_reads_skip_the_worker_thread(tmp_path: Path) ->
 
 
 def codec_bytes(content: str) -> bytes:
-    from adapters.store import codec
+    from adapters.outbound.store import codec
 
     return codec.encode(completion(content))
 

@@ -16,11 +16,11 @@ import pytest
 from dependency_injector import providers
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
-from adapters.lifecycle import StartupError
-from adapters.settings import load_settings
-from adapters.vector.edge import EdgeIndex
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.outbound.vector.edge import EdgeIndex
+from adapters.process.lifecycle import StartupError
+from adapters.process.settings import load_settings
 from cli import serve
 from container import Container
 from tests.fakes import FakeProvider

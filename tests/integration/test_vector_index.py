@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from qdrant_client import AsyncQdrantClient
 
-from adapters.vector import IncompatibleIndex
-from adapters.vector.edge import EdgeIndex
-from adapters.vector.qdrant import QdrantIndex
+from adapters.outbound.vector import IncompatibleIndex
+from adapters.outbound.vector.edge import EdgeIndex
+from adapters.outbound.vector.qdrant import QdrantIndex
 from application.ports import VectorIndex, VectorMatch, VectorPoint
 
 pytestmark = [

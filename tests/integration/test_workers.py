@@ -14,8 +14,8 @@ import grpc
 import httpx
 import pytest
 
-from adapters.grpc.generated import proxy_pb2 as pb
-from adapters.grpc.generated import proxy_pb2_grpc as pb_grpc
+from adapters.inbound.grpc.generated import proxy_pb2 as pb
+from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 from simulator import SimulatorConfig, running_simulator
 
 pytestmark = pytest.mark.integration

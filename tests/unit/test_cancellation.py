@@ -3,7 +3,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-from adapters.providers.cancellation import cancelled_once
+from adapters.outbound.providers.cancellation import cancelled_once
 
 
 async def test_the_call_is_cancelled_once_and_its_cleanup_runs_to_the_end() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from adapters.providers.errors import (
+from adapters.outbound.providers.errors import (
     MAX_MESSAGE_CHARS,
     MAX_RETRY_AFTER,
     REDACTED,
@@ -25,7 +25,7 @@ from adapters.providers.errors import (
     transport_failure,
     upstream_message,
 )
-from adapters.providers.sse import SSEError, StreamStalled
+from adapters.outbound.providers.sse import SSEError, StreamStalled
 from domain.errors import (
     KeyRejected,
     ProviderFailure,

@@ -6,9 +6,9 @@ import logging
 
 import pytest
 
-from adapters.config_error import ConfigError
-from adapters.lifecycle import build_router
-from adapters.settings import load_settings
+from adapters.process.config_error import ConfigError
+from adapters.process.lifecycle import build_router
+from adapters.process.settings import load_settings
 
 
 def test_chains_are_parsed_in_order_and_deduplicated() -> None:

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.providers import http_client
-from adapters.providers.gemini import DEFAULT_BASE_URL, GeminiProvider
+from adapters.outbound.providers import http_client
+from adapters.outbound.providers.gemini import DEFAULT_BASE_URL, GeminiProvider
 from domain.errors import (
     KeyRejected,
     MalformedAnswer,

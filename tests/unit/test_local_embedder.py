@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from adapters.embedders.local import MAX_TOKENS, LocalMiniLMEmbedder, bundled_model_dir
+from adapters.outbound.embedders.local import MAX_TOKENS, LocalMiniLMEmbedder, bundled_model_dir
 
 REFERENCE = Path(__file__).resolve().parents[1] / "fixtures" / "minilm_reference.json"
 

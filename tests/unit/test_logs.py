@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 
-from adapters.observability.logs import REDACTED, SecretRedactor, configure_logging
+from adapters.outbound.observability.logs import REDACTED, SecretRedactor, configure_logging
 
 KEY = "sk-live-0123456789abcdef"
 TOKEN = "client-token-XYZ987"

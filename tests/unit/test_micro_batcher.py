@@ -1,5 +1,5 @@
 """The micro-batcher in front of the local embedder, with a recording encoder on a real worker
-thread (adapters/embedders/batching.py)."""
+thread (adapters/outbound/embedders/batching.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from adapters.embedders.batching import MicroBatcher
-from adapters.worker import WorkerThread
+from adapters.outbound.embedders.batching import MicroBatcher
+from adapters.process.worker import WorkerThread
 from application.ports import EmbedderBusy
 
 

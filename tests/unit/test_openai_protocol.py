@@ -8,9 +8,9 @@ from typing import Any
 import grpc
 import pytest
 
-from adapters.failures import Kind, classify
-from adapters.grpc.mapping import status_of
-from adapters.http import app, protocol
+from adapters.inbound.failures import Kind, classify
+from adapters.inbound.grpc.mapping import status_of
+from adapters.inbound.http import app, protocol
 from domain.errors import (
     CircuitOpen,
     DeadlineExceeded,

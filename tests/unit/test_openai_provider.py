@@ -11,8 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from adapters.providers import http_client
-from adapters.providers.openai import DEFAULT_BASE_URL, OpenAIProvider
+from adapters.outbound.providers import http_client
+from adapters.outbound.providers.openai import DEFAULT_BASE_URL, OpenAIProvider
 from domain.errors import (
     ConnectionsExhausted,
     KeyRejected,

@@ -3,7 +3,7 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from adapters.observability.prometheus import PrometheusMetrics
+from adapters.outbound.observability.prometheus import PrometheusMetrics
 from application.resilience import Upstream
 from domain.circuit_breaker import CircuitBreaker, Verdict
 from domain.key_pool import ApiKey, KeyPool

@@ -9,9 +9,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from adapters.config_error import ConfigError
-from adapters.lifecycle import describe_cache
-from adapters.settings import load_settings, redact_url
+from adapters.process.config_error import ConfigError
+from adapters.process.lifecycle import describe_cache
+from adapters.process.settings import load_settings, redact_url
 from cli import simulated, warn_if_open
 from container import Container, build_tracer
 from simulator import RunningSimulator

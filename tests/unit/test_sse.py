@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from adapters.providers.sse import (
+from adapters.outbound.providers.sse import (
     ServerSentEvent,
     SSEDecoder,
     SSEError,

@@ -1,4 +1,4 @@
-"""The worker count's default and the port claim (adapters/supervisor.py)."""
+"""The worker count's default and the port claim (adapters/process/supervisor.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from adapters.supervisor import PortTaken, SharedPort, _cgroup_quota, claim
+from adapters.process.supervisor import PortTaken, SharedPort, _cgroup_quota, claim
 
 
 def test_cgroup_v2_quota_rounds_up(tmp_path: Path) -> None:

@@ -16,10 +16,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from adapters.grpc.interceptor import ErrorBoundary
-from adapters.observability.logs import TraceContextFilter
-from adapters.observability.tracing import build_server_interceptor
-from adapters.providers import http_client
+from adapters.inbound.grpc.interceptor import ErrorBoundary
+from adapters.outbound.observability.logs import TraceContextFilter
+from adapters.outbound.observability.tracing import build_server_interceptor
+from adapters.outbound.providers import http_client
 from tests.harness import serving
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

@@ -20,11 +20,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from adapters.admission import ClientAuth, Gate, Limits
-from adapters.config_error import ConfigError
-from adapters.grpc.admission import Admission
-from adapters.grpc.interceptor import ErrorBoundary
-from adapters.observability.tracing import (
+from adapters.inbound.admission import ClientAuth, Gate, Limits
+from adapters.inbound.grpc.admission import Admission
+from adapters.inbound.grpc.interceptor import ErrorBoundary
+from adapters.outbound.observability.tracing import (
     NullTracer,
     OtelTracer,
     build_server_interceptor,
@@ -32,6 +31,7 @@ from adapters.observability.tracing import (
     inject_context,
     is_recording,
 )
+from adapters.process.config_error import ConfigError
 from tests.fakes import FakeClock
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

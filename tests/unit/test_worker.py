@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from adapters.worker import WorkerThread
+from adapters.process.worker import WorkerThread
 
 
 async def test_calls_run_in_order_on_one_thread_off_the_loop() -> None:

@@ -1,0 +1,1 @@
+"""Driving adapters: the gRPC and OpenAI-compatible HTTP servers and what both share."""

@@ -1,0 +1,386 @@
+"""The OpenAI-compatible HTTP API on aiohttp: thin handlers that admit the caller, translate the
+wire format (protocol.py) and call the same InferenceService as gRPC. One middleware turns every
+failure into OpenAI's error JSON, records `http_requests_total` and opens the request's span."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from dataclasses import dataclass
+from typing import Protocol
+
+from aiohttp import web
+from opentelemetry import trace
+from pydantic import BaseModel
+
+from adapters.inbound.admission import Gate, Metadata, Refused
+from adapters.inbound.failures import Failure, Kind, classify
+from adapters.inbound.http import protocol
+from adapters.inbound.request_log import Outcome
+from adapters.outbound.observability.tracing import http_server_span
+from application.inference import InferenceService
+from application.ports import Clock, Metrics
+from domain.errors import ProxyError
+from domain.model import (
+    Answer,
+    CacheControl,
+    CacheInfo,
+    CacheStatus,
+    InferenceRequest,
+    RequestLimits,
+)
+from domain.routing import ModelRouter
+
+log = logging.getLogger("llm_proxy.requests")
+
+CHAT = "/v1/chat/completions"
+MODELS = "/v1/models"
+CACHE_HEADER = "x-llm-proxy-cache"
+SIMILARITY_HEADER = "x-llm-proxy-cache-similarity"
+FALLBACK_HEADER = "x-llm-proxy-fallback-from"
+PROVIDER_HEADER = "x-llm-proxy-provider"
+CACHE_CONTROL_HEADER = "x-llm-proxy-cache-control"
+TIMEOUT_HEADER = "x-llm-proxy-timeout"  # seconds: the client's deadline, as gRPC's
+_DIRECTIVES = {"no-lookup", "no-store"}
+CLIENT_CLOSED = 499  # nginx's code for a client that went away: nobody receives it
+
+# kind -> (HTTP status, OpenAI error type, code): the statuses the OpenAI SDKs map to their
+# exception classes (400 BadRequestError, 401 AuthenticationError, 404 NotFoundError,
+# 429 RateLimitError, 5xx InternalServerError).
+_HTTP: dict[Kind, tuple[int, str, str | None]] = {
+    Kind.INVALID_ARGUMENT: (400, "invalid_request_error", None),
+    Kind.UNAUTHENTICATED: (401, "authentication_error", "invalid_api_key"),
+    Kind.NOT_FOUND: (404, "invalid_request_error", "model_not_found"),
+    Kind.RESOURCE_EXHAUSTED: (429, "rate_limit_error", "rate_limit_exceeded"),
+    Kind.CANCELLED: (CLIENT_CLOSED, "api_error", "cancelled"),
+    Kind.INTERNAL: (500, "api_error", None),
+    Kind.UNAVAILABLE: (503, "api_error", "service_unavailable"),
+    Kind.DEADLINE_EXCEEDED: (504, "api_error", "timeout"),
+}
+
+
+class HttpMetrics(Metrics, Protocol):
+    def http_request(self, route: str, code: int) -> None: ...
+
+
+def error_response(failure: Failure, param: str | None = None) -> web.Response:
+    status, kind, code = _HTTP[failure.kind]
+    body = protocol.ErrorBody(
+        error=protocol.ErrorDetail(message=failure.message, type=kind, param=param, code=code)
+    )
+    headers = {}
+    if failure.retry_after is not None:  # whole seconds, rounded up: what the SDKs parse
+        headers["Retry-After"] = str(max(1, -int(-failure.retry_after // 1)))
+        headers["retry-after-ms"] = str(max(0, round(failure.retry_after * 1000)))
+    return _json(body, status, headers)
+
+
+def _json(
+    body: BaseModel, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=body.model_dump_json(), status=status, headers=headers, content_type="application/json"
+    )
+
+
+def _metadata(request: web.Request) -> Metadata:
+    value = request.headers.get("Authorization")
+    return (("authorization", value),) if value is not None else ()
+
+
+def cache_control(request: web.Request) -> CacheControl:
+    """`x-llm-proxy-cache-control: no-lookup, no-store`: the gRPC request's cache options."""
+    raw = request.headers.get(CACHE_CONTROL_HEADER, "")
+    directives = {d.strip().lower() for d in raw.split(",") if d.strip()}
+    unknown = directives - _DIRECTIVES
+    if unknown:
+        raise protocol.Invalid(
+            f"{CACHE_CONTROL_HEADER}: unknown directive(s) {', '.join(sorted(unknown))[:80]}; "
+            "use no-lookup and/or no-store"
+        )
+    return CacheControl("no-lookup" in directives, "no-store" in directives)
+
+
+def time_left(request: web.Request) -> float | None:
+    """`x-llm-proxy-timeout: <seconds>`: the client's deadline; REQUEST_TIMEOUT bounds it."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):
+        raise protocol.Invalid(f"{TIMEOUT_HEADER} must be a positive number of seconds")
+    return seconds
+
+
+def cache_headers(answer: Answer) -> dict[str, str]:
+    headers = {CACHE_HEADER: answer.cache.status.value, PROVIDER_HEADER: answer.completion.provider}
+    if answer.cache.status is CacheStatus.SEMANTIC:
+        headers[SIMILARITY_HEADER] = f"{answer.cache.similarity:.4f}"
+    if answer.fallback_from is not None:
+        headers[FALLBACK_HEADER] = answer.fallback_from
+    return headers
+
+
+def cache_extension(answer: Answer) -> dict[str, object]:
+    """What a stream's last chunk says beyond OpenAI's fields (headers left before it was known)."""
+    info: CacheInfo = answer.cache
+    return {
+        "provider": answer.completion.provider,
+        "cache": info.status.value,
+        "similarity": info.similarity,
+        "fallback_from": answer.fallback_from,
+    }
+
+
+@dataclass
+class _Outcome(Outcome):
+    model: str = ""
+    failure: Failure | None = None  # after the response started: it went out as an SSE event
+
+
+class OpenAIApi:
+    """`app()` is the aiohttp application; `now` gives `created` (Unix seconds)."""
+
+    def __init__(
+        self,
+        service: InferenceService,
+        router: ModelRouter,
+        gate: Gate,
+        metrics: HttpMetrics,
+        clock: Clock,
+        limits: RequestLimits | None = None,
+        max_request_bytes: int = 4 * 1024 * 1024,
+        tracer_provider: trace.TracerProvider | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._service, self._router, self._gate = service, router, gate
+        self._metrics, self._clock, self._now = metrics, clock, now
+        self._limits = limits or RequestLimits()
+        self._max_bytes = max_request_bytes
+        self._tracer_provider = tracer_provider or trace.NoOpTracerProvider()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=self._max_bytes, middlewares=[self._boundary])
+        app.router.add_post(CHAT, self.chat)
+        app.router.add_get(MODELS, self.models)
+        return app
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def models(self, request: web.Request) -> web.Response:
+        self._gate.admit(_metadata(request), f"GET {MODELS}")
+        cards = [
+            protocol.ModelCard(id=name, owned_by=self._router.route(name.rstrip("*")).provider)
+            for name in self._router.routable()
+        ]
+        return _json(protocol.ModelList(data=cards))
+
+    async def chat(self, request: web.Request) -> web.StreamResponse:
+        tenant = self._gate.admit(_metadata(request), f"POST {CHAT}")
+        with self._gate.slot():
+            async with self._observed() as outcome:
+                body = await self._body(request)
+                parsed = protocol.parse(body)
+                outcome.model = self._limits.shown(parsed.model)
+                domain = parsed.to_domain(self._limits, tenant, cache_control(request))
+                deadline = time_left(request)
+                id, created = f"chatcmpl-{uuid.uuid4().hex}", int(self._now())
+                if parsed.stream:
+                    return await self._stream(
+                        request, parsed, domain, deadline, outcome, id, created
+                    )
+                answer = await self._service.infer(domain, deadline)
+                outcome.answered(answer)
+                return _json(
+                    protocol.ChatCompletion.of(answer, id, created), headers=cache_headers(answer)
+                )
+
+    async def _body(self, request: web.Request) -> bytes:
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise protocol.Invalid(
+                f"the body is larger than {self._max_bytes} bytes (MAX_REQUEST_BYTES)"
+            ) from None
+
+    async def _stream(
+        self,
+        request: web.Request,
+        parsed: protocol.ChatCompletionRequest,
+        domain: InferenceRequest,
+        deadline: float | None,
+        outcome: _Outcome,
+        id: str,
+        created: int,
+    ) -> web.StreamResponse:
+        chunk = _Chunks(id, created, parsed.model)
+        async with aclosing(self._service.stream(domain, deadline)) as events:
+            # The first event before the first byte: a failure up to here (unknown model, rate
+            # limits, breaker open, upstream down) still gets its own HTTP status.
+            first = await anext(events)
+            response = web.StreamResponse(
+                headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+            )
+            await response.prepare(request)
+            await response.write(chunk.role())
+            try:
+                event = first
+                while not isinstance(event, Answer):
+                    await response.write(chunk.content(event.content))
+                    event = await anext(events)
+            except ProxyError as error:
+                # The status line is gone: the failure travels as an SSE error event, which the
+                # OpenAI SDKs raise as an APIError; never a silent truncation, no [DONE].
+                outcome.failure = classify(error)
+                await response.write(_event(_error_body(outcome.failure)))
+                await response.write_eof()
+                return response
+            outcome.answered(event)
+            await response.write(chunk.finish(event))
+            if parsed.include_usage:
+                await response.write(chunk.usage(event))
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+
+    # -- what every request goes through ------------------------------------------------
+
+    @asynccontextmanager
+    async def _observed(self) -> AsyncIterator[_Outcome]:
+        """The same metrics and log line as a gRPC call (status: the gRPC code of the outcome)."""
+        outcome = _Outcome()
+        started = self._clock.now()
+        self._metrics.request_started()
+        status = Kind.INTERNAL.value
+        try:
+            yield outcome
+            status = outcome.failure.kind.value if outcome.failure else "ok"
+        except ProxyError as error:
+            status = classify(error).kind.value
+            outcome.provider = getattr(error, "provider", outcome.provider)
+            raise
+        except (asyncio.CancelledError, ConnectionResetError):
+            status = Kind.CANCELLED.value  # the client went away; the upstream call is cancelled
+            raise
+        finally:
+            seconds = self._clock.now() - started
+            self._metrics.request_finished(
+                outcome.provider, outcome.model, outcome.cache_status, status, seconds
+            )
+            outcome.log(status, outcome.model, seconds, self._limits, protocol="http")
+
+    @web.middleware
+    async def _boundary(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else "other"
+        code = CLIENT_CLOSED
+        with http_server_span(
+            self._tracer_provider, request.method, route, request.headers
+        ) as span:
+            try:
+                response = await _answer(request, handler)
+                code = response.status
+                return response
+            finally:
+                span(code)
+                self._metrics.http_request(route, code)
+
+
+async def _answer(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """The handler's response, or the failure in OpenAI's error JSON. Nothing from an upstream
+    body reaches the client: the messages are the domain's own."""
+    try:
+        return await handler(request)
+    except Refused as refused:
+        return error_response(refused.failure)
+    except protocol.Invalid as error:
+        return error_response(classify(error), error.param)
+    except ProxyError as error:
+        return error_response(classify(error))
+    except web.HTTPException as error:
+        if error.status == 404:
+            message = (
+                f"no route {request.method} {request.path[:80]}: this proxy serves "
+                f"POST {CHAT} and GET {MODELS}"
+            )
+        else:
+            message = f"{error.status} {error.reason}"
+        status = error.status
+        body = protocol.ErrorBody(
+            error=protocol.ErrorDetail(message=message, type="invalid_request_error")
+        )
+        return _json(body, status)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("%s %s failed unexpectedly", request.method, request.path[:80])
+        return error_response(Failure(Kind.INTERNAL, "internal error"))
+
+
+def _event(body: BaseModel) -> bytes:
+    return b"data: " + body.model_dump_json().encode() + b"\n\n"
+
+
+def _error_body(failure: Failure) -> protocol.ErrorBody:
+    _, kind, code = _HTTP[failure.kind]
+    return protocol.ErrorBody(
+        error=protocol.ErrorDetail(message=failure.message, type=kind, code=code)
+    )
+
+
+@dataclass(frozen=True)
+class _Chunks:
+    """The SSE events of one streamed completion, in OpenAI's chunk format."""
+
+    id: str
+    created: int
+    model: str
+
+    def _delta(self, delta: protocol.ChunkDelta) -> bytes:
+        choice = protocol.ChunkChoice(delta=delta)
+        return _event(
+            protocol.ChatCompletionChunk(
+                id=self.id, created=self.created, model=self.model, choices=[choice]
+            )
+        )
+
+    def role(self) -> bytes:
+        return self._delta(protocol.ChunkDelta(role="assistant", content=""))
+
+    def content(self, text: str) -> bytes:
+        return self._delta(protocol.ChunkDelta(content=text))
+
+    def finish(self, answer: Answer) -> bytes:
+        choice = protocol.ChunkChoice(
+            delta=protocol.ChunkDelta(), finish_reason=protocol.finish_reason(answer)
+        )
+        chunk = protocol.LastChunk(
+            id=self.id,
+            created=self.created,
+            model=answer.completion.model,
+            choices=[choice],
+            llm_proxy=cache_extension(answer),
+        )
+        return _event(chunk)
+
+    def usage(self, answer: Answer) -> bytes:
+        return _event(
+            protocol.ChatCompletionChunk(
+                id=self.id,
+                created=self.created,
+                model=answer.completion.model,
+                choices=[],
+                usage=protocol.UsageBody.of(answer.completion.usage),
+            )
+        )

@@ -1,0 +1,1 @@
+"""Driven adapters: providers, embedders, response stores, vector indexes, metrics, tracing."""

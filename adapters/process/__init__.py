@@ -1,0 +1,1 @@
+"""Process plumbing: settings, startup and shutdown, workers and their supervisor."""

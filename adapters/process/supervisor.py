@@ -1,0 +1,191 @@
+"""WORKERS=N: N `llm-proxy serve` processes on the same ports, one supervisor.
+
+The supervisor claims every listening port first: it binds each one without SO_REUSEPORT (so a
+port that anything else holds, another llm-proxy included, fails with a message naming its
+setting), then holds it with a bound, never-listening SO_REUSEPORT socket until it exits. Only
+then do the workers bind the same ports with SO_REUSEPORT (the kernel spreads connections over
+them). A second llm-proxy, single- or multi-worker, probes without SO_REUSEPORT and so cannot
+join our group; a port given as 0 is resolved once, by the supervisor, for all workers.
+
+Metrics: the workers share a fresh PROMETHEUS_MULTIPROC_DIR, and any worker's /metrics shows the
+sum over all of them (prometheus_client's multiprocess mode; see adapters/outbound/observability/
+prometheus.py for the per-metric choices).
+
+Shutdown: SIGTERM or SIGINT to the supervisor is passed to every worker, each drains within
+SHUTDOWN_GRACE, and the supervisor exits 0 when all exited 0. A worker that dies on its own is
+not restarted: the supervisor drains the others and exits 1, so that the orchestrator restarts
+the whole container (a crash loop stays visible, and no half-sized proxy keeps serving).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("llm_proxy")
+
+WORKER_FLAG = "--worker"
+"""`llm-proxy serve --worker N`: the supervisor's worker N (binds with SO_REUSEPORT, keeps its
+own embedded vector shard, CACHE_DIR/vectors-worker-N)."""
+STOP_MARGIN = 10.0  # seconds past SHUTDOWN_GRACE before a worker is killed
+
+
+class PortTaken(Exception):
+    """A port cannot be claimed; the message names its setting."""
+
+
+def cpu_quota() -> int:
+    """The CPUs this process may use: the cgroup CPU quota (v2 cpu.max, v1 cfs_quota_us over
+    cfs_period_us, rounded up), else the CPUs it may run on, at least 1."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota = _cgroup_quota(Path("/sys/fs/cgroup"))
+    return max(1, min(quota or allowed or 1, allowed or 1))
+
+
+def _cgroup_quota(root: Path) -> int | None:
+    try:
+        fields = (root / "cpu.max").read_text().split()
+        if fields and fields[0] != "max":
+            return -(-int(fields[0]) // int(fields[1]))
+        return None
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return -(-quota // period) if quota > 0 and period > 0 else None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedPort:
+    """A port every worker listens on: `setting` names it in errors and in the workers' env."""
+
+    setting: str
+    host: str
+    port: int
+
+
+def claim(port: SharedPort) -> socket.socket:
+    """Binds `port` exclusively to check nobody holds it, then holds it with SO_REUSEPORT;
+    returns the holding socket (its port is the one to use when `port.port` was 0)."""
+    family = socket.AF_INET6 if ":" in port.host else socket.AF_INET
+    host = port.host.strip("[]")
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is no owner
+            probe.bind((host, port.port))
+            number = probe.getsockname()[1]
+            holder = socket.socket(family, socket.SOCK_STREAM)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            probe.close()
+            holder.bind((host, number))
+    except OSError as error:
+        raise PortTaken(
+            f"cannot listen on {port.host}:{port.port} ({error.strerror or error}): is another "
+            f"instance running? Set {port.setting} to a free port"
+        ) from None
+    return holder
+
+
+class Supervisor:
+    def __init__(
+        self, workers: int, ports: Sequence[SharedPort], grace: float,
+        command: Sequence[str] | None = None,
+    ) -> None:  # fmt: skip
+        self.workers = workers
+        self.ports = ports
+        self.grace = grace
+        self.command = list(command or [sys.executable, "-m", "cli", "serve"])
+        self._stopping = False
+
+    def run(self) -> int:
+        """Claims the ports (PortTaken), runs the workers until a signal or a worker's exit,
+        stops them all; the exit code: 0 after a clean stop, else the first failure's."""
+        holders = [claim(port) for port in self.ports]
+        directory = tempfile.mkdtemp(prefix="llm-proxy-metrics-")
+        try:
+            env = self._worker_env(holders, directory)
+            return self._supervise(env, directory)
+        finally:
+            for holder in holders:
+                holder.close()
+            shutil.rmtree(directory, ignore_errors=True)
+
+    def _worker_env(self, holders: Sequence[socket.socket], directory: str) -> dict[str, str]:
+        env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=directory, WORKERS="1")
+        for port, holder in zip(self.ports, holders, strict=True):
+            env[port.setting] = str(holder.getsockname()[1])
+        return env
+
+    def _supervise(self, env: Mapping[str, str], directory: str) -> int:
+        def stop(signum: int, _frame: object) -> None:
+            self._stopping = True
+
+        previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        children: list[subprocess.Popen[bytes]] = []
+        code = 0
+        try:
+            for n in range(self.workers):
+                command = [*self.command, WORKER_FLAG, str(n)]
+                children.append(subprocess.Popen(command, env=dict(env)))
+            log.info(
+                "supervising %d workers (pids %s) on %s", self.workers,
+                ", ".join(str(c.pid) for c in children),
+                ", ".join(f"{p.setting}={env[p.setting]}" for p in self.ports),
+            )  # fmt: skip
+            while not self._stopping:
+                ended = next((c for c in children if c.poll() is not None), None)
+                if ended is not None:
+                    code = ended.returncode if ended.returncode > 0 else 1
+                    log.error(
+                        "worker %d exited with %s; stopping the others", ended.pid,
+                        ended.returncode,
+                    )  # fmt: skip
+                    break
+                time.sleep(0.1)
+            return max(code, self._stop(children, directory))
+        finally:
+            for child in children:
+                if child.poll() is None:
+                    child.kill()
+                    child.wait()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stop(self, children: Sequence[subprocess.Popen[bytes]], directory: str) -> int:
+        """SIGTERM to each running worker, then waits for the drains; the worst exit code."""
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.grace + STOP_MARGIN
+        code = 0
+        for child in children:
+            try:
+                returned = child.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not stop within %.0fs; killing it", child.pid,
+                          self.grace + STOP_MARGIN)  # fmt: skip
+                child.kill()
+                returned = child.wait()
+            code = max(code, returned if returned >= 0 else 1)
+            _mark_dead(child.pid, directory)
+        return code
+
+
+def _mark_dead(pid: int, directory: str) -> None:
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(pid, directory)  # type: ignore[no-untyped-call]
