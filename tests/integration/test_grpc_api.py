@@ -318,4 +318,55 @@ async def test_grpcurl_lists_services_and_runs_the_predecessor_example(proxy: Pr
     reply = json.loads(out)
     assert reply["content"] == "echo: Explain goroutines in one paragraph."
     assert reply["cache"]["status"] == "CACHE_STATUS_BYPASS"
+    assert reply["finish_reason"] == "FINISH_REASON_STOP"  # as README shows it: snake_case
+    assert set(reply["usage"]) <= {"input_tokens", "output_tokens"}
+    code, out, err = await _grpcurl(
+        "-plaintext", address, "describe", "grpc.reflection.v1.ServerReflection"
+    )
+    assert code == 0, err
+    assert "rpc ServerReflectionInfo" in out
     assert proxy.openai.calls[0].request.temperature == pytest.approx(0.7)
+
+
+async def test_health_watch_streams_the_status_and_its_changes(proxy: Proxy) -> None:
+    """grpcio's client-side health checking (and Envoy, Linkerd) use Watch, not Check."""
+    health = health_pb2_grpc.HealthStub(proxy.channel)
+    watch = health.Watch(health_pb2.HealthCheckRequest(service="inferenceproxy.InferenceService"))
+    first = await asyncio.wait_for(watch.read(), 5)
+    assert first.status == health_pb2.HealthCheckResponse.SERVING
+    server = proxy.container.grpc_server()
+    await server.health.set(
+        "inferenceproxy.InferenceService", health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    changed = await asyncio.wait_for(watch.read(), 5)
+    assert changed.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    watch.cancel()
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha"])
+async def test_reflection_is_served_in_both_versions(proxy: Proxy, version: str) -> None:
+    from grpc_reflection.v1alpha import reflection_pb2 as messages  # wire-identical in v1
+
+    call = proxy.channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=messages.ServerReflectionRequest.SerializeToString,
+        response_deserializer=messages.ServerReflectionResponse.FromString,
+    )(iter([messages.ServerReflectionRequest(list_services="")]))
+    reply = await asyncio.wait_for(call.read(), 5)
+    names = {s.name for s in reply.list_services_response.service}
+    assert {"inferenceproxy.InferenceService", "grpc.reflection.v1.ServerReflection"} <= names
+    call = proxy.channel.stream_stream(
+        f"/grpc.reflection.{version}.ServerReflection/ServerReflectionInfo",
+        request_serializer=messages.ServerReflectionRequest.SerializeToString,
+        response_deserializer=messages.ServerReflectionResponse.FromString,
+    )(
+        iter(
+            [
+                messages.ServerReflectionRequest(
+                    file_containing_symbol=f"grpc.reflection.{version}.ServerReflection"
+                )
+            ]
+        )
+    )
+    reply = await asyncio.wait_for(call.read(), 5)
+    assert reply.file_descriptor_response.file_descriptor_proto, reply

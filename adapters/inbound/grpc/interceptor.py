@@ -4,6 +4,7 @@ inside an async context manager, so an interceptor says only what happens around
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -42,7 +43,11 @@ def wrap(handler: Handler, around: Around) -> Handler:
 
         async def stream(request: Any, context: Context) -> AsyncIterator[Any]:
             async with around(context):
-                async for item in stream_behaviour(request, context):
+                responses = stream_behaviour(request, context)
+                if inspect.isawaitable(responses):  # a handler that writes with context.write
+                    await responses  # (grpc.health.v1's Watch)
+                    return
+                async for item in responses:
                     yield item
 
         return grpc.unary_stream_rpc_method_handler(

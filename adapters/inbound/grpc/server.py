@@ -3,12 +3,12 @@ from __future__ import annotations
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from adapters.inbound.grpc.admission import Admission
 from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.inbound.grpc.interceptor import ErrorBoundary
+from adapters.inbound.grpc.reflection import enable_reflection
 from adapters.inbound.grpc.servicer import InferenceServicer
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["InferenceService"].full_name
@@ -48,12 +48,8 @@ class GrpcServer:
         )
         pb_grpc.add_InferenceServiceServicer_to_server(servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (
-                SERVICE_NAME,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
+        enable_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name),
             self._server,
         )
         self.port = 0
