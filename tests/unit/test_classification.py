@@ -312,6 +312,13 @@ def test_transport_failures_are_faults_without_secrets() -> None:
         assert isinstance(failure, UpstreamFault)
         assert failure.breaker_failure
         assert KEY.value not in str(failure)
+        assert type(exc).__name__ not in str(failure)  # the domain's words, not httpx's
+    broke_off = httpx.RemoteProtocolError(
+        "Response payload is not completed: <TransferEncodingError: 400>", request=request
+    )
+    assert str(transport_failure(broke_off, provider="openai", key=KEY)) == (
+        "openai connection failed: the answer broke off (protocol error)"
+    )
     assert "timed out" in str(transport_failure(cases[1], provider="openai", key=KEY))
     assert "stalled" in str(transport_failure(cases[-1], provider="openai", key=KEY))
 

@@ -342,10 +342,23 @@ def transport_failure(exc: Exception, *, provider: str, key: ApiKey) -> Provider
         return malformed(provider, safe_message(str(exc), key))
     if isinstance(exc, httpx.DecodingError):
         return malformed(provider, "the body could not be decoded (content encoding)")
-    if isinstance(exc, httpx.TimeoutException):
-        return UpstreamFault(f"{provider} timed out ({type(exc).__name__})")
-    said = safe_message(str(exc), key, limit=120)
-    return UpstreamFault(f"{provider} connection failed ({type(exc).__name__}: {said or '-'})")
+    for kind, words in _TRANSPORT_WORDS:
+        if isinstance(exc, kind):
+            return UpstreamFault(f"{provider} {words}")
+    return UpstreamFault(f"{provider} connection failed")
+
+
+# httpx's exceptions in the domain's words: the exception's own text (a library's, holding
+# protocol internals such as "<TransferEncodingError: 400 ...>") never reaches a client.
+_TRANSPORT_WORDS: tuple[tuple[type[Exception], str], ...] = (
+    (httpx.ConnectTimeout, "timed out: no connection within the connect timeout"),
+    (httpx.ReadTimeout, "timed out: nothing received within the read timeout"),
+    (httpx.TimeoutException, "timed out"),
+    (httpx.ConnectError, "connection failed: the server could not be reached"),
+    (httpx.RemoteProtocolError, "connection failed: the answer broke off (protocol error)"),
+    (httpx.ReadError, "connection failed: the connection was lost while reading the answer"),
+    (httpx.WriteError, "connection failed: the connection was lost while sending the request"),
+)
 
 
 def utcnow() -> datetime:
