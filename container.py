@@ -43,6 +43,7 @@ from adapters.process.lifecycle import (
 from adapters.process.settings import Settings
 from adapters.process.system import AsyncioSleeper, SystemClock, SystemRandom
 from application.inference import InferenceService
+from application.models import ModelCatalog
 from application.ports import Embedder, Provider, ResponseCache, Tracer
 from application.resilience import Upstream
 from application.semantic_cache import CachePolicy, SemanticCache
@@ -224,8 +225,9 @@ class Container(containers.DeclarativeContainer):
         tracing=providers.Callable(tracing.build_server_interceptor, tracer_provider),
         credentials=providers.Callable(server_credentials, settings), reuse_port=reuse_port,
     )  # fmt: skip
+    catalog = providers.Singleton(ModelCatalog, router, upstreams, clock)
     openai_api = providers.Singleton(
-        OpenAIApi, inference, router, gate, metrics, clock, limits=limits,
+        OpenAIApi, inference, catalog, gate, metrics, clock, limits=limits,
         max_request_bytes=s.max_request_bytes, tracer_provider=tracer_provider,
     )  # fmt: skip
     http_server = providers.Singleton(build_http_server, settings, openai_api, reuse_port)

@@ -353,8 +353,9 @@ class InferenceService:
 
     async def _lookup(self, request: InferenceRequest, target: Target) -> Answer | None:
         """The cached answer in `target`'s scope (`request` asks for `target.model`)."""
-        if self._cache is None or request.cache.skip_lookup:
+        if not self._cacheable(request) or request.cache.skip_lookup:
             return None
+        assert self._cache is not None
         try:
             answer = await self._cache.lookup(request, target.route.provider)
         except Exception as exc:  # the cache fails open, even when its adapter does not
@@ -367,15 +368,20 @@ class InferenceService:
             self._metrics.cache_lookup(answer.cache.status, answer.cache.similarity)
         return answer
 
+    def _cacheable(self, request: InferenceRequest) -> bool:
+        """The cache keys an answer by the last user message: a request that ends otherwise (a
+        prefill, a system message after the user) bypasses it."""
+        return self._cache is not None and request.asks
+
     def _miss_info(self, request: InferenceRequest) -> CacheInfo:
-        if self._cache is None or request.cache.skip_lookup:
+        if not self._cacheable(request) or request.cache.skip_lookup:
             return CacheInfo(CacheStatus.BYPASS)
         return CacheInfo(CacheStatus.MISS)
 
     def _after_answer(self, request: InferenceRequest, completion: Completion) -> None:
         self._metrics.tokens(completion.provider, request.model, completion.usage)
         if (
-            self._cache is None
+            not self._cacheable(request)
             or request.cache.skip_store
             or completion.finish_reason is not FinishReason.STOP
         ):

@@ -11,6 +11,15 @@ from domain.key_pool import ApiKey
 from domain.model import Answer, CacheStatus, Completion, InferenceRequest, StreamEvent, Usage
 
 
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """A model a provider lists: its own name, and when it was made (Unix seconds; None when
+    the provider does not say)."""
+
+    id: str
+    created: int | None = None
+
+
 class Provider(Protocol):
     """One upstream LLM API. `request.model` is already the upstream model name.
 
@@ -25,6 +34,10 @@ class Provider(Protocol):
 
     def stream(self, request: InferenceRequest, key: ApiKey) -> AsyncGenerator[StreamEvent, None]:
         """Deltas, then exactly one StreamEnd. Closing the iterator aborts the upstream call."""
+        ...
+
+    async def models(self, key: ApiKey) -> Sequence[ModelInfo]:
+        """The chat models the provider lists for `key`."""
         ...
 
 

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 
 class ProxyError(Exception):
-    """Base of every error the proxy reports to a client on purpose."""
+    """Base of every error the proxy reports to a client on purpose. `param`: the request
+    parameter at fault, when one is (OpenAI's error `param`)."""
+
+    param: str | None = None
 
 
 class InvalidRequest(ProxyError):
-    pass
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class UnknownModel(ProxyError):
+    param = "model"
+
     def __init__(self, model: str, reason: str, routable: tuple[str, ...]) -> None:
         self.model = model
         self.routable = routable
@@ -118,4 +125,9 @@ class ConnectionsExhausted(ProviderFailure):
 
 
 class UpstreamRejected(ProviderFailure):
-    """Another 4xx: the provider refused this request (a client error, not retried)."""
+    """Another 4xx: the provider refused this request (a client error, not retried); or the
+    adapter refused it before sending, as a request that provider cannot take (`param`)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param

@@ -24,11 +24,13 @@ class RequestLimits:
         if len(model) > self.max_model_name:
             raise InvalidRequest(
                 f"model name is {len(model)} characters ({self.shown(model)}); the limit is "
-                f"{self.max_model_name} (MAX_MODEL_NAME_LENGTH)"
+                f"{self.max_model_name} (MAX_MODEL_NAME_LENGTH)",
+                "model",
             )
         if message_count > self.max_messages:
             raise InvalidRequest(
-                f"{message_count} messages; the limit is {self.max_messages} (MAX_MESSAGES)"
+                f"{message_count} messages; the limit is {self.max_messages} (MAX_MESSAGES)",
+                "messages",
             )
 
     def shown(self, value: str) -> str:
@@ -82,24 +84,44 @@ class InferenceRequest:
 
     def __post_init__(self) -> None:
         if not self.model.strip():
-            raise InvalidRequest('model is required, e.g. "gpt-4o-mini" or "gemini-2.0-flash"')
+            raise InvalidRequest(
+                'model is required, e.g. "gpt-4o-mini" or "gemini-2.0-flash"', "model"
+            )
         if not self.messages:
-            raise InvalidRequest("give a prompt or at least one message")
+            raise InvalidRequest("give a prompt or at least one message", "messages")
         for i, message in enumerate(self.messages):
             if not message.content.strip():
-                raise InvalidRequest(f"messages[{i}] has empty content")
-        if self.messages[-1].role is not Role.USER:
-            raise InvalidRequest("the last message must have role user")
+                raise InvalidRequest(f"messages[{i}].content is empty", f"messages[{i}].content")
+        if all(m.role is Role.SYSTEM for m in self.messages):
+            raise InvalidRequest("give at least one user message", "messages")
         size = sum(len(m.content) for m in self.messages)
         if size > MAX_INPUT_CHARS:
-            raise InvalidRequest(f"input is {size} characters; the limit is {MAX_INPUT_CHARS}")
+            raise InvalidRequest(
+                f"input is {size} characters; the limit is {MAX_INPUT_CHARS}", "messages"
+            )
         if self.temperature is not None and not 0.0 <= self.temperature <= 2.0:
-            raise InvalidRequest(f"temperature must be within [0, 2], got {self.temperature:g}")
+            raise InvalidRequest(
+                f"temperature must be within [0, 2], got {self.temperature:g}", "temperature"
+            )
         if self.max_tokens is not None and not 0 < self.max_tokens <= MAX_OUTPUT_TOKENS:
             raise InvalidRequest(
                 f"max_tokens must be within [1, {MAX_OUTPUT_TOKENS}] (or 0 for the provider's "
-                f"default), got {self.max_tokens}"
+                f"default), got {self.max_tokens}",
+                "max_tokens",
             )
+
+    @property
+    def prefill(self) -> bool:
+        """The conversation ends with an assistant turn: the model continues it (system
+        messages after it aside)."""
+        turns = [m for m in self.messages if m.role is not Role.SYSTEM]
+        return turns[-1].role is Role.ASSISTANT
+
+    @property
+    def asks(self) -> bool:
+        """The last message is the user's: what the cache keys an answer by (a prefill, or a
+        system message after the user, is a different request from the same last user text)."""
+        return self.messages[-1].role is Role.USER
 
     @property
     def system(self) -> str | None:

@@ -66,6 +66,12 @@ class ModelRouter:
         self._check_fallbacks()
 
     def route(self, model: str) -> Route:
+        if "*" in model:
+            raise UnknownModel(
+                model,
+                "a pattern of model names, not a model: name one (GET /v1/models lists them)",
+                self.routable(),
+            )
         route = self._known(model)
         if route is None:
             raise UnknownModel(model, "no provider serves this model", self.routable())
@@ -83,7 +89,7 @@ class ModelRouter:
         (saying why `model` is not routable) when none is left."""
         chain = (model, *self._fallbacks.get(model, ()))
         found = tuple(Target(m, r) for m in chain if (r := self._usable(m)) is not None)
-        if not found:
+        if not found or "*" in model:
             self.route(model)  # raises the reason
         return found
 
@@ -101,15 +107,27 @@ class ModelRouter:
         return frozenset(m for model, chain in self._fallbacks.items() for m in (model, *chain))
 
     def routable(self) -> tuple[str, ...]:
+        """What a client may ask for, as a person reads it: names, then name patterns."""
         patterns = [f"{prefix}*" for prefix, p in self._prefixes if p in self._available]
-        named = {name for name, r in self._routes.items() if r.provider in self._available}
-        # a model without keys of its own is still answered when one of its fallbacks is
-        named |= {
-            model
-            for model, chain in self._fallbacks.items()
-            if self._usable(model) is None and any(map(self._usable, chain))
-        }
-        return tuple(sorted(named) + patterns)
+        return tuple(sorted(self.named()) + patterns)
+
+    def named(self) -> dict[str, str]:
+        """Every model configured by name (MODEL_ROUTES, MODEL_FALLBACKS) that is answered ->
+        the provider that serves it (a model without keys of its own whose fallbacks answer:
+        the first fallback's)."""
+        named: dict[str, str] = {}
+        for model in sorted({*self._routes, *self.fallback_models()}):
+            provider = self.provider_of(model)
+            if provider is not None:
+                named[model] = provider
+        return named
+
+    def provider_of(self, model: str) -> str | None:
+        """The provider a request for `model` goes to first; None when nothing answers it."""
+        if "*" in model:
+            return None
+        chain = (model, *self._fallbacks.get(model, ()))
+        return next((r.provider for m in chain if (r := self._usable(m)) is not None), None)
 
     def _known(self, model: str) -> Route | None:
         """The route of `model`, whether its provider has keys or not; None: no provider."""

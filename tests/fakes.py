@@ -17,6 +17,7 @@ from application.ports import (
     Embedder,
     EmbedderBusy,
     Metrics,
+    ModelInfo,
     Provider,
     RandomSource,
     ResponseCache,
@@ -86,6 +87,9 @@ class FakeProvider(Provider):
         self.cancelled = 0
         self.gate: asyncio.Event | None = None
         self.entered = asyncio.Event()
+        # what `models` answers: a list, or an error to raise (ProviderFailure)
+        self.listed: list[ModelInfo] | Exception = []
+        self.listings = 0
 
     def then(self, *behaviours: Behaviour) -> FakeProvider:
         self.script.extend(behaviours)
@@ -112,6 +116,12 @@ class FakeProvider(Provider):
         except (asyncio.CancelledError, GeneratorExit):
             self.cancelled += 1
             raise
+
+    async def models(self, key: ApiKey) -> list[ModelInfo]:
+        self.listings += 1
+        if isinstance(self.listed, Exception):
+            raise self.listed
+        return self.listed
 
     async def _begin(self, request: InferenceRequest, key: ApiKey, streamed: bool) -> Behaviour:
         self.calls.append(Call(key.fingerprint, request, streamed))

@@ -81,7 +81,7 @@ async def test_streamed_infer(proxy: Proxy) -> None:
     ("request_", "fix"),
     [
         (pb.InferenceRequest(model="gpt-4"), "give a prompt or at least one message"),
-        (pb.InferenceRequest(model="gpt-4", prompt="   "), "empty content"),
+        (pb.InferenceRequest(model="gpt-4", prompt="   "), "is empty"),
         (pb.InferenceRequest(prompt="hi"), "model is required"),
         (
             pb.InferenceRequest(

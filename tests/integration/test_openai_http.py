@@ -120,12 +120,45 @@ async def test_a_stream_without_include_usage_has_no_usage_chunk(s: Stack) -> No
     assert all('"choices":[]' not in e for e in events)
 
 
-async def test_models_lists_the_routable_models_and_aliases() -> None:
-    async with stack(http=True, model_routes="fast=gemini:gemini-2.0-flash") as s:
+async def test_models_lists_aliases_and_the_providers_own_chat_models_never_patterns() -> None:
+    async with stack(
+        http=True,
+        model_routes="fast=gemini:gemini-2.0-flash",
+        model_fallbacks="gpt-4.1=gemini-2.5-flash",
+    ) as s:
         models = await client(s).models.list()
+        again = await client(s).models.list()
+        asked = s.sim.stats.by_endpoint
     owners = {m.id: m.owned_by for m in models.data}
-    prefixes = dict.fromkeys(("chatgpt-*", "gpt-*", "o1*", "o3*", "o4*"), "openai")
-    assert owners == {"fast": "gemini", "gemini-*": "gemini", **prefixes}
+    # the simulator's lists (DEFAULT_MODELS), less its embedding models (no chat route)
+    assert owners == {
+        "fast": "gemini",
+        "gpt-4.1": "openai",
+        "gpt-4o": "openai",
+        "gpt-4o-mini": "openai",
+        "gemini-2.0-flash": "gemini",
+        "gemini-2.5-flash": "gemini",
+    }
+    assert all(m.created > 0 for m in models.data)
+    assert [m.id for m in again.data] == [m.id for m in models.data]
+    assert asked["openai.models"] == asked["gemini.models"] == 1  # kept, not asked again
+
+
+async def test_models_retrieve_answers_a_listed_model_and_404s_an_unknown_one(s: Stack) -> None:
+    model = await client(s).models.retrieve("gpt-4o-mini")
+    assert (model.id, model.owned_by, model.object) == ("gpt-4o-mini", "openai", "model")
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client(s).models.retrieve("gpt-4-nonexistent")
+    assert caught.value.code == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        await client(s).models.retrieve("llama-3")
+
+
+async def test_a_pattern_is_not_a_model_name(s: Stack) -> None:
+    with pytest.raises(openai.NotFoundError) as caught:
+        await client(s).chat.completions.create(model="gpt-*", messages=user("Hi."))
+    assert "a pattern of model names" in caught.value.message
+    assert caught.value.param == "model"
 
 
 # -- errors: the status each SDK exception class stands for --------------------------------

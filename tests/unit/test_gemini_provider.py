@@ -468,3 +468,58 @@ async def test_output_tokens_summing_past_int32_are_a_malformed_answer(
     upstream.reply(json_body=response("hi", usage=usage))
     with pytest.raises(MalformedAnswer, match="out of range"):
         await provider.complete(request(), KEY)
+
+
+# --- prefill, trailing system messages, the model list -------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_a_prefill_is_refused_naming_messages_before_anything_is_sent(
+    provider: GeminiProvider, upstream: Upstream, stream: bool
+) -> None:
+    prefill = request(messages=(Message(Role.USER, "Hi"), Message(Role.ASSISTANT, "Hel")))
+
+    async def call() -> None:
+        if stream:
+            async for _ in provider.stream(prefill, KEY):
+                pass
+        else:
+            await provider.complete(prefill, KEY)
+
+    with pytest.raises(UpstreamRejected, match="prefill") as caught:
+        await call()
+    assert caught.value.param == "messages"
+    assert not upstream.requests
+
+
+async def test_a_system_message_after_the_user_joins_the_system_instruction(
+    provider: GeminiProvider, upstream: Upstream
+) -> None:
+    upstream.reply(json_body=response("ok"))
+    late = Message(Role.SYSTEM, "One word.")
+    await provider.complete(request(messages=(*request().messages, late)), KEY)
+    assert upstream.sent["systemInstruction"] == {"parts": [{"text": "Be brief.\n\nOne word."}]}
+    assert upstream.sent["contents"][-1]["role"] == "user"
+
+
+async def test_the_model_list_is_the_generating_models_by_their_short_name(
+    provider: GeminiProvider, upstream: Upstream
+) -> None:
+    upstream.reply(
+        json_body={
+            "models": [
+                {
+                    "name": "models/gemini-2.0-flash",
+                    "supportedGenerationMethods": ["generateContent"],
+                },
+                {
+                    "name": "models/text-embedding-004",
+                    "supportedGenerationMethods": ["embedContent"],
+                },
+            ]
+        }
+    )
+    assert [m.id for m in await provider.models(KEY)] == ["gemini-2.0-flash"]
+    sent = upstream.requests[-1]
+    assert (sent.method, sent.url.path) == ("GET", "/v1beta/models")
+    assert sent.headers["x-goog-api-key"] == KEY.value

@@ -547,3 +547,17 @@ async def test_breaker_transitions_are_logged_once_each(caplog: pytest.LogCaptur
         "openai circuit breaker closed -> open (last attempt: upstream_fault)",
         "openai circuit breaker half_open -> closed (last attempt: success)",
     ]
+
+
+@pytest.mark.parametrize("last", [Role.ASSISTANT, Role.SYSTEM])
+async def test_a_request_not_ending_with_the_user_bypasses_the_cache(last: Role) -> None:
+    """The cache keys by the last user message: a prefill ("Sure") must not hit an answer to a
+    user asking "Sure", nor be stored as one."""
+    cache = DictCache()
+    world = World(openai(), cache=cache)
+    messages = (Message(Role.USER, "q"), Message(last, "Sure"))
+    answer = await world.service.infer(InferenceRequest("gpt-4o-mini", messages))
+    await world.service.drain()
+    assert answer.cache.status is CacheStatus.BYPASS
+    assert cache.entries == {}
+    assert world.provider.calls[0].request.messages == messages

@@ -63,12 +63,20 @@ def test_neutral_values_and_unknown_fields_are_accepted(neutral: dict[str, Any])
         ({"response_format": {"type": "json_object"}}, "response_format"),
         ({"n": 3}, "n"),
         ({"max_tokens": -1}, "max_tokens"),
+        ({"max_tokens": 0}, "max_tokens"),  # as OpenAI: below the minimum, not "no limit"
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"max_completion_tokens": 0, "max_tokens": 5}, "max_completion_tokens"),
+        ({"max_completion_tokens": 10**9}, "max_completion_tokens"),
+        ({"temperature": 3}, "temperature"),
+        ({"messages": [{"role": "user", "content": " "}]}, "messages[0].content"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages[0].role"),
+        ({"model": ""}, "model"),
     ],
 )
 def test_what_would_change_the_answer_is_refused_naming_it(
     body: dict[str, Any], param: str
 ) -> None:
-    with pytest.raises(protocol.Invalid) as error:
+    with pytest.raises(InvalidRequest) as error:
         domain(**body)
     assert error.value.param == param
     assert param in str(error.value)
@@ -77,14 +85,39 @@ def test_what_would_change_the_answer_is_refused_naming_it(
 def test_the_domain_checks_are_the_same_as_grpcs() -> None:
     with pytest.raises(InvalidRequest, match="MAX_MODEL_NAME_LENGTH"):
         domain(model="m" * 200)
-    with pytest.raises(InvalidRequest, match="last message must have role user"):
-        domain(messages=[{"role": "assistant", "content": "Hi."}])
+    with pytest.raises(InvalidRequest, match="at least one user message"):
+        domain(messages=[{"role": "system", "content": "Hi."}])
+
+
+def test_a_prefill_and_a_system_message_after_the_user_are_passed_on() -> None:
+    user, prefill = {"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hel"}
+    later = {"role": "system", "content": "Be brief."}
+    request = domain(messages=[user, prefill, later])
+    assert [m.role for m in request.messages] == [Role.USER, Role.ASSISTANT, Role.SYSTEM]
+    assert request.prefill
+
+
+@pytest.mark.parametrize("stream", [None, False])
+def test_stream_null_is_not_streaming(stream: object) -> None:
+    parsed = protocol.ChatCompletionRequest.model_validate(
+        {"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": stream}
+    )
+    assert not parsed.stream
+
+
+def test_a_wrong_type_names_the_parameter_as_openai_does() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        protocol.parse(b'{"model": "m", "messages": [{"role": "user", "content": 5}]}')
+    assert caught.value.param == "messages[0].content"
+    with pytest.raises(InvalidRequest) as caught:
+        protocol.parse(b'{"model": "m", "messages": [], "stream": 5}')
+    assert caught.value.param == "stream"
 
 
 def test_a_body_that_is_not_json_or_lacks_a_field_says_so() -> None:
-    with pytest.raises(protocol.Invalid, match="not valid JSON"):
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
         protocol.parse(b"{")
-    with pytest.raises(protocol.Invalid) as missing:
+    with pytest.raises(InvalidRequest) as missing:
         protocol.parse(b'{"messages": []}')
     assert missing.value.param == "model"
 

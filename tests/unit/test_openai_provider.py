@@ -651,3 +651,24 @@ async def test_the_proxys_own_full_pool_is_not_the_providers_fault(
     assert isinstance(failure, ConnectionsExhausted)
     assert "UPSTREAM_MAX_CONNECTIONS" in str(failure)
     assert failure.retry_after is not None
+
+
+async def test_the_model_list_is_read_with_its_dates(
+    provider: OpenAIProvider, upstream: Upstream
+) -> None:
+    upstream.reply(
+        json_body={"object": "list", "data": [{"id": "gpt-4o", "created": 1715367049}, {"x": 1}]}
+    )
+    models = await provider.models(KEY)
+    assert [(m.id, m.created) for m in models] == [("gpt-4o", 1715367049)]
+    sent = upstream.requests[-1]
+    assert sent.method == "GET"
+    assert sent.url.path.endswith("/models")
+
+
+async def test_a_model_list_without_data_is_malformed(
+    provider: OpenAIProvider, upstream: Upstream
+) -> None:
+    upstream.reply(json_body={"error": "nope"})
+    with pytest.raises(MalformedAnswer):
+        await provider.models(KEY)

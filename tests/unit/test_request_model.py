@@ -48,14 +48,27 @@ def test_no_messages_is_rejected() -> None:
 def test_an_empty_message_is_rejected_by_position(content: str) -> None:
     messages = (Message(Role.SYSTEM, "be brief"), Message(Role.USER, content))
 
-    with pytest.raises(InvalidRequest, match=r"messages\[1\] has empty content"):
+    with pytest.raises(InvalidRequest, match=r"messages\[1\]\.content is empty"):
         request(messages=messages)
 
 
 @pytest.mark.parametrize("role", [Role.SYSTEM, Role.ASSISTANT])
-def test_the_last_message_must_be_from_the_user(role: Role) -> None:
-    with pytest.raises(InvalidRequest, match="last message must have role user"):
-        request(messages=(USER, Message(role, "ok")))
+def test_a_conversation_may_end_with_a_system_message_or_a_prefill(role: Role) -> None:
+    """OpenAI accepts both; whether a provider can take it is the provider adapter's call."""
+    asked = request(messages=(USER, Message(role, "ok")))
+    assert asked.prefill is (role is Role.ASSISTANT)
+    assert not asked.asks  # the cache keys by the last user message: it bypasses the cache
+
+
+def test_a_prefill_is_seen_past_trailing_system_messages() -> None:
+    messages = (USER, Message(Role.ASSISTANT, "Sure:"), Message(Role.SYSTEM, "be brief"))
+    assert request(messages=messages).prefill
+
+
+def test_a_conversation_of_system_messages_only_is_refused_naming_messages() -> None:
+    with pytest.raises(InvalidRequest, match="at least one user message") as caught:
+        request(messages=(Message(Role.SYSTEM, "be brief"),))
+    assert caught.value.param == "messages"
 
 
 def test_a_conversation_ending_with_the_user_is_valid() -> None:

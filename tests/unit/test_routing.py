@@ -219,3 +219,24 @@ def test_only_the_listed_failures_fall_back() -> None:
     assert not falls_back(UpstreamRejected("400"))
     assert not falls_back(InvalidRequest("bad"))
     assert not falls_back(ConnectionsExhausted("pool full"))
+
+
+@pytest.mark.parametrize("pattern", ["gpt-*", "gemini-*", "o1*", "*"])
+def test_a_pattern_is_never_routed_as_a_model(pattern: str) -> None:
+    router = ModelRouter(BOTH)
+    with pytest.raises(UnknownModel, match="a pattern of model names") as caught:
+        router.targets(pattern)
+    assert caught.value.param == "model"
+    assert router.provider_of(pattern) is None
+
+
+def test_named_lists_configured_models_that_answer_by_the_provider_that_serves_them() -> None:
+    router = ModelRouter(
+        ["gemini"],
+        routes={"fast": Route("gemini", "gemini-2.0-flash"), "local": Route("openai", "llama")},
+        fallbacks={"gpt-4o": ("gemini-1.5-pro",)},
+    )
+    # `local` has no keys; gpt-4o has none of its own but its fallback answers
+    assert router.named() == {"fast": "gemini", "gemini-1.5-pro": "gemini", "gpt-4o": "gemini"}
+    assert router.provider_of("gemini-2.5-pro") == "gemini"
+    assert router.provider_of("gpt-4o-mini") is None

@@ -23,8 +23,9 @@ from adapters.inbound.http import protocol
 from adapters.inbound.request_log import Outcome
 from adapters.outbound.observability.tracing import http_server_span
 from application.inference import InferenceService
+from application.models import ListedModel, ModelCatalog
 from application.ports import Clock, Metrics
-from domain.errors import ProxyError
+from domain.errors import InvalidRequest, ProxyError, UnknownModel
 from domain.model import (
     Answer,
     CacheControl,
@@ -33,7 +34,6 @@ from domain.model import (
     InferenceRequest,
     RequestLimits,
 )
-from domain.routing import ModelRouter
 
 log = logging.getLogger("llm_proxy.requests")
 
@@ -98,7 +98,7 @@ def cache_control(request: web.Request) -> CacheControl:
     directives = {d.strip().lower() for d in raw.split(",") if d.strip()}
     unknown = directives - _DIRECTIVES
     if unknown:
-        raise protocol.Invalid(
+        raise InvalidRequest(
             f"{CACHE_CONTROL_HEADER}: unknown directive(s) {', '.join(sorted(unknown))[:80]}; "
             "use no-lookup and/or no-store"
         )
@@ -115,7 +115,7 @@ def time_left(request: web.Request) -> float | None:
     except ValueError:
         seconds = float("nan")
     if not 0 < seconds < float("inf"):
-        raise protocol.Invalid(f"{TIMEOUT_HEADER} must be a positive number of seconds")
+        raise InvalidRequest(f"{TIMEOUT_HEADER} must be a positive number of seconds")
     return seconds
 
 
@@ -151,7 +151,7 @@ class OpenAIApi:
     def __init__(
         self,
         service: InferenceService,
-        router: ModelRouter,
+        catalog: ModelCatalog,
         gate: Gate,
         metrics: HttpMetrics,
         clock: Clock,
@@ -160,27 +160,43 @@ class OpenAIApi:
         tracer_provider: trace.TracerProvider | None = None,
         now: Callable[[], float] = time.time,
     ) -> None:
-        self._service, self._router, self._gate = service, router, gate
+        self._service, self._catalog, self._gate = service, catalog, gate
         self._metrics, self._clock, self._now = metrics, clock, now
         self._limits = limits or RequestLimits()
         self._max_bytes = max_request_bytes
         self._tracer_provider = tracer_provider or trace.NoOpTracerProvider()
+        self._started = int(now())  # `created` of a model its provider gives no date for
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self._max_bytes, middlewares=[self._boundary])
         app.router.add_post(CHAT, self.chat)
         app.router.add_get(MODELS, self.models)
+        app.router.add_get(MODELS + "/{model:.+}", self.model)
         return app
 
     # -- handlers ------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
         self._gate.admit(_metadata(request), f"GET {MODELS}")
-        cards = [
-            protocol.ModelCard(id=name, owned_by=self._router.route(name.rstrip("*")).provider)
-            for name in self._router.routable()
-        ]
+        cards = [self._card(m) for m in await self._catalog.models()]
         return _json(protocol.ModelList(data=cards))
+
+    async def model(self, request: web.Request) -> web.Response:
+        """`client.models.retrieve(id)`: 404 model_not_found unless a client may ask for it."""
+        self._gate.admit(_metadata(request), f"GET {MODELS}/{{model}}")
+        name = request.match_info["model"]
+        found = await self._catalog.find(name)
+        if found is None:
+            raise UnknownModel(
+                self._limits.shown(name),
+                "not served here",
+                tuple(m.id for m in await self._catalog.models()),
+            )
+        return _json(self._card(found))
+
+    def _card(self, model: ListedModel) -> protocol.ModelCard:
+        created = model.created if model.created is not None else self._started
+        return protocol.ModelCard(id=model.id, created=created, owned_by=model.provider)
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         tenant = self._gate.admit(_metadata(request), f"POST {CHAT}")
@@ -206,7 +222,7 @@ class OpenAIApi:
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise protocol.Invalid(
+            raise InvalidRequest(
                 f"the body is larger than {self._max_bytes} bytes (MAX_REQUEST_BYTES)"
             ) from None
 
@@ -304,15 +320,13 @@ async def _answer(
         return await handler(request)
     except Refused as refused:
         return error_response(refused.failure)
-    except protocol.Invalid as error:
-        return error_response(classify(error), error.param)
     except ProxyError as error:
-        return error_response(classify(error))
+        return error_response(classify(error), error.param)
     except web.HTTPException as error:
         if error.status == 404:
             message = (
                 f"no route {request.method} {request.path[:80]}: this proxy serves "
-                f"POST {CHAT} and GET {MODELS}"
+                f"POST {CHAT}, GET {MODELS} and GET {MODELS}/{{model}}"
             )
         else:
             message = f"{error.status} {error.reason}"

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
 
 from domain.errors import InvalidRequest
 from domain.model import (
+    MAX_OUTPUT_TOKENS,
     Answer,
     CacheControl,
     FinishReason,
@@ -44,6 +51,7 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "modalities": (["text"],),
     "prediction": (),
 }
+_UNION_TAGS = {"str", "int", "float", "bool", "none"}
 _FINISH = {
     FinishReason.STOP: "stop",
     FinishReason.LENGTH: "length",
@@ -76,7 +84,7 @@ class ChatCompletionRequest(_Loose):
     temperature: float | None = None
     max_tokens: int | None = None
     max_completion_tokens: int | None = None
-    stream: bool = False
+    stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = None
 
@@ -90,37 +98,42 @@ class ChatCompletionRequest(_Loose):
         """The same InferenceRequest (and the same checks) the gRPC adapter builds."""
         limits.check(self.model, len(self.messages))
         if self.n not in (None, 1):
-            raise Invalid(f"n must be 1 (one choice per request), got {self.n}", "n")
+            raise InvalidRequest(f"n must be 1 (one choice per request), got {self.n}", "n")
         refused = [
             name
             for name, value in (self.model_extra or {}).items()
             if name in UNSUPPORTED and value not in (None, *UNSUPPORTED[name])
         ]
         if refused:
-            raise Invalid(
+            raise InvalidRequest(
                 f"unsupported parameter(s): {', '.join(sorted(refused))}; this proxy serves "
                 "plain text chat completions",
                 refused[0],
             )
-        max_tokens = self.max_completion_tokens or self.max_tokens
-        if max_tokens is not None and max_tokens < 0:
-            raise Invalid(f"max_tokens must not be negative, got {max_tokens}", "max_tokens")
         return InferenceRequest(
             model=self.model,
             messages=tuple(_message(i, m) for i, m in enumerate(self.messages)),
             temperature=self.temperature,
-            max_tokens=max_tokens or None,
+            max_tokens=self._max_tokens(),
             cache=cache,
             tenant=tenant,
         )
 
-
-class Invalid(InvalidRequest):
-    """An invalid request, with the parameter at fault (OpenAI's `param`)."""
-
-    def __init__(self, message: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.param = param
+    def _max_tokens(self) -> int | None:
+        """`max_completion_tokens` (OpenAI's name now), else the older `max_tokens`; as OpenAI,
+        a value below 1 is refused naming the parameter, never taken as "no limit"."""
+        for name in ("max_completion_tokens", "max_tokens"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value < 1:
+                raise InvalidRequest(f"{name} must be at least 1, got {value}", name)
+            if value > MAX_OUTPUT_TOKENS:
+                raise InvalidRequest(
+                    f"{name} must be at most {MAX_OUTPUT_TOKENS}, got {value}", name
+                )
+            return int(value)
+        return None
 
 
 def parse(body: bytes) -> ChatCompletionRequest:
@@ -129,28 +142,39 @@ def parse(body: bytes) -> ChatCompletionRequest:
         return ChatCompletionRequest.model_validate_json(body)
     except ValidationError as error:
         first = error.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"]) or None
+        where = param_path(first["loc"])
         if first["type"] == "json_invalid":
-            raise Invalid(f"the body is not valid JSON: {first['msg']}") from None
-        raise Invalid(f"{where or 'body'}: {first['msg']}", where) from None
+            raise InvalidRequest(f"the body is not valid JSON: {first['msg']}") from None
+        raise InvalidRequest(f"{where or 'body'}: {first['msg']}", where) from None
+
+
+def param_path(location: tuple[int | str, ...]) -> str | None:
+    """A validation error's location as OpenAI names a parameter: `messages[0].content`."""
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part not in _UNION_TAGS and "[" not in part and not part.startswith("function-"):
+            path += f".{part}" if path else part  # (pydantic's union member tags skipped)
+    return path or None
 
 
 def _message(index: int, message: ChatMessage) -> Message:
     role = _ROLES.get(message.role)
     if role is None:
-        raise Invalid(
+        raise InvalidRequest(
             f"messages[{index}].role must be system, developer, user or assistant, got "
             f"{message.role[:32]!r}",
-            f"messages.{index}.role",
+            f"messages[{index}].role",
         )
     content = message.content
     if isinstance(content, list):
         others = sorted({p.type[:32] for p in content if p.type != "text" or p.text is None})
         if others:
-            raise Invalid(
+            raise InvalidRequest(
                 f"messages[{index}].content has part type(s) {', '.join(others)}: only text "
                 "parts are supported",
-                f"messages.{index}.content",
+                f"messages[{index}].content",
             )
         content = "".join(p.text or "" for p in content)
     return Message(role, content or "")
@@ -177,6 +201,7 @@ class UsageBody(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    refusal: None = None  # required by OpenAI's schema (nullable): we never refuse ourselves
 
 
 class Choice(BaseModel):
@@ -212,8 +237,15 @@ class ChatCompletion(BaseModel):
 
 
 class ChunkDelta(BaseModel):
+    """Only the fields a chunk carries: `role` is a non-nullable enum in OpenAI's schema, so it
+    is left out of every chunk but the first, never sent as null."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _present(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChunkChoice(BaseModel):
@@ -246,7 +278,7 @@ def finish_reason(answer: Answer) -> str:
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
-    created: int = 0
+    created: int
     owned_by: str
 
 

@@ -26,18 +26,20 @@ from domain.key_pool import ApiKey
 async def post_json(
     client: httpx.AsyncClient,
     url: str,
-    body: dict[str, Any],
+    body: dict[str, Any] | None,
     headers: dict[str, str],
     *,
     provider: str,
     key: ApiKey,
     now: datetime,
     max_bytes: int = MAX_ANSWER_BYTES,
+    method: str = "POST",
 ) -> Any:
-    """POSTs `body` and returns the parsed JSON answer (None when it is not JSON)."""
+    """POSTs `body` (or sends `method` without one) and returns the parsed JSON answer (None
+    when it is not JSON)."""
 
     async def exchange() -> bytes | None:
-        async with client.stream("POST", url, json=body, headers=headers) as response:
+        async with client.stream(method, url, json=body, headers=headers) as response:
             await raise_for_outcome(response, provider=provider, key=key, now=now)
             return await read_limited(response, max_bytes)
 

@@ -26,8 +26,8 @@ from adapters.outbound.providers.errors import (
     utcnow,
 )
 from adapters.outbound.providers.exchange import post_json, post_sse
-from application.ports import Provider
-from domain.errors import UpstreamFault
+from application.ports import ModelInfo, Provider
+from domain.errors import UpstreamFault, UpstreamRejected
 from domain.key_pool import ApiKey
 from domain.model import (
     Completion,
@@ -118,8 +118,14 @@ class GeminiProvider(Provider):
             return f"{self._base}{model}:streamGenerateContent?alt=sse"
         return f"{self._base}{model}:generateContent"
 
-    @staticmethod
-    def body(request: InferenceRequest) -> dict[str, Any]:
+    def body(self, request: InferenceRequest) -> dict[str, Any]:
+        """System messages, wherever they are, become the system instruction."""
+        if request.prefill:
+            raise UpstreamRejected(
+                f"{self.name} cannot continue an assistant turn (prefill): end messages with a "
+                "user message, or use a model of a provider that can (OpenAI, Anthropic)",
+                "messages",
+            )
         contents: list[dict[str, Any]] = []
         for message in request.messages:
             if message.role is Role.SYSTEM:
@@ -195,6 +201,24 @@ class GeminiProvider(Provider):
         if progress.finish is None:
             raise UpstreamFault(f"{self.name} stream ended without a finishReason (truncated)")
         yield StreamEnd(progress.model, progress.finish, progress.usage)
+
+    async def models(self, key: ApiKey) -> list[ModelInfo]:
+        """The models that generate content (`models/gemini-2.0-flash` -> `gemini-2.0-flash`)."""
+        payload = await post_json(
+            self._client, self._base.rstrip("/") + "?pageSize=1000", None, self._headers(key),
+            provider=self.name, key=key, now=self._now(), max_bytes=self._max_bytes,
+            method="GET",
+        )  # fmt: skip
+        models = payload.get("models") if isinstance(payload, dict) else None
+        if not isinstance(models, list):
+            raise malformed(self.name, "the model list has no models")
+        return [
+            ModelInfo(m["name"].removeprefix("models/"))
+            for m in models
+            if isinstance(m, dict)
+            and isinstance(m.get("name"), str)
+            and "generateContent" in (m.get("supportedGenerationMethods") or ())
+        ]
 
     def _read(self, payload: Any, key: ApiKey) -> _Chunk:
         if isinstance(payload, dict) and "error" in payload:

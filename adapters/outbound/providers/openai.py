@@ -19,7 +19,7 @@ from adapters.outbound.providers.errors import (
     utcnow,
 )
 from adapters.outbound.providers.exchange import post_json, post_sse
-from application.ports import Provider
+from application.ports import ModelInfo, Provider
 from domain.errors import UpstreamFault
 from domain.key_pool import ApiKey
 from domain.model import (
@@ -101,6 +101,7 @@ class OpenAIProvider(Provider):
         self.name = name
         self._client = client
         self._url = base_url.rstrip("/") + "/chat/completions"
+        self._models_url = base_url.rstrip("/") + "/models"
         self._idle = stream_idle_timeout
         self._max_bytes = max_response_bytes
         self._max_tokens_field = max_tokens_field
@@ -133,6 +134,20 @@ class OpenAIProvider(Provider):
             provider=self.name, key=key, now=self._now(), max_bytes=self._max_bytes,
         )  # fmt: skip
         return self._completion(payload, request.model)
+
+    async def models(self, key: ApiKey) -> list[ModelInfo]:
+        payload = await post_json(
+            self._client, self._models_url, None, self._headers(key), provider=self.name,
+            key=key, now=self._now(), max_bytes=self._max_bytes, method="GET",
+        )  # fmt: skip
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, list):
+            raise malformed(self.name, "the model list has no data")
+        return [
+            ModelInfo(m["id"], m.get("created") if isinstance(m.get("created"), int) else None)
+            for m in data
+            if isinstance(m, dict) and isinstance(m.get("id"), str)
+        ]
 
     def _completion(self, payload: Any, requested_model: str) -> Completion:
         if not isinstance(payload, dict):
