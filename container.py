@@ -84,9 +84,9 @@ def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Em
 def local_embedder(settings: Settings) -> Embedder:
     from adapters.outbound.embedders.local import LocalMiniLMEmbedder
 
-    # a store's embedding gives up before the store's CACHE_TIMEOUT budget would count it failed
+    # a lookup arriving during a pass of the index backlog waits a fifth of its budget at most
     return LocalMiniLMEmbedder(
-        background_max_age=settings.cache_timeout / 2, max_busy=settings.cache_embed_max_cpu
+        background_pass=settings.cache_timeout / 5, max_busy=settings.cache_embed_max_cpu
     )
 
 
@@ -189,7 +189,7 @@ class Container(containers.DeclarativeContainer):
     semantic_cache = providers.Singleton(
         SemanticCache, embedder, vector_index, response_store,
         providers.Factory(CachePolicy, threshold=s.similarity_threshold, ttl=s.cache_ttl,
-                          timeout=s.cache_timeout, embed_budget=s.cache_embed_budget),
+                          timeout=s.cache_timeout, index_backlog=s.cache_index_backlog),
         clock, metrics, tracer,
     )  # fmt: skip
     kind = providers.Singleton(cache_kind, settings)

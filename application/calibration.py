@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from application.ports import Embedder, ResponseCache
+from application.semantic_cache import SemanticCache
 from domain.model import (
     CacheStatus,
     Completion,
@@ -133,9 +134,10 @@ def _request(text: str, pair: int) -> InferenceRequest:
     return InferenceRequest(MODEL, (Message(Role.USER, text),), tenant=f"pair-{pair}")
 
 
-async def store_all(cache: ResponseCache, pairs: Sequence[LabelledPair]) -> None:
+async def store_all(cache: SemanticCache, pairs: Sequence[LabelledPair]) -> None:
     for i, pair in enumerate(pairs):
         await cache.store(_request(pair.a, i), _ANSWER)
+    await cache.index_pending()  # the stored prompts were never looked up: none has a vector
 
 
 async def look_up_all(cache: ResponseCache, pairs: Sequence[LabelledPair]) -> list[Outcome]:
@@ -164,7 +166,7 @@ def summarise(outcomes: Sequence[Outcome]) -> Summary:
 
 
 async def sweep(
-    cache_at: Callable[[float], ResponseCache],
+    cache_at: Callable[[float], SemanticCache],
     embedder: Embedder,
     pairs: Sequence[LabelledPair],
     thresholds: Sequence[float],

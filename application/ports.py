@@ -58,8 +58,8 @@ class Embedder(Protocol):
     input_window: int
 
     async def embed(self, texts: Sequence[str], *, background: bool = False) -> list[list[float]]:
-        """`background`: a store's embedding, which must not delay a lookup's: it runs when no
-        lookup waits, and may be refused with EmbedderBusy when the embedder is saturated."""
+        """`background`: the cache's index backlog, which must not delay a lookup's texts: it
+        runs when no lookup waits."""
         ...
 
     def fits(self, text: str) -> bool:
@@ -67,13 +67,9 @@ class Embedder(Protocol):
         ...
 
     def expected_wait(self) -> float:
-        """Seconds a lookup's text submitted now is expected to wait behind other texts before
-        it is embedded; 0.0 when idle, or when the embedder cannot tell (an API)."""
+        """Seconds until a lookup's text submitted now is expected to have its vector, queueing
+        behind other texts included; 0.0 when the embedder cannot tell (an API)."""
         ...
-
-
-class EmbedderBusy(Exception):
-    """The embedder declined background work: too much is queued."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,8 +184,18 @@ class Metrics(Protocol):
     def cache_semantic_skip(self, reason: str) -> None:
         """The semantic tier declined: "beyond_window" (the prompt is longer than the embedder
         reads: exact tier only), "different_question" (a candidate above the threshold was
-        judged another question), "embedder_busy" (a lookup shed: the embedder would take longer
-        than the budget) or "store_embedder_busy" (a stored answer not indexed)."""
+        judged another question) or "embedder_busy" (the embedder could not give the lookup its
+        vector within the cache's budget)."""
+        ...
+
+    def cache_index_backlog(self, texts: int) -> None:
+        """How many stored answers wait for their vector (the index backlog's length)."""
+        ...
+
+    def cache_index_dropped(self, reason: str, count: int) -> None:
+        """Stored answers given up before their vector was indexed (served by the exact tier
+        only): "full" (the oldest, pushed out of a full backlog), "failed" (the embedder or the
+        index kept failing on them) or "shutdown" (left when the process stopped)."""
         ...
 
 

@@ -7,11 +7,12 @@ served by the exact tier alone. A candidate above the threshold is served only w
 It fails open: a backend that errors, or a lookup (or store) that takes longer than `timeout`
 over all its backend calls, turns into a miss (counted and logged), never a failed request.
 
-Under load it sheds instead of queueing: a lookup whose text would wait longer than
-`embed_budget` behind other texts for the embedder skips the semantic tier ("embedder_busy"),
-and a store's embedding is background work the embedder may refuse ("store_embedder_busy": the
-answer is stored for the exact tier only). A saturated embedder thus costs a miss nothing but the
-exact lookup.
+Under load, the embedder is shared, never skipped lightly: a lookup's text joins the embedder's
+next batch and skips the semantic tier ("embedder_busy") only when its vector would not be ready
+within the budget. A store writes the answer at once (the exact tier) and indexes it with the
+vector its lookup computed; an answer without one (its lookup skipped the semantic tier, or was
+not made) waits in a bounded backlog that `index_forever` embeds in batches whenever no lookup
+waits (application/index_backlog.py).
 """
 
 from __future__ import annotations
@@ -19,17 +20,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import math
 from collections import OrderedDict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import TypeVar
 
+from application.index_backlog import IndexBacklog, Unindexed
 from application.ports import (
     Clock,
     Embedder,
-    EmbedderBusy,
     Metrics,
     ResponseCache,
     ResponseStore,
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 CANDIDATES = 5
 BACKENDS = ("embedder", "vector_index", "response_store")
+SEARCH_SHARE = 0.2  # of the budget, left for the search and the answer once the vector is ready
+FAILURE_PAUSE = 1.0  # seconds the indexer rests after a backend failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +56,8 @@ class CachePolicy:
     threshold: float
     ttl: float
     timeout: float
-    embed_budget: float = math.inf  # longest a lookup's text may queue for the embedder
+    index_backlog: int = 10_000  # stored answers waiting for their vector, at most
+    index_batch: int = 64  # texts the indexer gives the embedder at once
     embedding_lru: int = 1024
     error_summary_every: float = 60.0
 
@@ -79,6 +82,7 @@ class SemanticCache(ResponseCache):
         self._tracer = tracer
         self._vectors: OrderedDict[bytes, list[float]] = OrderedDict()  # by sha256 of the text
         self._index_ready = False
+        self._backlog = IndexBacklog(policy.index_backlog, metrics)
         self.states = dict.fromkeys(BACKENDS, "unknown")
         self._health = {b: BackendHealth(policy.error_summary_every) for b in BACKENDS}
 
@@ -103,14 +107,43 @@ class SemanticCache(ResponseCache):
             seen = embedding_text(prompt)
             if not self._embedder.fits(seen):
                 return  # exact tier only: its vector would stand for a text it never saw whole
-            try:
-                vector = await self._embed(seen, deadline, background=True)
-            except EmbedderBusy:  # lookups keep it busy: this answer serves exact repeats only
-                self._metrics.cache_semantic_skip("store_embedder_busy")
+            entry = Unindexed(seen, scope, key, prompt, self._clock.wall() + ttl)
+            vector = self._remembered(seen)  # computed by this request's lookup
+            if vector is None:
+                self._backlog.add(entry)
                 return
-            await self._ensure_index(deadline)
-            point = VectorPoint(point_id(key), vector, scope, key, prompt, self._clock.wall() + ttl)
-            await self._call("vector_index", "upsert", self._index.upsert(point), deadline)
+            try:
+                await self._ensure_index(deadline)
+                await self._call("vector_index", "upsert", self._upsert(entry, vector), deadline)
+            except BackendDown:
+                self._backlog.failed([entry])  # tried again by the indexer
+
+    async def index_forever(self, sleeper: Sleeper) -> None:
+        """Indexes the backlog as it fills, until cancelled; rests FAILURE_PAUSE after a
+        backend failed."""
+        while True:
+            await self._backlog.filled()
+            if not await self._index_batch():
+                await sleeper.sleep(FAILURE_PAUSE)
+
+    async def index_pending(self, within: float | None = None) -> int:
+        """Indexes the backlog until it is empty, a backend fails, or `within` seconds passed;
+        returns how many stored answers still wait for their vector."""
+        with suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                while len(self._backlog) and await self._index_batch():
+                    pass
+        return len(self._backlog)
+
+    async def finish_indexing(self, within: float) -> None:
+        """At shutdown: indexes what waits for up to `within` seconds, then gives the rest up
+        (counted; their answers stay in the exact tier)."""
+        if await self.index_pending(within):
+            dropped = self._backlog.clear("shutdown")
+            log.warning(
+                "%d stored answers were not indexed within %.1fs of shutdown: the exact tier "
+                "serves them, the semantic tier will not", dropped, within,
+            )  # fmt: skip
 
     async def prepare(self) -> None:
         """Loads what can be loaded ahead of the first request and creates the vector
@@ -153,10 +186,9 @@ class SemanticCache(ResponseCache):
             return None
         vector = self._remembered(seen)
         if vector is None:
-            if self._embedder.expected_wait() > self._policy.embed_budget:
-                self._metrics.cache_semantic_skip("embedder_busy")
+            vector = await self._lookup_vector(seen, deadline)
+            if vector is None:
                 return None
-            vector = await self._embed(seen, deadline)
         await self._ensure_index(deadline)
         search = self._index.search(vector, scope, self._clock.wall(), CANDIDATES)
         for match in await self._call("vector_index", "search", search, deadline):
@@ -182,25 +214,67 @@ class SemanticCache(ResponseCache):
     def _scope(self, request: InferenceRequest, provider: str) -> str:
         return cache_scope(request, provider, self._embedder.identity)
 
+    async def _lookup_vector(self, text: str, deadline: float) -> list[float] | None:
+        """The text's vector, or None (counted) when the embedder cannot have it ready with
+        SEARCH_SHARE of the budget left: it is shared by the lookups in flight, which queue for
+        its next batch."""
+        ready_by = deadline - SEARCH_SHARE * self._policy.timeout
+        loop = asyncio.get_running_loop()
+        if loop.time() + self._embedder.expected_wait() <= ready_by:
+            with suppress(EmbedderLate):
+                vectors = await self._call("embedder", "embed", self._embedder.embed([text]),
+                                           ready_by)  # fmt: skip
+                self._remember(text, vectors[0])
+                return vectors[0]
+        self._metrics.cache_semantic_skip("embedder_busy")
+        return None
+
+    async def _index_batch(self) -> bool:
+        """Embeds and indexes up to `index_batch` of the oldest entries of the backlog; False
+        when a backend failed (the entries not indexed go back, see IndexBacklog.failed)."""
+        taken = self._backlog.take(self._policy.index_batch)
+        now = self._clock.wall()
+        batch = [e for e in taken if e.expires_at > now]  # the others' answers are gone
+        indexed = 0
+        try:
+            known = [self._remembered(e.text) for e in batch]
+            missing = [e.text for e, v in zip(batch, known, strict=True) if v is None]
+            fresh: Iterator[list[float]] = iter(())
+            if missing:  # no budget: background work waits for the lookups
+                embedding = self._embedder.embed(missing, background=True)
+                fresh = iter(await self._call("embedder", "embed", embedding, None))
+            vectors = [v if v is not None else next(fresh) for v in known]
+            await self._ensure_index(self._deadline())
+            for entry, vector in zip(batch, vectors, strict=True):
+                upsert = self._upsert(entry, vector)
+                await self._call("vector_index", "upsert", upsert, self._deadline())
+                indexed += 1
+        except BackendDown:
+            self._backlog.failed(batch[indexed:])
+            return False
+        except BaseException:  # cancelled (shutdown, the end of `within`): nothing is lost
+            self._backlog.put_back(batch[indexed:])
+            raise
+        finally:
+            self._backlog.settled(taken)
+        return True
+
+    def _upsert(self, entry: Unindexed, vector: list[float]) -> Awaitable[None]:
+        id_ = point_id(entry.entry_key)
+        return self._index.upsert(
+            VectorPoint(id_, vector, entry.scope, entry.entry_key, entry.prompt, entry.expires_at)
+        )
+
     def _remembered(self, text: str) -> list[float] | None:
-        # Keyed by a digest: the LRU holds 32 bytes per prompt, not the prompt.
-        digest = hashlib.sha256(text.encode()).digest()
-        vector = self._vectors.get(digest)
+        vector = self._vectors.get(_digest(text))
         if vector is not None:
-            self._vectors.move_to_end(digest)
+            self._vectors.move_to_end(_digest(text))
         return vector
 
-    async def _embed(self, text: str, deadline: float, background: bool = False) -> list[float]:
-        vector = self._remembered(text)
-        if vector is not None:
-            return vector
-        embedding = self._embedder.embed([text], background=background)
-        vectors = await self._call("embedder", "embed", embedding, deadline)
-        digest = hashlib.sha256(text.encode()).digest()
-        self._vectors[digest] = vectors[0]
+    def _remember(self, text: str, vector: list[float]) -> None:
+        self._vectors[_digest(text)] = vector
         if len(self._vectors) > self._policy.embedding_lru:
             self._vectors.popitem(last=False)
-        return vectors[0]
 
     async def _ensure_index(self, deadline: float) -> None:
         """Creates the collection on first use, and again after the index was unreachable."""
@@ -209,16 +283,20 @@ class SemanticCache(ResponseCache):
             await self._call("vector_index", "ensure_ready", ready, deadline)
             self._index_ready = True
 
-    async def _call(self, backend: str, operation: str, call: Awaitable[T], deadline: float) -> T:
+    async def _call(
+        self, backend: str, operation: str, call: Awaitable[T], deadline: float | None
+    ) -> T:
         """The call's result; BackendDown (counted and logged) when it failed or the budget
-        ending at `deadline` ran out."""
+        ending at `deadline` ran out. An embedder that tells its queue (a local model) and
+        ran out of budget was busy, not broken: EmbedderLate, not counted."""
         try:
             with self._tracer.span(f"cache.{backend}.{operation}"):
                 async with asyncio.timeout_at(deadline):
                     result = await call
-        except EmbedderBusy:
-            raise  # declined background work: the embedder is fine
         except Exception as error:
+            late = backend == "embedder" and isinstance(error, TimeoutError)
+            if late and self._embedder.expected_wait() > 0:
+                raise EmbedderLate from None
             reason = "timed out" if isinstance(error, TimeoutError) else type(error).__name__
             self._metrics.cache_error(backend, operation)
             self._set_state(backend, "down")
@@ -251,3 +329,12 @@ class SemanticCache(ResponseCache):
 
 class BackendDown(Exception):
     """A cache backend failed; the cache answers with a miss."""
+
+
+class EmbedderLate(Exception):
+    """The embedder's queue kept a lookup's text past its budget."""
+
+
+def _digest(text: str) -> bytes:
+    """The embedding LRU's key: 32 bytes a prompt, not the prompt."""
+    return hashlib.sha256(text.encode()).digest()

@@ -15,8 +15,9 @@ Latency is measured from each call's scheduled send time (a late send counts aga
 proxy), so a proxy that falls behind shows it. It prints p50 / p99 of the misses per rate and
 configuration, the share of paraphrases served as SEMANTIC hits, and the proxy's
 `cache_semantic_skips_total` and `cache_errors_total` (embed timeouts). `--set` passes
-settings to the proxy (e.g. `--set cache_embed_budget=1h` turns shedding off); `--tree DIR`
-imports the proxy from another source tree (an older commit), measured with the same client.
+settings to the proxy (e.g. `--set cache_embed_max_cpu=1` lifts the embedder's CPU share);
+`--tree DIR` imports the proxy from another source tree (an older commit), measured with the
+same client.
 """
 
 from __future__ import annotations

@@ -15,7 +15,6 @@ from application.ports import (
     AttributeValue,
     Clock,
     Embedder,
-    EmbedderBusy,
     Metrics,
     ModelInfo,
     Provider,
@@ -201,6 +200,8 @@ class RecordingMetrics(Metrics):
     backends: dict[str, bool] = field(default_factory=dict)
     semantic_skips: list[str] = field(default_factory=list)
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
+    index_backlog: int = 0
+    index_dropped: dict[str, int] = field(default_factory=dict)
 
     def request_started(self) -> None:
         self.active += 1
@@ -232,6 +233,12 @@ class RecordingMetrics(Metrics):
     def cache_semantic_skip(self, reason: str) -> None:
         self.semantic_skips.append(reason)
 
+    def cache_index_backlog(self, texts: int) -> None:
+        self.index_backlog = texts
+
+    def cache_index_dropped(self, reason: str, count: int) -> None:
+        self.index_dropped[reason] = self.index_dropped.get(reason, 0) + count
+
 
 class DictCache(ResponseCache):
     """An exact-match cache in a dict; `broken` makes every call raise."""
@@ -262,8 +269,8 @@ def _uncontrolled(request: InferenceRequest) -> InferenceRequest:
 
 class WordEmbedder(Embedder):
     """Bag-of-words unit vectors: texts sharing words are close. `broken` makes it raise,
-    `delay` makes it slow, `wait` is what it says a lookup would wait, `busy` refuses background
-    work (EmbedderBusy)."""
+    `delay` makes it slow, `wait` is what it says a lookup would wait for its vector; `gate`,
+    when cleared, holds background work."""
 
     identity = "fake:words"
     dimension = 64
@@ -277,8 +284,9 @@ class WordEmbedder(Embedder):
         self.broken = False
         self.delay = 0.0
         self.wait = 0.0
-        self.busy = False
-        self.background_calls: list[str] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.background_calls: list[list[str]] = []
 
     def expected_wait(self) -> float:
         return self.wait
@@ -288,11 +296,12 @@ class WordEmbedder(Embedder):
             await asyncio.sleep(self.delay)
         if self.broken:
             raise ConnectionError("embedder down")
-        if background and self.busy:
-            raise EmbedderBusy("busy")
-        self.calls.extend(texts)
         if background:
-            self.background_calls.extend(texts)
+            await self.gate.wait()
+            if self.broken:
+                raise ConnectionError("embedder down")
+            self.background_calls.append(list(texts))
+        self.calls.extend(texts)
         return [_bag_of_words(text, self.dimension) for text in texts]
 
 

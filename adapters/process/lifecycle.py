@@ -35,6 +35,7 @@ from domain.admission import TenantRateLimit
 from domain.routing import ModelRouter
 
 log = logging.getLogger("llm_proxy")
+SHUTDOWN_INDEXING = 5.0  # seconds the index backlog may take at shutdown, at most
 
 
 class StartupError(Exception):
@@ -180,9 +181,14 @@ async def running_cache(
     _clients: None, settings: Settings, cache: SemanticCache | None, embedder: Embedder | None,
     sleeper: AsyncioSleeper,
 ) -> AsyncIterator[None]:  # fmt: skip
-    """Warms the cache up and starts its sweeper. A backend that is down at startup is not
-    fatal (the cache fails open and recovers); a vector collection that cannot hold our vectors
-    is (IncompatibleIndex), since it would silently disable the cache."""
+    """Warms the cache up and starts its sweeper and its indexer. A backend that is down at
+    startup is not fatal (the cache fails open and recovers); a vector collection that cannot
+    hold our vectors is (IncompatibleIndex), since it would silently disable the cache.
+
+    At shutdown (after the listeners drained and the last stores ran) the index backlog gets
+    SHUTDOWN_INDEXING seconds at most (less with a shorter SHUTDOWN_GRACE); what is left is
+    counted, logged and given up: those answers stay in the exact tier. The bound keeps the stop
+    within the supervisor's and Kubernetes' margins past SHUTDOWN_GRACE."""
     log.info("cache: %s", describe_cache(settings))
     if cache is None:
         yield
@@ -201,12 +207,15 @@ async def running_cache(
             type(error).__name__,
         )
     sweeper = asyncio.create_task(cache.sweep_every(sleeper, settings.cache_sweep_interval))
+    indexer = asyncio.create_task(cache.index_forever(sleeper))
     try:
         yield
     finally:
-        sweeper.cancel()
-        with suppress(asyncio.CancelledError):
-            await sweeper
+        for task in (sweeper, indexer):
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+        await cache.finish_indexing(min(settings.shutdown_grace, SHUTDOWN_INDEXING))
         await cache.close()
 
 

@@ -213,7 +213,7 @@ class Settings(BaseSettings):
     retry_wait_max: Duration = 5.0
     key_cooldown_default: Duration = 30.0
     cache_timeout: PositiveDuration = 0.25
-    cache_embed_budget: Duration = 0.01
+    cache_index_backlog: int = Field(10_000, ge=1)
     cache_embed_max_cpu: float = Field(0.5, gt=0.0, le=1.0)
     model_routes: Annotated[dict[str, Route], NoDecode, BeforeValidator(_parse_routes)] = Field(
         default_factory=dict

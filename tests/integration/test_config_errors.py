@@ -66,7 +66,7 @@ BAD: dict[str, dict[str, str]] = {
     "retry_wait_max": {"RETRY_WAIT_MAX": "-1"},
     "key_cooldown_default": {"KEY_COOLDOWN_DEFAULT": "x"},
     "cache_timeout": {"CACHE_TIMEOUT": "0"},
-    "cache_embed_budget": {"CACHE_EMBED_BUDGET": "-1ms"},
+    "cache_index_backlog": {"CACHE_INDEX_BACKLOG": "0"},
     "cache_embed_max_cpu": {"CACHE_EMBED_MAX_CPU": "1.5"},
     "workers": {"WORKERS": "0"},
     "model_routes": {"MODEL_ROUTES": "fast=bedrock"},

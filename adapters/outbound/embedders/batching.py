@@ -4,16 +4,19 @@ that runs on one worker thread.
 While a batch runs, new texts queue; when it ends, everything queued (up to `max_batch`) goes in
 the next one. Nothing lingers on a timer: an idle worker starts at once (texts submitted in the
 same event-loop turn still share the pass), a busy one collects while it works. Lookups come
-first: background texts (a store's) run only in a batch of their own when no lookup waits, are
-refused (EmbedderBusy) beyond `max_background` queued, and given up (EmbedderBusy) after
-`background_max_age`, so that stores never delay a lookup by more than one small batch.
-With `max_busy` < 1 the worker's passes take at most that share of a core (averaged over about a
-second): beyond it lookups are told to skip (an infinite expected wait) and background work is
-refused, so the embedder cannot starve the event loop and the rest of the process of CPU.
+first: background texts (the cache's index backlog) run only when no lookup waits, in passes
+sized to take about `background_pass` seconds, so that a lookup arriving meanwhile waits at most
+that long behind them. Nothing is refused: the caller bounds how long it waits.
 
-`expected_wait()` is how long a lookup submitted now would queue: the rest of the running pass and
-the share of the texts ahead of it, from moving averages of the cost per pass and per text, so the
-cache can skip the semantic tier instead of queueing (see application/semantic_cache.py).
+With `max_busy` < 1 the worker's passes take at most that share of a core (their CPU time,
+averaged over about a second): past it the worker pauses before its next pass, so the embedder
+cannot starve the event loop and the rest of the process of CPU. Texts queue meanwhile and share
+the next pass.
+
+`expected_wait()` is how long a lookup's text submitted now would take to get its vector: the
+rest of the running pass, the pause the share imposes, and the passes of the texts queued ahead
+of it and its own, from moving averages of the cost per pass and per text, so that the cache can
+skip the semantic tier when that is beyond its budget (see application/semantic_cache.py).
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from adapters.process.worker import WorkerThread
-from application.ports import EmbedderBusy
 
-BUSY_WINDOW = 1.0  # seconds over which utilisation is averaged
+BUSY_WINDOW = 1.0  # seconds over which the CPU share is averaged
 Encode = Callable[[list[str]], list[list[float]]]
 
 
@@ -45,26 +47,21 @@ class MicroBatcher:
         worker: WorkerThread,
         *,
         max_batch: int = 32,
-        max_background: int = 256,
-        background_batch: int = 8,
-        background_max_age: float = 5.0,
+        background_pass: float = 0.05,
         max_busy: float = 1.0,
     ) -> None:
         self._encode = encode
         self._worker = worker
         self._max_batch = max_batch
-        self._max_background = max_background
-        self._background_batch = background_batch
-        self._background_max_age = background_max_age
+        self._background_pass = background_pass
+        self._max_busy = max_busy
         self._lookups: deque[_Pending] = deque()
         self._background: deque[_Pending] = deque()
         self._running: asyncio.Task[None] | None = None
-        self._run_started = 0.0
-        self._run_texts = 0
-        self._max_busy = max_busy
-        self._busy = 0.0  # seconds of passes, decaying with BUSY_WINDOW
+        self._pass_ends: float | None = None  # expected end of the pass running now
+        self._busy = 0.0  # CPU seconds of passes, decaying with BUSY_WINDOW
         self._busy_at = time.monotonic()
-        # moving averages of a pass: seconds = per_pass + per_text * texts (first guesses:
+        # moving averages of a pass's wall time: per_pass + per_text * texts (first guesses:
         # MiniLM on one core of a 2-vCPU VM)
         self.per_pass = 0.008
         self.per_text = 0.008
@@ -73,44 +70,39 @@ class MicroBatcher:
 
     async def embed(self, texts: Sequence[str], background: bool = False) -> list[list[float]]:
         loop = asyncio.get_running_loop()
-        queue = self._background if background else self._lookups
-        if background:
-            _drop_done(queue)
-            if len(queue) + len(texts) > self._max_background:
-                raise EmbedderBusy(f"{len(queue)} texts already wait for the embedder")
-            if self.utilisation() >= self._max_busy:
-                raise EmbedderBusy("the embedder used its share of the CPU")
         pending = [_Pending(text, loop.create_future()) for text in texts]
-        queue.extend(pending)
+        (self._background if background else self._lookups).extend(pending)
         self._kick()
         try:
-            if not background:
-                return [await p.future for p in pending]
-            try:
-                async with asyncio.timeout(self._background_max_age):
-                    return [await p.future for p in pending]
-            except TimeoutError:
-                raise EmbedderBusy("waited too long behind lookups") from None
+            return [await p.future for p in pending]
         finally:
             for p in pending:  # cancelled (a lookup's budget ran out): its texts are skipped
                 p.future.cancel()
 
     def expected_wait(self) -> float:
-        """Seconds a lookup submitted now would queue before its pass starts: the rest of the
-        running pass, and the passes of the texts ahead of it beyond one batch (those within
-        one batch share its pass and add their share to it). 0 when the worker is idle."""
-        if self.utilisation() >= self._max_busy:
-            return math.inf
-        queued = sum(1 for p in self._lookups if not p.future.done())
-        wait = self.per_text * queued
-        if self._running is not None:
-            run = self.per_pass + self.per_text * self._run_texts
-            wait += max(0.0, self._run_started + run - time.monotonic())
-        return wait
+        """Seconds until a lookup's text submitted now has its vector: the rest of the running
+        pass, the pause the CPU share imposes, then the passes of the lookup texts ahead of it
+        and its own (past the first, each paced by the share when the share is reached)."""
+        now = time.monotonic()
+        wait = max(0.0, self._pass_ends - now) if self._pass_ends is not None else 0.0
+        pause = self._pause(now)
+        ahead = sum(1 for p in self._lookups if not p.future.done()) + 1
+        passes = math.ceil(ahead / self._max_batch)
+        first = self.per_pass + self.per_text * min(ahead, self._max_batch)
+        rest = (passes - 1) * self.per_pass + self.per_text * max(0, ahead - self._max_batch)
+        if pause > 0:
+            rest /= self._max_busy
+        return wait + pause + first + rest
 
     def utilisation(self) -> float:
-        """The share of recent time (about BUSY_WINDOW) the worker spent in passes."""
+        """The share of a core the passes used recently (about BUSY_WINDOW)."""
         return self._decayed(time.monotonic()) / BUSY_WINDOW
+
+    def _pause(self, now: float) -> float:
+        """How long the worker must rest before its next pass to stay within its share."""
+        allowed = self._max_busy * BUSY_WINDOW
+        busy = self._decayed(now)
+        return BUSY_WINDOW * math.log(busy / allowed) if busy > allowed else 0.0
 
     def _decayed(self, now: float) -> float:
         self._busy *= math.exp(-(now - self._busy_at) / BUSY_WINDOW)
@@ -131,30 +123,39 @@ class MicroBatcher:
     async def _run(self) -> None:
         try:
             await asyncio.sleep(0)  # texts submitted in this loop turn join the pass
-            while batch := self._next_batch():
+            while True:
+                pause = self._pause(time.monotonic())
+                if pause > 0:
+                    await asyncio.sleep(pause)
+                batch = self._next_batch()
+                if not batch:
+                    break
                 await self._pass(batch)
         finally:
             self._running = None
         self._kick()  # in case the loop above ended by an exception while texts wait
 
     def _next_batch(self) -> list[_Pending]:
-        return _take(self._lookups, self._max_batch) or _take(
-            self._background, self._background_batch
-        )
+        if lookups := _take(self._lookups, self._max_batch):
+            return lookups
+        fit = int((self._background_pass - self.per_pass) / max(self.per_text, 1e-6))
+        return _take(self._background, min(self._max_batch, max(1, fit)))
 
     async def _pass(self, batch: list[_Pending]) -> None:
-        self._run_started, self._run_texts = time.monotonic(), len(batch)
+        started = time.monotonic()
+        self._pass_ends = started + self.per_pass + self.per_text * len(batch)
         try:
-            vectors = await self._worker.run(self._encode, [p.text for p in batch])
+            vectors, cpu = await self._worker.run(_timed, self._encode, [p.text for p in batch])
         except Exception as error:
             for p in batch:
                 if not p.future.done():
                     p.future.set_exception(error)
             return
+        finally:
+            self._pass_ends = None
         now = time.monotonic()
-        took = now - self._run_started
-        self._busy = self._decayed(now) + took
-        self._learn(len(batch), took)
+        self._busy = self._decayed(now) + cpu
+        self._learn(len(batch), now - started)
         for p, vector in zip(batch, vectors, strict=True):
             if not p.future.done():
                 p.future.set_result(vector)
@@ -170,9 +171,12 @@ class MicroBatcher:
             self.per_text += 0.2 * (max(seconds - self.per_pass, 0.0) / texts - self.per_text)
 
 
-def _drop_done(queue: deque[_Pending]) -> None:
-    while queue and queue[0].future.done():
-        queue.popleft()
+def _timed(encode: Encode, texts: list[str]) -> tuple[list[list[float]], float]:
+    """The vectors and the CPU seconds the worker thread spent on them (a pass's wall time
+    also counts the time other threads held the core)."""
+    started = time.thread_time()
+    vectors = encode(texts)
+    return vectors, time.thread_time() - started
 
 
 def _take(queue: deque[_Pending], limit: int) -> list[_Pending]:

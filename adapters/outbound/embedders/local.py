@@ -221,8 +221,9 @@ class LocalMiniLMEmbedder(Embedder):
     Inference runs on one dedicated worker thread: the event loop never blocks, concurrent
     calls queue instead of fighting over the cores BLAS already uses, and the shared default
     executor is left to the other adapters. Concurrent texts share one forward pass
-    (adapters/outbound/embedders/batching.py: lookups first, a store's texts behind them); a text
-    whose lookup was cancelled while queued (a cache timeout) is dropped before it runs.
+    (adapters/outbound/embedders/batching.py: lookups first, the cache's index backlog behind
+    them); a text whose lookup was cancelled while queued (a cache timeout) is dropped before it
+    runs.
     """
 
     identity = f"local:{MODEL_NAME}"
@@ -234,7 +235,7 @@ class LocalMiniLMEmbedder(Embedder):
         model_dir: Path | str | None = None,
         *,
         batch_size: int = 32,
-        background_max_age: float = 1.0,
+        background_pass: float = 0.05,
         max_busy: float = 1.0,
     ) -> None:
         if batch_size < 1:
@@ -256,7 +257,7 @@ class LocalMiniLMEmbedder(Embedder):
             lambda texts: self.model().encode(texts, self._batch_size).tolist(),
             self._worker,
             max_batch=batch_size,
-            background_max_age=background_max_age,
+            background_pass=background_pass,
             max_busy=max_busy,
         )
 

@@ -60,9 +60,8 @@ ATTEMPT_OUTCOMES: Final = (
     "malformed", "proxy_busy", "rejected",
 )  # fmt: skip
 AUTH_FAILURE_REASONS: Final = ("missing", "malformed", "invalid")
-SEMANTIC_SKIP_REASONS: Final = (
-    "beyond_window", "different_question", "embedder_busy", "store_embedder_busy",
-)  # fmt: skip
+SEMANTIC_SKIP_REASONS: Final = ("beyond_window", "different_question", "embedder_busy")
+INDEX_DROP_REASONS: Final = ("full", "failed", "shutdown")
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
 KNOWN_PROVIDERS: Final = ("openai", "gemini")
@@ -230,12 +229,27 @@ class PrometheusMetrics(Metrics):
             "cache_semantic_skips",
             "Semantic tier declined: beyond_window (prompt longer than the embedder reads; exact "
             "tier only), different_question (a candidate judged another question), "
-            "embedder_busy (a lookup shed: the embedder would take longer than "
-            "CACHE_EMBED_BUDGET), store_embedder_busy (a stored answer not indexed: the "
-            "embedder was busy with lookups)",
+            "embedder_busy (the embedder could not give the lookup its vector within "
+            "CACHE_TIMEOUT)",
             ("reason",),
             registry=r,
         )
+        self.cache_index_backlog_texts = Gauge(
+            "cache_index_backlog",
+            "Stored answers waiting for their vector (served by the exact tier meanwhile)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.cache_index_dropped_texts = Counter(
+            "cache_index_dropped",
+            "Stored answers never indexed (exact tier only): full (the oldest, out of a full "
+            "CACHE_INDEX_BACKLOG), failed (the embedder or the index kept failing), shutdown "
+            "(still waiting when the process stopped)",
+            ("reason",),
+            registry=r,
+        )
+        for reason in INDEX_DROP_REASONS:  # each series from the start, at 0
+            self.cache_index_dropped_texts.labels(reason)
         self.cache_hit_similarity = Histogram(
             "cache_hit_similarity",
             "Cosine similarity of semantic cache hits",
@@ -323,6 +337,13 @@ class PrometheusMetrics(Metrics):
     def cache_semantic_skip(self, reason: str) -> None:
         if reason in SEMANTIC_SKIP_REASONS:
             self.cache_semantic_skips.labels(reason).inc()
+
+    def cache_index_backlog(self, texts: int) -> None:
+        self.cache_index_backlog_texts.set(texts)
+
+    def cache_index_dropped(self, reason: str, count: int) -> None:
+        if reason in INDEX_DROP_REASONS:
+            self.cache_index_dropped_texts.labels(reason).inc(count)
 
     def watch(self, upstreams: Mapping[str, Upstream], now: Callable[[], float]) -> None:
         """Publishes `circuit_breaker_state` and `key_pool_keys` of these upstreams, read from
