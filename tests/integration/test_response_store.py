@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import redis.exceptions
 
-from adapters.outbound.store.embedded import FRONT_MAX_CHARS, EmbeddedStore
+from adapters.outbound.store.embedded import FRONT_MAX_CHARS, EmbeddedStore, StoreLost
 from adapters.outbound.store.redis import DEFAULT_NAMESPACE, RedisStore, parse_addr, redis_client
 from application.ports import ResponseStore
 from domain.model import Completion, FinishReason, Usage
@@ -303,6 +303,68 @@ async def test_embedded_replaces_an_unreadable_database_file(tmp_path: Path) -> 
 
 def files_moved_aside(directory: Path) -> list[Path]:
     return list(directory.glob("responses.sqlite3.corrupt-*"))
+
+
+async def test_embedded_lru_is_one_order_across_stores_on_one_file(tmp_path: Path) -> None:
+    # two workers on one file: a use by either is later than every use before it
+    first = EmbeddedStore(tmp_path, max_entries=3)
+    second = EmbeddedStore(tmp_path, max_entries=3)
+    try:
+        for key in "abc":
+            await first.put(key, completion(key), 60)
+        assert await second.get("a") == completion("a")  # b is now the least recently used
+        await first.put("d", completion("d"), 60)
+        assert await second.get("b") is None
+        assert await first.get("a") == completion("a")
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_embedded_reports_the_keys_it_evicts(tmp_path: Path) -> None:
+    evicted: list[str] = []
+
+    async def on_evict(keys: list[str]) -> None:
+        evicted.extend(keys)
+
+    store = EmbeddedStore(tmp_path, max_entries=2, on_evict=on_evict)
+    for key in "abcd":
+        await store.put(key, completion(key), 60)
+    assert evicted == ["a", "b"]
+    await store.close()
+
+
+async def test_embedded_file_deleted_while_open_is_noticed_and_recreated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = EmbeddedStore(tmp_path / "cache", max_entries=10)
+    await store.put("k", completion(), 60)
+    for path in (tmp_path / "cache").iterdir():
+        path.unlink()
+    (tmp_path / "cache").rmdir()
+    with pytest.raises(StoreLost):
+        await store.put("k2", completion("k2"), 60)  # never written to the unlinked file
+    assert "deleted or replaced while open" in caplog.text
+    await store.put("k3", completion("k3"), 60)
+    await store.close()
+    reopened = EmbeddedStore(tmp_path / "cache")
+    try:
+        assert await reopened.get("k3") == completion("k3")  # on disk, under the name
+        assert await reopened.get("k") is None
+    finally:
+        await reopened.close()
+
+
+async def test_embedded_that_cannot_open_fails_calls_and_opens_once_it_can(tmp_path: Path) -> None:
+    blocked = tmp_path / "cache"
+    blocked.write_text("a file where the directory should be")
+    store = EmbeddedStore(blocked / "responses")
+    with pytest.raises(OSError):
+        await store.put("k", completion(), 60)
+    blocked.unlink()
+    await store.put("k", completion(), 60)
+    assert await store.get("k") == completion()
+    await store.close()
 
 
 async def test_embedded_close_is_idempotent_and_final(tmp_path: Path) -> None:

@@ -18,7 +18,8 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 
 from adapters.outbound.vector import IncompatibleIndex
-from adapters.outbound.vector.edge import EdgeIndex
+from adapters.outbound.vector import edge
+from adapters.outbound.vector.edge import DiskFull, EdgeIndex, IndexLost
 from adapters.outbound.vector.qdrant import QdrantIndex
 from application.ports import VectorIndex, VectorMatch, VectorPoint
 
@@ -333,3 +334,84 @@ async def test_edge_sweep_vacuums_and_a_restart_keeps_the_live_points(tmp_path: 
         assert sorted(ids(found)) == sorted(p.point_id for p in points if p.expires_at == LATER)
     finally:
         await reopened.close()
+
+
+async def test_edge_shard_that_cannot_be_loaded_is_moved_aside_and_recreated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = EdgeIndex(tmp_path / "vectors")
+    await index.ensure_ready(DIM)
+    await index.upsert(point("a", axis(0)))
+    await index.close()
+    (tmp_path / "vectors" / "edge_config.json").write_text("not json{")
+
+    index = EdgeIndex(tmp_path / "vectors")
+    await index.ensure_ready(DIM)
+    try:
+        assert await index.search(axis(0), "scope-a", NOW, 5) == []  # a fresh, empty shard
+        await index.upsert(point("b", axis(1)))
+        assert len(await index.search(axis(1), "scope-a", NOW, 5)) == 1
+    finally:
+        await index.close()
+    aside = [p.name for p in tmp_path.iterdir() if p.name.startswith("vectors.corrupt-")]
+    assert len(aside) == 1, list(tmp_path.iterdir())
+    assert "moved to" in caplog.text
+
+
+async def test_edge_shard_open_elsewhere_is_not_moved_aside(tmp_path: Path) -> None:
+    first = EdgeIndex(tmp_path / "vectors")
+    await first.ensure_ready(DIM)
+    second = EdgeIndex(tmp_path / "vectors")
+    try:
+        with pytest.raises(RuntimeError, match="open in another process"):
+            await second.ensure_ready(DIM)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["vectors"]
+    finally:
+        await second.close()
+        await first.close()
+
+
+async def test_edge_directory_deleted_while_open_is_noticed_then_recreated(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    index = EdgeIndex(tmp_path / "cache" / "vectors")
+    await index.ensure_ready(DIM)
+    await index.upsert(point("a", axis(0)))
+    shutil.rmtree(tmp_path / "cache")
+    try:
+        with pytest.raises(IndexLost):
+            await index.upsert(point("b", axis(1)))
+        assert "deleted while open" in caplog.text
+        await index.ensure_ready(DIM)
+        await index.upsert(point("c", axis(2)))
+        assert (tmp_path / "cache" / "vectors" / "edge_config.json").exists()
+        assert ids(await index.search(axis(2), "scope-a", NOW, 5)) == [point("c", axis(2)).point_id]
+    finally:
+        await index.close()
+
+
+async def test_edge_refuses_every_call_while_the_disk_lacks_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    index = EdgeIndex(tmp_path / "vectors")
+    free = shutil.disk_usage(tmp_path).free
+    monkeypatch.setattr(edge, "MARGIN", free + 1)  # as if the disk had no room
+    with pytest.raises(DiskFull, match="MiB free"):
+        await index.ensure_ready(DIM)
+    assert not (tmp_path / "vectors").exists()  # nothing created on a full disk
+    monkeypatch.setattr(edge, "MARGIN", 0)
+    await index.ensure_ready(DIM)
+    await index.upsert(point("a", axis(0)))
+    monkeypatch.setattr(edge, "MARGIN", free + 1)
+    try:
+        for call in (
+            index.upsert(point("b", axis(1))),
+            index.search(axis(0), "scope-a", NOW, 5),
+            index.ensure_ready(DIM),
+        ):
+            with pytest.raises(DiskFull):
+                await call
+        monkeypatch.setattr(edge, "MARGIN", 0)  # room again: back without a restart
+        assert len(await index.search(axis(0), "scope-a", NOW, 5)) == 1
+    finally:
+        await index.close()

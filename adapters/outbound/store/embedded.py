@@ -11,6 +11,12 @@ In front of it, an in-process LRU of the most recently stored or read answers (u
 repeated prompt without the hop to that thread: an exact hit then costs no thread switch
 (docs/benchmarks.md). With several processes on one file, each has its own front; an answer
 another process stored is found in SQLite, then kept in this one's front.
+
+Disk faults fail open: a store that cannot be opened (a full disk) starts closed and every call
+tries to open it again (failing until there is room); a full disk under traffic fails the puts
+(SQLite's own error), the gets keep working. A file deleted or replaced while open (CACHE_DIR
+removed under the proxy) is noticed by the next call, which fails with StoreLost after opening a
+fresh file, so nothing more is written to a file that no longer has a name.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import os
 import sqlite3
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +79,10 @@ PRAGMA user_version = {SCHEMA_VERSION};
 """
 
 
+class StoreLost(RuntimeError):
+    """The store's file was deleted or replaced while open; a fresh one is open now."""
+
+
 @dataclass(frozen=True, slots=True)
 class StoreUsage:
     entries: int
@@ -82,7 +92,9 @@ class StoreUsage:
 class EmbeddedStore(ResponseStore):
     """Opens (or creates) the store under `directory` on construction, which waits for the disk:
     build it at startup. A file that is not a readable SQLite database is moved aside and a fresh
-    one started (it is only a cache). `clock` gives wall-clock seconds since the epoch."""
+    one started (it is only a cache). `clock` gives wall-clock seconds since the epoch.
+    `on_evict` is awaited with the keys a put evicted (the semantic cache deletes their vectors,
+    so that `max_entries` bounds the vector index too)."""
 
     def __init__(
         self,
@@ -91,6 +103,7 @@ class EmbeddedStore(ResponseStore):
         max_entries: int = DEFAULT_MAX_ENTRIES,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock: Callable[[], float] = time.time,
+        on_evict: Callable[[list[str]], Awaitable[None]] | None = None,
     ) -> None:
         if max_entries < 1 or max_bytes < 1:
             raise ValueError(
@@ -100,13 +113,18 @@ class EmbeddedStore(ResponseStore):
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._clock = clock
+        self._on_evict = on_evict
         self._worker = WorkerThread("embedded-store", "the embedded response store is closed")
-        self._use_count = 0
         self._front: OrderedDict[str, tuple[Completion, float]] = OrderedDict()
         self._front_entries = min(FRONT_ENTRIES, max_entries)
         self._touched: set[str] = set()  # front hits whose SQLite `used` is not yet updated
+        self._db: sqlite3.Connection | None = None
+        self._file: tuple[int, int] | None = None  # device and inode of the open file
         try:
-            self._db = self._worker.call(self._open)
+            self._worker.call(self._open)
+        except (sqlite3.Error, OSError) as error:  # a full disk: fail open, retried on use
+            log.warning("the embedded response store at %s cannot be opened (%s): answers are "
+                        "not cached until it can", self.path, error)  # fmt: skip
         except BaseException:
             self._worker.stop()
             raise
@@ -140,6 +158,11 @@ class EmbeddedStore(ResponseStore):
         evicted = await self._worker.run(self._put, key, value, now + ttl, now, touched)
         for gone in evicted:
             self._front.pop(gone, None)
+        if evicted and self._on_evict is not None:
+            try:
+                await self._on_evict(evicted)
+            except Exception as error:  # the vector index reports its own failures
+                log.debug("evicted entries' vectors not deleted: %s", error)
         if ttl > 0 and len(value) <= self._max_bytes:
             self._remember(key, completion, now + ttl)
 
@@ -162,9 +185,9 @@ class EmbeddedStore(ResponseStore):
         self._front.clear()
         touched, self._touched = self._touched, set()
         if touched:  # the LRU order survives a restart
-            with suppress(RuntimeError):  # closed already
+            with suppress(RuntimeError, sqlite3.Error):  # closed already, or the disk is full
                 await self._worker.run(self._touch, touched)
-        await self._worker.close(self._db.close)
+        await self._worker.close(self._close)
 
     # Everything below runs on the worker thread.
 
@@ -173,30 +196,52 @@ class EmbeddedStore(ResponseStore):
         try:
             db = _connect(self.path)
         except sqlite3.DatabaseError as error:
+            if error.sqlite_errorcode not in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+                raise  # a full disk, a lock: the file is fine, the next call tries again
             aside = self.path.with_name(f"{self.path.name}.corrupt-{time.time_ns()}")
             log.warning("%s is unreadable (%s): moved to %s", self.path, error, aside)
             self.path.rename(aside)
             for suffix in ("-wal", "-shm"):
                 Path(f"{self.path}{suffix}").unlink(missing_ok=True)
             db = _connect(self.path)
-        self._use_count = db.execute("SELECT coalesce(max(used), 0) FROM responses").fetchone()[0]
+        stat = os.stat(self.path)
+        self._db, self._file = db, (stat.st_dev, stat.st_ino)
         return db
 
-    def _next_use(self) -> int:
-        self._use_count += 1
-        return self._use_count
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """The open connection: opened again when it is not (raising what opening raises), or
+        when the file was deleted or replaced (then raising StoreLost)."""
+        if self._db is None:
+            return self._open()
+        try:
+            stat = os.stat(self.path)
+            found: tuple[int, int] | None = (stat.st_dev, stat.st_ino)
+        except FileNotFoundError:
+            found = None
+        if found == self._file:
+            return self._db
+        log.warning("the embedded response store %s was deleted or replaced while open: "
+                    "opening it again (its entries are gone)", self.path)  # fmt: skip
+        self._close()
+        self._open()
+        raise StoreLost(f"{self.path} was deleted or replaced while open")
+
+    def _close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def _get(self, key: str, now: float) -> tuple[bytes, float] | None:
-        row = self._db.execute(
-            "SELECT value, expires_at FROM responses WHERE key = ?", (key,)
-        ).fetchone()
+        db = self._conn
+        row = db.execute("SELECT value, expires_at FROM responses WHERE key = ?", (key,)).fetchone()
         if row is None:
             return None
         value, expires_at = row
         if expires_at <= now:
-            self._db.execute("DELETE FROM responses WHERE key = ? AND expires_at <= ?", (key, now))
+            db.execute("DELETE FROM responses WHERE key = ? AND expires_at <= ?", (key, now))
             return None
-        self._db.execute("UPDATE responses SET used = ? WHERE key = ?", (self._next_use(), key))
+        db.execute(f"UPDATE responses SET used = {_NEXT_USE} WHERE key = ?", (key,))
         return bytes(value), expires_at
 
     def _put(
@@ -204,38 +249,37 @@ class EmbeddedStore(ResponseStore):
     ) -> list[str]:
         """Stores; returns the keys evicted. `touched`: keys read from the front since the last
         put, marked used first so the LRU order is the one the readers saw."""
+        db = self._conn
         if len(value) > self._max_bytes:
             log.warning("a response of %d bytes exceeds max_bytes: not stored", len(value))
-            self._delete(key)
+            db.execute("DELETE FROM responses WHERE key = ?", (key,))
             return []
         if expires_at <= now:
-            self._delete(key)
+            db.execute("DELETE FROM responses WHERE key = ?", (key,))
             return []
-        with _transaction(self._db):
-            self._touch(touched)
-            self._db.execute(
-                "INSERT INTO responses (key, value, expires_at, used) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (key) DO UPDATE SET "
+        with _transaction(db):
+            _touch(db, touched)
+            db.execute(
+                "INSERT INTO responses (key, value, expires_at, used) "
+                f"VALUES (?, ?, ?, {_NEXT_USE}) ON CONFLICT (key) DO UPDATE SET "
                 "value = excluded.value, expires_at = excluded.expires_at, used = excluded.used",
-                (key, value, expires_at, self._next_use()),
+                (key, value, expires_at),
             )
-            self._db.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
-            return self._evict()
+            db.execute("DELETE FROM responses WHERE expires_at <= ?", (now,))
+            return self._evict(db)
 
     def _touch(self, keys: set[str]) -> None:
-        self._db.executemany(
-            "UPDATE responses SET used = ? WHERE key = ?", [(self._next_use(), k) for k in keys]
-        )
+        _touch(self._conn, keys)
 
-    def _evict(self) -> list[str]:
+    def _evict(self, db: sqlite3.Connection) -> list[str]:
         """Removes least recently used entries until both bounds hold. The entry just put is the
         most recently used and fits `max_bytes` alone, so it is never the one removed."""
-        usage = self._usage()
+        usage = _usage(db)
         entries, size = usage.entries, usage.value_bytes
         evicted: list[str] = []
         while entries > self._max_entries or size > self._max_bytes:
             batch = max(entries - self._max_entries, 16)
-            victims = self._db.execute(
+            victims = db.execute(
                 "SELECT key, length(value) FROM responses ORDER BY used LIMIT ?", (batch,)
             ).fetchall()
             chosen = []
@@ -244,16 +288,29 @@ class EmbeddedStore(ResponseStore):
                     break
                 chosen.append((key,))
                 entries, size = entries - 1, size - length
-            self._db.executemany("DELETE FROM responses WHERE key = ?", chosen)
+            db.executemany("DELETE FROM responses WHERE key = ?", chosen)
             evicted += (key for (key,) in chosen)
         return evicted
 
     def _delete(self, key: str) -> None:
-        self._db.execute("DELETE FROM responses WHERE key = ?", (key,))
+        self._conn.execute("DELETE FROM responses WHERE key = ?", (key,))
 
     def _usage(self) -> StoreUsage:
-        entries, size = self._db.execute("SELECT entries, bytes FROM totals").fetchone()
-        return StoreUsage(entries, size)
+        return _usage(self._conn)
+
+
+# The LRU clock is the file's, not a process's: with several workers on one file, each use is
+# later than every use before it, whichever worker made it (an indexed max: O(log n)).
+_NEXT_USE = "(SELECT coalesce(max(used), 0) + 1 FROM responses)"
+
+
+def _touch(db: sqlite3.Connection, keys: set[str]) -> None:
+    db.executemany(f"UPDATE responses SET used = {_NEXT_USE} WHERE key = ?", [(k,) for k in keys])
+
+
+def _usage(db: sqlite3.Connection) -> StoreUsage:
+    entries, size = db.execute("SELECT entries, bytes FROM totals").fetchone()
+    return StoreUsage(entries, size)
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -12,13 +12,25 @@ under a millisecond for a scoped search or an upsert (the payload indexes keep i
 milliseconds for a flush or a large sweep, a few hundred for a vacuum of ~20k points. HNSW
 indexing is turned off (`indexing_threshold=0`) because building it would hold the GIL for
 seconds, and every search is narrowed to one scope by the keyword index anyway.
+
+The engine's files are memory-mapped and sparse (a new shard's WAL segments and vector chunks are
+32 MiB holes filled as points arrive), so a full disk would end the process with SIGBUS on the
+next write into a hole. Every call therefore first checks that the disk has room for all the
+holes plus the next files the engine adds (`MARGIN`); when it has not, the call raises DiskFull
+and touches nothing (the cache fails open, and comes back when there is room again). A shard the
+engine cannot load is moved aside and a new one created (it is only a cache); a directory deleted
+while serving is noticed on the next call (IndexLost) and created again on the one after.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import time
 from collections.abc import Sequence
+from contextlib import suppress
 from pathlib import Path
 
 from qdrant_edge import (
@@ -55,6 +67,21 @@ log = logging.getLogger(__name__)
 
 
 CONFIG_FILE = "edge_config.json"
+MIB = 1024 * 1024
+# Room for the files the engine adds as it grows (a WAL segment, a vector chunk, a payload page:
+# up to 32 MiB each), on top of the holes in the files it has.
+MARGIN = 96 * MIB
+NEW_SHARD = 128 * MIB  # the holes of a new shard's files (measured: 117 MiB at 384 dimensions)
+RECOUNT_EVERY = 64  # writes between two counts of the holes (a walk over ~50 files)
+
+
+class DiskFull(RuntimeError):
+    """The disk under the index has no room for the engine to write safely."""
+
+
+class IndexLost(RuntimeError):
+    """The index's directory was deleted while it was open; the next ensure_ready recreates it."""
+
 
 PAYLOAD_INDEXES = {
     SCOPE: PayloadSchemaType.Keyword,
@@ -74,6 +101,10 @@ class EdgeIndex(VectorIndex):
         # still leaves them consistent for the next one.
         self._shard: EdgeShard | None = None
         self._dimension = 0
+        self._holes = NEW_SHARD  # bytes the shard's files may still take without growing
+        self._writes = 0
+        self._deleted = 0  # points deleted since the last vacuum
+        self._full = False  # the last disk check found no room
 
     async def ensure_ready(self, dimension: int) -> None:
         await self._worker.run(self._open, dimension)
@@ -91,13 +122,14 @@ class EdgeIndex(VectorIndex):
 
     async def delete(self, point_ids: Sequence[str]) -> None:
         if point_ids:
-            await self._worker.run(self._update, UpdateOperation.delete_points(list(point_ids)))
+            deleting = UpdateOperation.delete_points(list(point_ids))
+            await self._worker.run(self._delete, deleting, len(point_ids))
 
     async def delete_expired(self, now: float) -> int:
         removed = await self._worker.run(self._delete_expired, now)
         # Not awaited, as the sweep's caller has a short timeout. It still runs next on the
         # worker thread, ahead of any later call and of close().
-        self._worker.submit(self._upkeep, vacuum=removed > 0)
+        self._worker.submit(self._upkeep)
         return removed
 
     async def close(self) -> None:
@@ -107,6 +139,7 @@ class EdgeIndex(VectorIndex):
 
     def _open(self, dimension: int) -> None:
         if self._shard is not None:
+            self._check_disk()
             if dimension != self._dimension:
                 raise self._mismatch(self._dimension, dimension)
             return
@@ -118,8 +151,12 @@ class EdgeIndex(VectorIndex):
             stored = _stored_dimension(self._directory)
             if stored is not None and stored != dimension:
                 raise self._mismatch(stored, dimension)
-            shard = EdgeShard.load(str(self._directory), config)
+            self._holes = _holes(self._directory)
+            self._check_disk()
+            shard = self._load(config)
         else:
+            self._holes = NEW_SHARD
+            self._check_disk()
             self._directory.mkdir(parents=True, exist_ok=True)
             shard = EdgeShard.create(str(self._directory), config)
             log.info("created Qdrant Edge shard at %s (%d dimensions)", self._directory, dimension)
@@ -132,6 +169,26 @@ class EdgeIndex(VectorIndex):
             shard.close()
             raise
         self._shard, self._dimension = shard, dimension
+        self._holes, self._writes = _holes(self._directory), 0
+
+    def _load(self, config: EdgeConfig) -> EdgeShard:
+        """Loads the shard; one the engine cannot read is moved aside and a new one created."""
+        try:
+            return EdgeShard.load(str(self._directory), config)
+        except Exception as error:
+            if "WouldBlock" in str(error):  # its WAL is locked: another process has it open
+                raise RuntimeError(
+                    f"the Qdrant Edge shard at {self._directory} is open in another process"
+                ) from None
+            aside = self._directory.with_name(f"{self._directory.name}.corrupt-{time.time_ns()}")
+            log.warning(
+                "the Qdrant Edge shard at %s cannot be loaded (%s): moved to %s, starting empty",
+                self._directory, str(error)[:200], aside,
+            )  # fmt: skip
+            self._directory.rename(aside)
+            self._holes = NEW_SHARD
+            self._check_disk()
+            return EdgeShard.create(str(self._directory), config)
 
     def _search(self, vector: list[float], scope: str, now: float, limit: int) -> list[VectorMatch]:
         request = QueryRequest(
@@ -144,22 +201,39 @@ class EdgeIndex(VectorIndex):
         return [vector_match(p.id, p.score, p.payload) for p in self._ready().query(request)]
 
     def _update(self, operation: UpdateOperation) -> None:
-        self._ready().update(operation)
+        shard = self._ready()
+        self._writes += 1
+        if self._writes % RECOUNT_EVERY == 0:
+            self._holes = _holes(self._directory)
+            self._check_disk()
+        shard.update(operation)
+
+    def _delete(self, operation: UpdateOperation, count: int) -> None:
+        self._update(operation)
+        self._deleted += count
 
     def _delete_expired(self, now: float) -> int:
         shard, expired = self._ready(), _expired_at(now)
         count = shard.count(CountRequest(exact=True, filter=expired))
         if count:
-            shard.update(UpdateOperation.delete_points_by_filter(expired))
+            self._update(UpdateOperation.delete_points_by_filter(expired))
+            self._deleted += count
         return count
 
-    def _upkeep(self, vacuum: bool) -> None:
+    def _upkeep(self) -> None:
+        """Vacuums deleted points (the engine rewrites a segment: it needs room for a copy of
+        the segments), then flushes."""
         shard = self._shard
         if shard is None:
             return
         try:
-            if vacuum:
+            self._holes = _holes(self._directory)
+            if self._room() < 0:
+                return  # the calls say so (DiskFull); a flush could write into a hole
+            if self._deleted and self._room() >= _size(self._directory / "segments"):
                 shard.optimize()
+                self._deleted = 0
+                self._holes = _holes(self._directory)
             shard.flush()
         except Exception:
             log.exception("Qdrant Edge shard at %s: vacuum/flush failed", self._directory)
@@ -175,7 +249,50 @@ class EdgeIndex(VectorIndex):
     def _ready(self) -> EdgeShard:
         if self._shard is None:
             raise RuntimeError(f"the vector index at {self._directory} is not open: ensure_ready")
+        if not self._directory.is_dir():
+            self._lose()
+        self._check_disk()
         return self._shard
+
+    def _room(self) -> int:
+        """Free bytes beyond what the engine may write without warning (holes and MARGIN)."""
+        where = self._directory if self._directory.is_dir() else self._directory.parent
+        while not where.is_dir() and where != where.parent:
+            where = where.parent
+        return shutil.disk_usage(where).free - self._holes - MARGIN
+
+    def _check_disk(self) -> None:
+        """Raises DiskFull when the disk lacks room; says so once when it runs out, once when
+        there is room again."""
+        room = self._room()
+        if room >= 0:
+            if self._full:
+                self._full = False
+                log.warning("the disk under %s has room again: the vector index is back",
+                            self._directory)  # fmt: skip
+            return
+        message = (
+            f"the disk under {self._directory} has {(room + self._holes + MARGIN) // MIB} MiB "
+            f"free; the vector index needs {(self._holes + MARGIN) // MIB} MiB to write safely "
+            "(its files are memory-mapped): semantic lookups are off until there is room"
+        )
+        if not self._full:
+            self._full = True
+            log.warning("%s", message)
+        raise DiskFull(message)
+
+    def _lose(self) -> None:
+        shard, self._shard = self._shard, None
+        log.warning(
+            "the Qdrant Edge shard at %s was deleted while open: it is created again, empty",
+            self._directory,
+        )
+        if shard is not None:
+            try:
+                shard.close()
+            except Exception as error:
+                log.info("closing the deleted shard at %s: %s", self._directory, error)
+        raise IndexLost(f"the vector index directory {self._directory} was deleted")
 
     def _mismatch(self, stored: int, wanted: int) -> IncompatibleIndex:
         return IncompatibleIndex(
@@ -201,6 +318,27 @@ def _expired_at(now: float) -> Filter:
 def _holds_shard(directory: Path) -> bool:
     segments = directory / "segments"
     return (directory / CONFIG_FILE).exists() or (segments.is_dir() and any(segments.iterdir()))
+
+
+def _holes(directory: Path) -> int:
+    """Bytes the shard's (sparse, memory-mapped) files may still take: size minus allocation."""
+    holes = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with suppress(FileNotFoundError):  # removed by the engine meanwhile
+                stat = os.stat(os.path.join(root, name))
+                holes += max(0, stat.st_size - stat.st_blocks * 512)
+    return holes
+
+
+def _size(directory: Path) -> int:
+    """Bytes allocated to the files under `directory`."""
+    size = 0
+    for root, _, files in os.walk(directory):
+        for name in files:
+            with suppress(FileNotFoundError):  # removed by the engine meanwhile
+                size += os.stat(os.path.join(root, name)).st_blocks * 512
+    return size
 
 
 def _stored_dimension(directory: Path) -> int | None:
