@@ -359,7 +359,7 @@ async def test_embedded_that_cannot_open_fails_calls_and_opens_once_it_can(tmp_p
     blocked = tmp_path / "cache"
     blocked.write_text("a file where the directory should be")
     store = EmbeddedStore(blocked / "responses")
-    with pytest.raises(OSError):
+    with pytest.raises(NotADirectoryError):
         await store.put("k", completion(), 60)
     blocked.unlink()
     await store.put("k", completion(), 60)
