@@ -16,9 +16,16 @@ from typing import TYPE_CHECKING, TypeVar
 from adapters.outbound.observability.logs import configure_logging
 from adapters.outbound.vector import IncompatibleIndex
 from adapters.process.config_error import ConfigError
-from adapters.process.lifecycle import StartupError
+from adapters.process.lifecycle import StartupError, serve_vector_index
 from adapters.process.settings import Settings, is_loopback, load_settings
-from adapters.process.supervisor import WORKER_FLAG, PortTaken, SharedPort, Supervisor
+from adapters.process.supervisor import (
+    INDEX_FLAG,
+    INDEX_SOCKET_FLAG,
+    WORKER_FLAG,
+    PortTaken,
+    SharedPort,
+    Supervisor,
+)
 from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
 from application.semantic_cache import CachePolicy, SemanticCache
 from container import Container
@@ -111,7 +118,10 @@ def simulated(settings: Settings, simulator: RunningSimulator) -> Settings:
     )
 
 
-async def _run(settings: Settings, with_simulator: bool, worker: int | None = None) -> None:
+async def _run(
+    settings: Settings, with_simulator: bool, worker: int | None = None,
+    index_socket: str | None = None,
+) -> None:  # fmt: skip
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -130,7 +140,18 @@ async def _run(settings: Settings, with_simulator: bool, worker: int | None = No
             )
         container = Container(settings=settings)
         container.worker.override(worker)
+        container.index_socket.override(index_socket)
         await serve(container, stop)
+
+
+async def _run_vector_index(settings: Settings, socket: str) -> None:
+    """Until SIGTERM: SIGINT (Ctrl-C reaches the whole process group) is for the workers, which
+    still use the index while they drain; the supervisor sends SIGTERM once they are done."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, lambda: None)
+    await serve_vector_index(settings, socket, stop)
 
 
 def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
@@ -201,6 +222,8 @@ def _parser() -> argparse.ArgumentParser:
         "with code 2 and a message naming it.",
     )
     serve_cmd.add_argument(WORKER_FLAG, type=int, help=argparse.SUPPRESS)
+    serve_cmd.add_argument(INDEX_SOCKET_FLAG, help=argparse.SUPPRESS)
+    serve_cmd.add_argument(INDEX_FLAG, metavar="SOCKET", help=argparse.SUPPRESS)
     serve_cmd.add_argument(
         "--simulator",
         action="store_true",
@@ -268,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     as_json = logs_as_json(settings, sys.stderr.isatty())
     configure_logging(settings.log_level, as_json, secrets=settings.secrets())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
+    if args.vector_index is not None:
+        with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
+            runner.run(_run_vector_index(settings, args.vector_index))
+        return 0
     if settings.worker_count > 1 and args.worker is None:
         if args.simulator:
             log.warning("--simulator runs one worker (WORKERS=%d ignored)", settings.worker_count)
@@ -275,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             return supervise(settings)
     try:
         with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
-            runner.run(_run(settings, args.simulator, args.worker))
+            runner.run(_run(settings, args.simulator, args.worker, args.index_socket))
     except (ConfigError, IncompatibleIndex, StartupError) as error:
         print(f"llm-proxy: {error}", file=sys.stderr)
         return 2
@@ -290,7 +317,10 @@ def supervise(settings: Settings) -> int:
     ]
     if settings.http_port:
         ports.append(SharedPort("HTTP_PORT", settings.http_bind_host, settings.http_port))
-    supervisor = Supervisor(settings.worker_count, ports, settings.shutdown_grace)
+    supervisor = Supervisor(
+        settings.worker_count, ports, settings.shutdown_grace,
+        shared_index=settings.cache_mode == "embedded",
+    )  # fmt: skip
     try:
         return supervisor.run()
     except PortTaken as error:

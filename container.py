@@ -28,6 +28,7 @@ from adapters.outbound.providers import HttpSettings, http_client
 from adapters.outbound.providers.gemini import GeminiProvider
 from adapters.outbound.providers.openai import OpenAIProvider, max_tokens_field_for
 from adapters.process.lifecycle import (
+    VECTORS,
     build_gate,
     build_http_server,
     build_ops_server,
@@ -90,12 +91,15 @@ def local_embedder(settings: Settings) -> Embedder:
     )
 
 
-def edge_index(settings: Settings, worker: int | None) -> Any:
+def edge_index(settings: Settings, index_socket: str | None) -> Any:
+    """The shard in this process, or (WORKERS > 1) the one the index process serves to all."""
+    if index_socket is not None:
+        from adapters.outbound.vector.shared import SharedIndex
+
+        return SharedIndex(index_socket)
     from adapters.outbound.vector.edge import EdgeIndex
 
-    # a Qdrant Edge shard is one process's: each worker keeps its own (the response store is shared)
-    name = "vectors" if worker is None else f"vectors-worker-{worker}"
-    return EdgeIndex(Path(settings.cache_dir) / name)
+    return EdgeIndex(Path(settings.cache_dir) / VECTORS)
 
 
 def qdrant_index(settings: Settings) -> Any:
@@ -131,6 +135,8 @@ class Container(containers.DeclarativeContainer):
     # WORKERS > 1: this worker's number; it shares its ports with the others (SO_REUSEPORT)
     worker: providers.Provider[int | None] = providers.Object(None)
     reuse_port = providers.Callable(operator.is_not, worker, None)
+    # WORKERS > 1, embedded cache: the unix socket of the process that serves the vector index
+    index_socket: providers.Provider[str | None] = providers.Object(None)
 
     clock = providers.Singleton(SystemClock)
     sleeper = providers.Singleton(AsyncioSleeper)
@@ -178,7 +184,7 @@ class Container(containers.DeclarativeContainer):
     )
     vector_index = providers.Selector(
         s.cache_mode,
-        embedded=providers.Singleton(edge_index, settings, worker),
+        embedded=providers.Singleton(edge_index, settings, index_socket),
         remote=providers.Singleton(qdrant_index, settings),
     )
     response_store = providers.Selector(

@@ -38,6 +38,9 @@ log = logging.getLogger("llm_proxy")
 SHUTDOWN_INDEXING = 5.0  # seconds the index backlog may take at shutdown, at most
 
 
+VECTORS = "vectors"  # the embedded vector index's directory under CACHE_DIR
+
+
 class StartupError(Exception):
     """The proxy cannot start; the message names the setting to change."""
 
@@ -217,6 +220,23 @@ async def running_cache(
                 await task
         await cache.finish_indexing(min(settings.shutdown_grace, SHUTDOWN_INDEXING))
         await cache.close()
+
+
+async def serve_vector_index(settings: Settings, socket: str, stop: asyncio.Event) -> None:
+    """The vector index process of WORKERS > 1 with the embedded cache (supervisor.py): serves
+    CACHE_DIR/vectors on `socket` to the workers until `stop` is set, then closes the shard."""
+    from adapters.outbound.vector.edge import EdgeIndex
+    from adapters.outbound.vector.shared import IndexServer
+
+    index = EdgeIndex(Path(settings.cache_dir) / VECTORS)
+    server = IndexServer(index, socket)
+    await server.start()
+    log.info("serving the vector index %s to the workers", Path(settings.cache_dir) / VECTORS)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+        await index.close()
 
 
 async def listening_ops(

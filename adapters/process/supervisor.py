@@ -11,10 +11,19 @@ Metrics: the workers share a fresh PROMETHEUS_MULTIPROC_DIR, and any worker's /m
 sum over all of them (prometheus_client's multiprocess mode; see adapters/outbound/observability/
 prometheus.py for the per-metric choices).
 
+The embedded cache's vector index: a Qdrant Edge shard can be open in one process only, so with
+`shared_index` the supervisor first starts one more process, `llm-proxy serve --vector-index
+SOCKET`, which owns CACHE_DIR/vectors and serves it on a unix socket in the supervisor's private
+runtime directory; every worker's semantic cache uses it (adapters/outbound/vector/shared.py), so
+an answer stored by one worker is found by all. Workers wait up to INDEX_STARTUP for the socket.
+The index process is only a cache: if it dies, the workers' semantic lookups miss (they fail
+open) and the supervisor starts it again, after 1 s, then 2, 4, ... up to 30 s.
+
 Shutdown: SIGTERM or SIGINT to the supervisor is passed to every worker, each drains within
-SHUTDOWN_GRACE, and the supervisor exits 0 when all exited 0. A worker that dies on its own is
-not restarted: the supervisor drains the others and exits 1, so that the orchestrator restarts
-the whole container (a crash loop stays visible, and no half-sized proxy keeps serving).
+SHUTDOWN_GRACE, then the index process is stopped (it flushes the shard), and the supervisor
+exits 0 when all workers exited 0. A worker that dies on its own is not restarted: the
+supervisor drains the others and exits 1, so that the orchestrator restarts the whole container
+(a crash loop stays visible, and no half-sized proxy keeps serving).
 """
 
 from __future__ import annotations
@@ -35,9 +44,14 @@ from pathlib import Path
 log = logging.getLogger("llm_proxy")
 
 WORKER_FLAG = "--worker"
-"""`llm-proxy serve --worker N`: the supervisor's worker N (binds with SO_REUSEPORT, keeps its
-own embedded vector shard, CACHE_DIR/vectors-worker-N)."""
+"""`llm-proxy serve --worker N`: the supervisor's worker N (binds with SO_REUSEPORT)."""
+INDEX_FLAG = "--vector-index"
+"""`llm-proxy serve --vector-index SOCKET`: the process serving the embedded vector index."""
+INDEX_SOCKET_FLAG = "--index-socket"
+"""`llm-proxy serve --worker N --index-socket SOCKET`: where the worker finds the index."""
 STOP_MARGIN = 10.0  # seconds past SHUTDOWN_GRACE before a worker is killed
+INDEX_STARTUP = 10.0  # seconds the workers' start waits for the index process's socket
+INDEX_RESTART_MAX = 30.0
 
 
 class PortTaken(Exception):
@@ -103,26 +117,36 @@ def claim(port: SharedPort) -> socket.socket:
 class Supervisor:
     def __init__(
         self, workers: int, ports: Sequence[SharedPort], grace: float,
-        command: Sequence[str] | None = None,
+        command: Sequence[str] | None = None, shared_index: bool = False,
     ) -> None:  # fmt: skip
         self.workers = workers
         self.ports = ports
         self.grace = grace
         self.command = list(command or [sys.executable, "-m", "cli", "serve"])
+        self.shared_index = shared_index
         self._stopping = False
+        self._index: _IndexProcess | None = None
 
     def run(self) -> int:
         """Claims the ports (PortTaken), runs the workers until a signal or a worker's exit,
         stops them all; the exit code: 0 after a clean stop, else the first failure's."""
         holders = [claim(port) for port in self.ports]
-        directory = tempfile.mkdtemp(prefix="llm-proxy-metrics-")
+        runtime = tempfile.mkdtemp(prefix="llm-proxy-")  # private (0700): metrics, the socket
+        directory = os.path.join(runtime, "metrics")
+        os.mkdir(directory)
         try:
             env = self._worker_env(holders, directory)
+            if self.shared_index:
+                socket_path = os.path.join(runtime, "vectors.sock")
+                self._index = _IndexProcess([*self.command, INDEX_FLAG, socket_path], env)
+                self.command += [INDEX_SOCKET_FLAG, socket_path]
             return self._supervise(env, directory)
         finally:
+            if self._index is not None:
+                self._index.stop(self.grace + STOP_MARGIN)
             for holder in holders:
                 holder.close()
-            shutil.rmtree(directory, ignore_errors=True)
+            shutil.rmtree(runtime, ignore_errors=True)
 
     def _worker_env(self, holders: Sequence[socket.socket], directory: str) -> dict[str, str]:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=directory, WORKERS="1")
@@ -138,6 +162,8 @@ class Supervisor:
         children: list[subprocess.Popen[bytes]] = []
         code = 0
         try:
+            if self._index is not None:
+                self._index.start(wait=INDEX_STARTUP)
             for n in range(self.workers):
                 command = [*self.command, WORKER_FLAG, str(n)]
                 children.append(subprocess.Popen(command, env=dict(env)))
@@ -155,6 +181,8 @@ class Supervisor:
                         ended.returncode,
                     )  # fmt: skip
                     break
+                if self._index is not None:
+                    self._index.keep_running()
                 time.sleep(0.1)
             return max(code, self._stop(children, directory))
         finally:
@@ -183,6 +211,58 @@ class Supervisor:
             code = max(code, returned if returned >= 0 else 1)
             _mark_dead(child.pid, directory)
         return code
+
+
+class _IndexProcess:
+    """The process serving the embedded vector index; started again when it dies."""
+
+    def __init__(self, command: list[str], env: Mapping[str, str]) -> None:
+        self._command = command
+        self._env = dict(env)
+        self._socket = command[-1]
+        self._process: subprocess.Popen[bytes] | None = None
+        self._delay = 1.0
+        self._restart_at = 0.0
+
+    def start(self, wait: float) -> None:
+        """Starts it and waits up to `wait` seconds for its socket."""
+        self._process = subprocess.Popen(self._command, env=self._env)
+        deadline = time.monotonic() + wait
+        while not os.path.exists(self._socket) and time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not os.path.exists(self._socket):
+            log.warning("the vector index process (pid %d) is not serving yet: semantic lookups "
+                        "miss until it is", self._process.pid)  # fmt: skip
+
+    def keep_running(self) -> None:
+        """Starts it again when it died, no sooner than its back-off allows."""
+        process = self._process
+        if process is None or process.poll() is None:
+            return
+        now = time.monotonic()
+        if not self._restart_at:
+            log.error("the vector index process (pid %d) exited with %s: semantic lookups miss; "
+                      "starting it again in %.0fs", process.pid, process.returncode,
+                      self._delay)  # fmt: skip
+            self._restart_at = now + self._delay
+            self._delay = min(self._delay * 2, INDEX_RESTART_MAX)
+        elif now >= self._restart_at:
+            self._restart_at = 0.0
+            self.start(wait=0.0)
+
+    def stop(self, timeout: float) -> None:
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            log.error("the vector index process did not stop within %.0fs; killing it", timeout)
+            process.kill()
+            process.wait()
 
 
 def _mark_dead(pid: int, directory: str) -> None:

@@ -20,6 +20,7 @@ from qdrant_client import AsyncQdrantClient
 from adapters.outbound.vector import IncompatibleIndex, edge
 from adapters.outbound.vector.edge import DiskFull, EdgeIndex, IndexLost
 from adapters.outbound.vector.qdrant import QdrantIndex
+from adapters.outbound.vector.shared import IndexServer, IndexUnavailable, SharedIndex
 from application.ports import VectorIndex, VectorMatch, VectorPoint
 
 pytestmark = [
@@ -77,12 +78,19 @@ class Storage:
             await index.close()
 
 
-@pytest.fixture(params=["edge", "qdrant-local", "qdrant-server"])
+@pytest.fixture(params=["edge", "shared-edge", "qdrant-local", "qdrant-server"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     collection = f"test_{uuid.uuid4().hex[:12]}"
+    server: IndexServer | None = None
     if request.param == "edge":
         directory = tmp_path / "edge"
         s = Storage(lambda: EdgeIndex(directory), str(directory))
+    elif request.param == "shared-edge":  # the workers' index: one process serves the shard
+        directory, socket = tmp_path / "edge", str(tmp_path / "vectors.sock")
+        served = EdgeIndex(directory)
+        server = IndexServer(served, socket)
+        await server.start()
+        s = Storage(lambda: SharedIndex(socket), str(directory))
     elif request.param == "qdrant-local":
         path = str(tmp_path / "qdrant")
         s = Storage(lambda: QdrantIndex(AsyncQdrantClient(path=path), collection), collection)
@@ -93,6 +101,9 @@ async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterat
         yield s
     finally:
         await s.close_all()
+        if server is not None:
+            await server.stop()
+            await served.close()
         if request.param == "qdrant-server":
             cleanup = AsyncQdrantClient(url=url)
             await cleanup.delete_collection(collection)
@@ -414,3 +425,70 @@ async def test_edge_refuses_every_call_while_the_disk_lacks_room(
         assert len(await index.search(axis(0), "scope-a", NOW, 5)) == 1
     finally:
         await index.close()
+
+
+class SlowFirstSearch(VectorIndex):
+    """Answers each search with the scope it was asked for; the first one takes 0.3 s."""
+
+    def __init__(self) -> None:
+        self.searches = 0
+
+    async def ensure_ready(self, dimension: int) -> None:
+        return None
+
+    async def search(
+        self, vector: Sequence[float], scope: str, now: float, limit: int
+    ) -> list[VectorMatch]:
+        self.searches += 1
+        if self.searches == 1:
+            await asyncio.sleep(0.3)
+        return [VectorMatch(scope, 1.0, scope, scope, now)]  # the scope in every field
+
+    async def upsert(self, point: VectorPoint) -> None:
+        return None
+
+    async def delete(self, point_ids: Sequence[str]) -> None:
+        return None
+
+    async def delete_expired(self, now: float) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_shared_index_drops_the_late_reply_of_a_call_that_timed_out(tmp_path: Path) -> None:
+    server = IndexServer(SlowFirstSearch(), str(tmp_path / "s.sock"))
+    await server.start()
+    client = SharedIndex(str(tmp_path / "s.sock"))
+    try:
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(0.05):
+                await client.search(axis(0), "first", NOW, 1)
+        found = await client.search(axis(0), "second", NOW, 1)
+        assert [m.entry_key for m in found] == ["second"]
+    finally:
+        await client.close()
+        await server.stop()
+
+
+async def test_shared_index_unreachable_fails_fast_and_reconnects(tmp_path: Path) -> None:
+    socket = str(tmp_path / "s.sock")
+    client = SharedIndex(socket)
+    with pytest.raises(IndexUnavailable, match="cannot reach"):
+        await client.delete_expired(NOW)
+    directory = tmp_path / "edge"
+    for _ in range(2):  # a server, then another one after it went away: a restart
+        served = EdgeIndex(directory)
+        server = IndexServer(served, socket)
+        await server.start()
+        try:
+            for _ in range(3):
+                with contextlib.suppress(IndexUnavailable):  # the connection the last one broke
+                    await client.ensure_ready(DIM)
+            await client.upsert(point("a", axis(0)))
+            assert len(await client.search(axis(0), "scope-a", NOW, 5)) == 1
+        finally:
+            await server.stop()
+            await served.close()
+    await client.close()

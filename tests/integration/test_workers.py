@@ -130,15 +130,12 @@ async def test_two_workers_share_the_ports_sum_their_metrics_and_drain_on_sigter
 
 async def test_a_second_instance_on_the_same_port_fails_naming_grpc_port(tmp_path: Path) -> None:
     async with running_simulator(SimulatorConfig()) as sim:
-        # the embedded cache: each worker opens a vector shard of its own (one process per shard)
         first = await start(
             sim.openai_base_url, WORKERS="2", CACHE_MODE="embedded", CACHE_DIR=str(tmp_path)
         )
         try:
             log = await read_until(first, r"serving inferenceproxy\.InferenceService", 2)
             assert "unavailable" not in log, log
-            shards = sorted(os.listdir(tmp_path))
-            assert {"vectors-worker-0", "vectors-worker-1"} <= set(shards), shards
             found = re.search(r"GRPC_PORT=(\d+)", log)
             assert found, log
             for workers in ("2", "1"):
@@ -154,3 +151,65 @@ async def test_a_second_instance_on_the_same_port_fails_naming_grpc_port(tmp_pat
             first.send_signal(signal.SIGTERM)
             async with asyncio.timeout(30):
                 assert await first.wait() == 0
+
+
+def connections_by_pid(pids: list[int], port: int) -> dict[int, int]:
+    """How many established TCP connections to local `port` each process holds."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as lines:
+            for line in list(lines)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "01":
+                    inodes.add(fields[9])
+    counts = {}
+    for pid in pids:
+        links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+        counts[pid] = sum(link[8:-1] in inodes for link in links if link.startswith("socket:"))
+    return counts
+
+
+async def test_an_answer_stored_by_one_worker_is_found_by_every_worker(tmp_path: Path) -> None:
+    async with running_simulator(SimulatorConfig()) as sim:
+        process = await start(
+            sim.openai_base_url, WORKERS="2", CACHE_MODE="embedded", CACHE_DIR=str(tmp_path),
+            CACHE_TIMEOUT="3s", CACHE_EMBED_BUDGET="1s", CACHE_EMBED_MAX_CPU="1",
+        )  # fmt: skip
+        channels: list[grpc.aio.Channel] = []
+        try:
+            log = await read_until(process, r"serving inferenceproxy\.InferenceService", 2)
+            found = re.search(r"supervising 2 workers \(pids (\d+), (\d+)\).*GRPC_PORT=(\d+)", log)
+            assert found, log
+            pids, port = [int(found[1]), int(found[2])], int(found[3])
+            own = [
+                ("grpc.use_local_subchannel_pool", 1)
+            ]  # a connection per channel, not one shared
+            channels = [
+                grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=own) for _ in range(12)
+            ]
+            stubs = [pb_grpc.InferenceServiceStub(c) for c in channels]
+            question = "How do I reset my router password?"
+            stored = await stubs[0].Infer(pb.InferenceRequest(model="gpt-4o", prompt=question))
+            async with asyncio.timeout(30):  # the store (and its vector) lands in the background
+                for _ in range(150):
+                    ask = pb.InferenceRequest(model="gpt-4o", prompt=question.lower())
+                    if (await stubs[0].Infer(ask)).cache.status == pb.CACHE_STATUS_SEMANTIC:
+                        break
+                    await asyncio.sleep(0.2)
+
+            variants = [question.upper(), question.rstrip("?"), f"  {question.lower()}"]
+            answers = [
+                await stub.Infer(pb.InferenceRequest(model="gpt-4o", prompt=variants[i % 3]))
+                for i, stub in enumerate(stubs)
+            ]
+            spread = connections_by_pid(pids, port)
+            assert all(count >= 1 for count in spread.values()), spread  # both workers asked
+            assert [a.cache.status for a in answers] == [pb.CACHE_STATUS_SEMANTIC] * 12
+            assert {a.content for a in answers} == {stored.content}
+            assert sorted(os.listdir(tmp_path)) == ["responses", "vectors"]  # one shard for all
+        finally:
+            for channel in channels:
+                await channel.close()
+            process.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(30):
+                assert await process.wait() == 0
