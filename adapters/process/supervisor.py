@@ -227,6 +227,7 @@ class _IndexProcess:
     def start(self, wait: float) -> None:
         """Starts it and waits up to `wait` seconds for its socket."""
         self._process = subprocess.Popen(self._command, env=self._env)
+        log.info("started the vector index process (pid %d)", self._process.pid)
         deadline = time.monotonic() + wait
         while not os.path.exists(self._socket) and time.monotonic() < deadline:
             if self._process.poll() is not None:

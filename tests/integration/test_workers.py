@@ -196,6 +196,8 @@ async def test_an_answer_stored_by_one_worker_is_found_by_every_worker(tmp_path:
                     if (await stubs[0].Infer(ask)).cache.status == pb.CACHE_STATUS_SEMANTIC:
                         break
                     await asyncio.sleep(0.2)
+                else:
+                    raise AssertionError("the stored answer never became a semantic hit")
 
             variants = [question.upper(), question.rstrip("?"), f"  {question.lower()}"]
             answers = [
@@ -207,6 +209,23 @@ async def test_an_answer_stored_by_one_worker_is_found_by_every_worker(tmp_path:
             assert [a.cache.status for a in answers] == [pb.CACHE_STATUS_SEMANTIC] * 12
             assert {a.content for a in answers} == {stored.content}
             assert sorted(os.listdir(tmp_path)) == ["responses", "vectors"]  # one shard for all
+
+            # the index process killed: lookups miss (fail open), then it is started again
+            index_pid = re.search(r"started the vector index process \(pid (\d+)\)", log)
+            assert index_pid, log
+            os.kill(int(index_pid[1]), signal.SIGKILL)
+            during = await stubs[1].Infer(pb.InferenceRequest(model="gpt-4o", prompt=variants[0]))
+            assert during.content  # answered: a miss, the index being down
+            assert during.cache.status == pb.CACHE_STATUS_MISS
+            await read_until(process, r"started the vector index process", 1)
+            async with asyncio.timeout(30):
+                for i in range(1, 150):  # a new exact key each time, the same words
+                    ask = pb.InferenceRequest(model="gpt-4o", prompt=question.lower() + " " * i)
+                    if (await stubs[2].Infer(ask)).cache.status == pb.CACHE_STATUS_SEMANTIC:
+                        break
+                    await asyncio.sleep(0.2)
+                else:
+                    raise AssertionError("no semantic hit after the index process restarted")
         finally:
             for channel in channels:
                 await channel.close()
