@@ -70,7 +70,7 @@ async def proxy(tmp_path: Path, cache_dir: Path) -> AsyncIterator[Proxy]:
                     "OPENAI_BASE_URL": simulator.openai_base_url,
                     "OPENAI_API_KEYS": ",".join(OPENAI_KEYS),
                     "CACHE_MODE": "embedded", "CACHE_DIR": str(cache_dir),
-                    "CACHE_TIMEOUT": "3s", "CACHE_EMBED_BUDGET": "1s", "CACHE_EMBED_MAX_CPU": "1",
+                    "CACHE_TIMEOUT": "3s", "CACHE_EMBED_MAX_CPU": "1",
                 },
                 stdout=sink, stderr=sink,
             )  # fmt: skip

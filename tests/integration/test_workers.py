@@ -173,7 +173,7 @@ async def test_an_answer_stored_by_one_worker_is_found_by_every_worker(tmp_path:
     async with running_simulator(SimulatorConfig()) as sim:
         process = await start(
             sim.openai_base_url, WORKERS="2", CACHE_MODE="embedded", CACHE_DIR=str(tmp_path),
-            CACHE_TIMEOUT="3s", CACHE_EMBED_BUDGET="1s", CACHE_EMBED_MAX_CPU="1",
+            CACHE_TIMEOUT="3s", CACHE_EMBED_MAX_CPU="1",
         )  # fmt: skip
         channels: list[grpc.aio.Channel] = []
         try:
