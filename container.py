@@ -45,10 +45,11 @@ from adapters.process.settings import Settings
 from adapters.process.system import AsyncioSleeper, SystemClock, SystemRandom
 from application.inference import InferenceService
 from application.models import ModelCatalog
-from application.ports import Embedder, Provider, ResponseCache, Tracer
+from application.ports import Embedder, Provider, ResponseCache, Tracer, VectorIndex
 from application.resilience import Upstream
 from application.semantic_cache import CachePolicy, SemanticCache
 from domain.backoff import BackoffPolicy
+from domain.cache_policy import point_id
 from domain.circuit_breaker import CircuitBreaker
 from domain.key_pool import ApiKey, KeyPool
 from domain.model import RequestLimits
@@ -111,12 +112,17 @@ def qdrant_index(settings: Settings) -> Any:
     return QdrantIndex(client, settings.qdrant_collection)
 
 
-def embedded_store(settings: Settings) -> Any:
+def embedded_store(settings: Settings, index: VectorIndex) -> Any:
+    """CACHE_MAX_ENTRIES bounds the answers and, through their evictions, the vectors."""
     from adapters.outbound.store.embedded import EmbeddedStore
 
+    async def forget_vectors(keys: list[str]) -> None:
+        await index.delete([point_id(key) for key in keys])
+
     return EmbeddedStore(
-        Path(settings.cache_dir) / "responses", max_entries=settings.cache_max_entries
-    )
+        Path(settings.cache_dir) / "responses", max_entries=settings.cache_max_entries,
+        on_evict=forget_vectors,
+    )  # fmt: skip
 
 
 def redis_store(settings: Settings) -> Any:
@@ -189,7 +195,7 @@ class Container(containers.DeclarativeContainer):
     )
     response_store = providers.Selector(
         s.cache_mode,
-        embedded=providers.Singleton(embedded_store, settings),
+        embedded=providers.Singleton(embedded_store, settings, vector_index),
         remote=providers.Singleton(redis_store, settings),
     )
     semantic_cache = providers.Singleton(

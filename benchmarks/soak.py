@@ -16,7 +16,10 @@ and the errors by gRPC status. Bounded: `--duration` is at most one hour.
 hang in a hundred requests; `--proxy-env` sets more proxy variables (`REQUEST_TIMEOUT=2s`).
 
 With `--cache-mode embedded` every answer is stored (TTL `--cache-ttl`), so memory grows with the
-cache until entries expire: use it to watch the cache's footprint, not to look for leaks.
+cache until entries expire or `CACHE_MAX_ENTRIES` (`--proxy-env CACHE_MAX_ENTRIES=N`) evicts the
+least recently used: each sample then also shows the answers in the response store, and the end
+the vectors left in the index (read after the proxy stopped). A bound reached, then a flat RSS,
+is what a bounded cache looks like.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import itertools
 import os
 import signal
 import socket
+import sqlite3
 import statistics
 import sys
 import tempfile
@@ -106,6 +110,31 @@ async def stop(process: asyncio.subprocess.Process) -> int | None:
     return process.returncode
 
 
+def answers_in(cache_dir: Path) -> int | None:
+    """Entries in the embedded response store (read-only, beside the proxy's own connection)."""
+    path = cache_dir / "responses" / "responses.sqlite3"
+    if not path.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            return int(db.execute("SELECT entries FROM totals").fetchone()[0])
+    except sqlite3.Error:
+        return None
+
+
+def vectors_in(cache_dir: Path) -> int | None:
+    """Points in the embedded vector index; only once the proxy has closed it."""
+    from qdrant_edge import CountRequest, EdgeShard
+
+    if not (cache_dir / "vectors").exists():
+        return None
+    shard = EdgeShard.load(str(cache_dir / "vectors"))
+    try:
+        return int(shard.count(CountRequest(exact=True)))
+    finally:
+        shard.close()
+
+
 class Traffic:
     def __init__(self, stub: Any, stream_share: float) -> None:
         self.stub = stub
@@ -138,7 +167,7 @@ class Traffic:
 
 
 async def drive(
-    args: argparse.Namespace, traffic: Traffic, proxy_pid: int
+    args: argparse.Namespace, traffic: Traffic, proxy_pid: int, cache_dir: Path
 ) -> list[tuple[float, float]]:
     loop = asyncio.get_running_loop()
     slots = asyncio.Semaphore(args.max_in_flight)
@@ -146,7 +175,10 @@ async def drive(
     samples: list[tuple[float, float]] = []
     began = loop.time()
     next_sample = began
-    print(f"{'t(s)':>6} {'RSS MiB':>8} {'sent':>8} {'ok':>8} {'errors':>7} {'in flight':>9}")
+    print(
+        f"{'t(s)':>6} {'RSS MiB':>8} {'sent':>8} {'ok':>8} {'errors':>7} {'in flight':>9}"
+        + (f" {'answers':>8}" if args.cache_mode == "embedded" else "")
+    )
 
     async def guarded(number: int) -> None:
         try:
@@ -160,9 +192,10 @@ async def drive(
             rss = rss_mib(proxy_pid)
             samples.append((now - began, rss))
             errors = sum(traffic.errors.values())
+            stored = answers_in(cache_dir) if args.cache_mode == "embedded" else None
             print(
                 f"{now - began:6.0f} {rss:8.1f} {traffic.sent:8d} {traffic.ok:8d} "
-                f"{errors:7d} {len(tasks):9d}",
+                f"{errors:7d} {len(tasks):9d}" + ("" if stored is None else f" {stored:8d}"),
                 flush=True,
             )
             next_sample += args.sample_every
@@ -214,7 +247,7 @@ async def main(args: argparse.Namespace) -> int:
         )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
             traffic = Traffic(pb_grpc.InferenceServiceStub(channel), args.stream_share)
-            samples = await drive(args, traffic, proxy.pid)
+            samples = await drive(args, traffic, proxy.pid, workdir / "cache")
         half = [s for s in samples if s[0] >= samples[-1][0] / 2]
         print()
         print(
@@ -234,6 +267,9 @@ async def main(args: argparse.Namespace) -> int:
         )
         code = await stop(proxy)
         print(f"proxy exit status {code}")
+        if args.cache_mode == "embedded":
+            cache = workdir / "cache"
+            print(f"cache at the end: {answers_in(cache)} answers, {vectors_in(cache)} vectors")
         return 0 if code == 0 else 1
     finally:
         if proxy is not None:

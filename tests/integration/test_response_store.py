@@ -330,8 +330,8 @@ async def test_embedded_reports_the_keys_it_evicts(tmp_path: Path) -> None:
     store = EmbeddedStore(tmp_path, max_entries=2, on_evict=on_evict)
     for key in "abcd":
         await store.put(key, completion(key), 60)
+    await store.close()  # waits for the evictions' callbacks, which run in the background
     assert evicted == ["a", "b"]
-    await store.close()
 
 
 async def test_embedded_file_deleted_while_open_is_noticed_and_recreated(

@@ -21,6 +21,7 @@ fresh file, so nothing more is written to a file that no longer has a name.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sqlite3
@@ -93,8 +94,8 @@ class EmbeddedStore(ResponseStore):
     """Opens (or creates) the store under `directory` on construction, which waits for the disk:
     build it at startup. A file that is not a readable SQLite database is moved aside and a fresh
     one started (it is only a cache). `clock` gives wall-clock seconds since the epoch.
-    `on_evict` is awaited with the keys a put evicted (the semantic cache deletes their vectors,
-    so that `max_entries` bounds the vector index too)."""
+    `on_evict` is called with the keys a put evicted, in the background (the composition root
+    deletes their vectors, so that `max_entries` bounds the vector index too)."""
 
     def __init__(
         self,
@@ -114,6 +115,7 @@ class EmbeddedStore(ResponseStore):
         self._max_bytes = max_bytes
         self._clock = clock
         self._on_evict = on_evict
+        self._evicting: set[asyncio.Task[None]] = set()
         self._worker = WorkerThread("embedded-store", "the embedded response store is closed")
         self._front: OrderedDict[str, tuple[Completion, float]] = OrderedDict()
         self._front_entries = min(FRONT_ENTRIES, max_entries)
@@ -158,17 +160,23 @@ class EmbeddedStore(ResponseStore):
         evicted = await self._worker.run(self._put, key, value, now + ttl, now, touched)
         for gone in evicted:
             self._front.pop(gone, None)
-        if evicted and self._on_evict is not None:
-            try:
-                await self._on_evict(evicted)
-            except Exception as error:  # the vector index reports its own failures
-                log.debug("evicted entries' vectors not deleted: %s", error)
+        if evicted and self._on_evict is not None:  # in the background: not the put's time
+            task = asyncio.create_task(self._forget(self._on_evict, evicted))
+            self._evicting.add(task)
+            task.add_done_callback(self._evicting.discard)
         if ttl > 0 and len(value) <= self._max_bytes:
             self._remember(key, completion, now + ttl)
 
     async def delete(self, key: str) -> None:
         self._front.pop(key, None)
         await self._worker.run(self._delete, key)
+
+    @staticmethod
+    async def _forget(on_evict: Callable[[list[str]], Awaitable[None]], keys: list[str]) -> None:
+        try:
+            await on_evict(keys)
+        except Exception as error:  # the vector index reports its own failures
+            log.debug("the vectors of %d evicted entries not deleted: %s", len(keys), error)
 
     def _remember(self, key: str, completion: Completion, expires_at: float) -> None:
         if len(completion.content) > FRONT_MAX_CHARS:
@@ -182,6 +190,7 @@ class EmbeddedStore(ResponseStore):
         return await self._worker.run(self._usage)
 
     async def close(self) -> None:
+        await asyncio.gather(*self._evicting)
         self._front.clear()
         touched, self._touched = self._touched, set()
         if touched:  # the LRU order survives a restart
