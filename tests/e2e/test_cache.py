@@ -288,3 +288,38 @@ async def test_a_failing_embedder_fails_open_and_semantic_hits_resume(tmp_path: 
         embedder.broken = False
         hit = await s.stub.Infer(ask("what exactly is the capital of France"))
         assert hit.cache.status == pb.CACHE_STATUS_SEMANTIC
+
+
+async def test_cache_max_entries_evicts_the_least_recently_used_answers_with_their_vectors(
+    tmp_path: Path,
+) -> None:
+    countries = ["France", "Spain", "Italy", "Germany", "Poland"]
+    settings = {"cache_dir": str(tmp_path), "cache_max_entries": "3", **SLACK}
+    async with stack(cache_mode="embedded", **settings) as s:
+        for country in countries[:3]:
+            await s.stub.Infer(ask(f"What is the capital of {country}?"))
+            await stored(s)
+        hit = await s.stub.Infer(ask("What is the capital of France?"))  # France: used last
+        for country in countries[3:]:
+            await s.stub.Infer(ask(f"What is the capital of {country}?"))
+            await stored(s)
+
+        container = s.proxy.container
+        embedder, index = container.embedder(), container.vector_index()
+        scope = cache_scope(
+            InferenceRequest("gpt-4o-mini", (Message(Role.USER, PROMPT),)),
+            "openai",
+            embedder.identity,
+        )
+        (vector,) = await embedder.embed([PROMPT])
+        for _ in range(100):  # the evicted answers' vectors go in the background
+            texts = {m.text for m in await index.search(vector, scope, 0.0, 10)}
+            if len(texts) <= 3:
+                break
+            await asyncio.sleep(0.05)
+        france = await s.stub.Infer(ask("What exactly is the capital of France?"))
+        spain = await s.stub.Infer(ask("What exactly is the capital of Spain?"))
+    assert hit.cache.status == pb.CACHE_STATUS_EXACT
+    assert texts == {f"What is the capital of {c}?" for c in ("France", "Germany", "Poland")}
+    assert spain.cache.status == pb.CACHE_STATUS_MISS
+    assert france.cache.status == pb.CACHE_STATUS_SEMANTIC
