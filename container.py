@@ -100,7 +100,7 @@ def edge_index(settings: Settings, index_socket: str | None) -> Any:
         return SharedIndex(index_socket)
     from adapters.outbound.vector.edge import EdgeIndex
 
-    return EdgeIndex(Path(settings.cache_dir) / VECTORS)
+    return EdgeIndex(Path(settings.cache_dir) / VECTORS, max_points=settings.cache_max_entries)
 
 
 def qdrant_index(settings: Settings) -> Any:

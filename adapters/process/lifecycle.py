@@ -228,7 +228,7 @@ async def serve_vector_index(settings: Settings, socket: str, stop: asyncio.Even
     from adapters.outbound.vector.edge import EdgeIndex
     from adapters.outbound.vector.shared import IndexServer
 
-    index = EdgeIndex(Path(settings.cache_dir) / VECTORS)
+    index = EdgeIndex(Path(settings.cache_dir) / VECTORS, max_points=settings.cache_max_entries)
     server = IndexServer(index, socket)
     await server.start()
     log.info("serving the vector index %s to the workers", Path(settings.cache_dir) / VECTORS)

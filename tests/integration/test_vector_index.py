@@ -492,3 +492,17 @@ async def test_shared_index_unreachable_fails_fast_and_reconnects(tmp_path: Path
             await server.stop()
             await served.close()
     await client.close()
+
+
+async def test_edge_upkeep_keeps_max_points_deleting_those_expiring_first(tmp_path: Path) -> None:
+    index = EdgeIndex(tmp_path / "vectors", max_points=3)
+    await index.ensure_ready(DIM)
+    try:
+        for i in range(5):  # p0 expires first
+            await index.upsert(point(f"p{i}", axis(i), expires_at=LATER + i))
+        assert len(await index.search(axis(0), "scope-a", NOW, 10)) == 5  # until the upkeep
+        assert await index.delete_expired(NOW) == 0  # the sweep queues the upkeep
+        found = await index.search(axis(0), "scope-a", NOW, 10)
+        assert sorted(ids(found)) == sorted(point(f"p{i}", axis(i)).point_id for i in (2, 3, 4))
+    finally:
+        await index.close()

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from qdrant_edge import (
     CountRequest,
+    Direction,
     Distance,
     EdgeConfig,
     EdgeOptimizersConfig,
@@ -43,11 +44,13 @@ from qdrant_edge import (
     FieldCondition,
     Filter,
     MatchValue,
+    OrderBy,
     PayloadSchemaType,
     Point,
     Query,
     QueryRequest,
     RangeFloat,
+    ScrollRequest,
     UpdateOperation,
 )
 
@@ -73,6 +76,10 @@ MIB = 1024 * 1024
 MARGIN = 96 * MIB
 NEW_SHARD = 128 * MIB  # the holes of a new shard's files (measured: 117 MiB at 384 dimensions)
 RECOUNT_EVERY = 64  # writes between two counts of the holes (a walk over ~50 files)
+# Writes between two upkeeps (vacuum, flush) besides the sweep's: the WAL's pages and deleted points
+# stay in memory until then, so at a steady rate of stores and evictions the RSS is a sawtooth of
+# about this many writes (~4 KiB each) instead of a climb until the next sweep.
+UPKEEP_EVERY = 4096
 
 
 class DiskFull(RuntimeError):
@@ -92,10 +99,13 @@ PAYLOAD_INDEXES = {
 
 class EdgeIndex(VectorIndex):
     """Opens (or creates) the shard under `directory` on `ensure_ready`; raises IncompatibleIndex
-    when the shard there holds vectors of another size."""
+    when the shard there holds vectors of another size. `max_points`: each upkeep deletes the
+    points beyond it, those expiring first (the vectors the cache failed to delete with their
+    evicted answers, such as an answer evicted before its vector was indexed)."""
 
-    def __init__(self, directory: str | Path) -> None:
+    def __init__(self, directory: str | Path, max_points: int | None = None) -> None:
         self._directory = Path(directory)
+        self._max_points = max_points
         self._worker = WorkerThread("qdrant-edge", f"the vector index at {directory} is closed")
         # Touched only on the worker thread, so a call that timed out (and keeps running there)
         # still leaves them consistent for the next one.
@@ -207,6 +217,8 @@ class EdgeIndex(VectorIndex):
             self._holes = _holes(self._directory)
             self._check_disk()
         shard.update(operation)
+        if self._writes % UPKEEP_EVERY == 0:
+            self._worker.submit(self._upkeep)  # next on this thread, after the calls queued
 
     def _delete(self, operation: UpdateOperation, count: int) -> None:
         self._update(operation)
@@ -230,6 +242,7 @@ class EdgeIndex(VectorIndex):
             self._holes = _holes(self._directory)
             if self._room() < 0:
                 return  # the calls say so (DiskFull); a flush could write into a hole
+            self._trim(shard)
             if self._deleted and self._room() >= _size(self._directory / "segments"):
                 shard.optimize()
                 self._deleted = 0
@@ -237,6 +250,21 @@ class EdgeIndex(VectorIndex):
             shard.flush()
         except Exception:
             log.exception("Qdrant Edge shard at %s: vacuum/flush failed", self._directory)
+
+    def _trim(self, shard: EdgeShard) -> None:
+        if self._max_points is None:
+            return
+        excess = shard.count(CountRequest(exact=True)) - self._max_points
+        if excess <= 0:
+            return
+        oldest = ScrollRequest(
+            limit=excess, order_by=OrderBy(EXPIRES_AT, Direction.Asc), with_payload=False
+        )
+        records, _ = shard.scroll(oldest)
+        shard.update(UpdateOperation.delete_points([r.id for r in records]))
+        self._deleted += len(records)
+        log.info("Qdrant Edge shard at %s: %d points over %d deleted, the first to expire",
+                 self._directory, len(records), self._max_points)  # fmt: skip
 
     def _close(self) -> None:
         shard, self._shard = self._shard, None
