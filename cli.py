@@ -25,7 +25,9 @@ from adapters.process.supervisor import (
     PortTaken,
     SharedPort,
     Supervisor,
+    die_with_supervisor,
 )
+from adapters.process.system import raise_file_limit
 from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
 from application.semantic_cache import CachePolicy, SemanticCache
 from container import Container
@@ -44,6 +46,7 @@ async def serve(container: Container, stop: asyncio.Event) -> None:
     Raises StartupError when a port cannot be bound, IncompatibleIndex, ConfigError."""
     settings: Settings = container.settings()
     warn_if_open(settings)
+    check_file_limit(settings)
     container.metrics().watch(container.upstreams(), container.clock().now)
     try:
         # The last resource: starting it starts the chain under it, in order, and returns only
@@ -83,6 +86,25 @@ def warn_if_open(settings: Settings) -> None:
             "run this behind something that authenticates clients (a service mesh, a gateway)",
             host,
             port,
+        )
+
+
+def check_file_limit(settings: Settings) -> None:
+    """MAX_CONNECTIONS per listening port needs that many file descriptors, and some more for
+    the upstream connections and files: the soft limit goes up to the hard one, and a hard
+    limit below the need is said at startup rather than found when accept() fails."""
+    soft, _ = raise_file_limit()
+    ports = len(settings.listeners())
+    needed = settings.max_connections * ports + 2 * settings.upstream_max_connections + 256
+    if soft < needed:
+        log.warning(
+            "the open-file limit (RLIMIT_NOFILE) is %d, below the ~%d that MAX_CONNECTIONS=%d "
+            "on %d port(s) needs: raise the hard limit (ulimit -n, LimitNOFILE, the container "
+            "runtime's nofile) or lower MAX_CONNECTIONS",
+            soft,
+            needed,
+            settings.max_connections,
+            ports,
         )
 
 
@@ -291,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     as_json = logs_as_json(settings, sys.stderr.isatty())
     configure_logging(settings.log_level, as_json, secrets=settings.secrets())
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per upstream call is noise
+    if args.worker is not None or args.vector_index is not None:
+        die_with_supervisor()  # a supervisor's child: no orphan outlives it
     if args.vector_index is not None:
         with asyncio.Runner(loop_factory=uvloop_factory()) as runner:
             runner.run(_run_vector_index(settings, args.vector_index))

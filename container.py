@@ -34,6 +34,7 @@ from adapters.process.lifecycle import (
     build_ops_server,
     build_router,
     cache_kind,
+    grpc_connection_limits,
     listening_ops,
     open_clients,
     running_cache,
@@ -236,11 +237,14 @@ class Container(containers.DeclarativeContainer):
         admission=providers.Singleton(Admission, gate),
         tracing=providers.Callable(tracing.build_server_interceptor, tracer_provider),
         credentials=providers.Callable(server_credentials, settings), reuse_port=reuse_port,
+        limits=providers.Callable(grpc_connection_limits, settings), grace=s.shutdown_grace,
     )  # fmt: skip
     catalog = providers.Singleton(ModelCatalog, router, upstreams, clock)
     openai_api = providers.Singleton(
         OpenAIApi, inference, catalog, gate, metrics, clock, limits=limits,
         max_request_bytes=s.max_request_bytes, tracer_provider=tracer_provider,
+        body_timeout=s.body_timeout, max_buffered_bytes=s.max_buffered_bytes,
+        allowed_origins=s.http_allowed_origins, check_host=s.checks_host,
     )  # fmt: skip
     http_server = providers.Singleton(build_http_server, settings, openai_api, reuse_port)
     ops_server = providers.Singleton(

@@ -206,7 +206,7 @@ class InferenceService:
             key = attempts.start()
             try:
                 completion = await self._attempt(
-                    upstream.name, upstream.provider.complete(upstream_request, key)
+                    attempts, upstream.name, upstream.provider.complete(upstream_request, key)
                 )
             except ProviderFailure as failure:
                 await self._sleep(attempts.failed(key, failure))
@@ -220,12 +220,12 @@ class InferenceService:
             self._after_answer(request, completion)
             return Answer(completion, self._miss_info(request))
 
-    async def _attempt(self, provider: str, call: Awaitable[T]) -> T:
+    async def _attempt(self, attempts: Attempts, provider: str, call: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self._upstream_timeout):
                 return await call
         except TimeoutError:
-            raise UpstreamFault(
+            raise attempts.silent(
                 f"{provider} did not answer within UPSTREAM_TIMEOUT ({self._upstream_timeout:g}s)"
             ) from None
 
@@ -247,11 +247,13 @@ class InferenceService:
             await self._sleep(attempts.key_wait())
             key = attempts.start()
             parts: list[str] = []
+            heard = -math.inf  # when the provider last sent an event
             try:
                 end = None
-                events = self._events(upstream, upstream_request, key, deadline)
+                events = self._events(upstream, upstream_request, key, deadline, attempts)
                 async with aclosing(events) as it:
                     async for event in it:
+                        heard = self._clock.now()
                         if isinstance(event, StreamEnd):
                             end = event
                             break
@@ -266,7 +268,10 @@ class InferenceService:
                 await self._sleep(attempts.failed(key, failure))
                 continue
             except DeadlineExceeded:
-                attempts.timed_out() if deadline.own else attempts.aborted()
+                if deadline.own:
+                    attempts.timed_out(answering=self._answering(heard))
+                else:
+                    attempts.aborted()
                 raise
             except BaseException:
                 attempts.aborted()
@@ -318,8 +323,20 @@ class InferenceService:
         except TimeoutError:
             raise DeadlineExceeded(DEADLINE_PASSED) from None
 
+    def _answering(self, heard: float) -> bool:
+        """A stream that sent an event within UPSTREAM_TIMEOUT (or, that off, sent any: its
+        idleness is the stream idle timeout's to judge) is still answering."""
+        if self._upstream_timeout is None:
+            return heard > -math.inf
+        return self._clock.now() - heard < self._upstream_timeout
+
     async def _events(
-        self, upstream: Upstream, request: InferenceRequest, key: ApiKey, deadline: Deadline
+        self,
+        upstream: Upstream,
+        request: InferenceRequest,
+        key: ApiKey,
+        deadline: Deadline,
+        attempts: Attempts,
     ) -> AsyncGenerator[Delta | StreamEnd, None]:
         """The provider's events under the deadline; the first one also under UPSTREAM_TIMEOUT
         (one timer per wait, so the upstream call is cancelled once)."""
@@ -337,7 +354,7 @@ class InferenceService:
                     return
                 except TimeoutError:
                     if until < deadline.at:
-                        raise UpstreamFault(
+                        raise attempts.silent(
                             f"{upstream.name} sent nothing within UPSTREAM_TIMEOUT "
                             f"({self._upstream_timeout:g}s)"
                         ) from None

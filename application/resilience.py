@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 from application.ports import (
@@ -36,6 +37,32 @@ log = logging.getLogger(__name__)
 
 # OpenTelemetry GenAI semantic conventions name providers this way.
 GEN_AI_SYSTEM = {"openai": "openai", "gemini": "gcp.gemini"}
+
+
+POOL_FULL = "the proxy's own connections to {provider} stayed busy (UPSTREAM_MAX_CONNECTIONS)"
+
+
+class AttemptProgress:
+    """What the transport tells about the attempt in progress: whether it had to wait for one
+    of the proxy's own connections (UPSTREAM_MAX_CONNECTIONS). A timeout of an attempt that
+    queued is the proxy's overload, not the provider's silence (DESIGN §4)."""
+
+    __slots__ = ("queued", "waiting")
+
+    def __init__(self) -> None:
+        self.queued = False  # it waited for a connection at some point
+        self.waiting = False  # it is waiting now
+
+    def queue_started(self) -> None:
+        self.queued = self.waiting = True
+
+    def queue_ended(self) -> None:
+        self.waiting = False
+
+
+# The attempt of the running task (set by `Attempts.start`, read by the HTTP transport): the
+# provider port's signature stays the one every provider implements.
+CURRENT_ATTEMPT: ContextVar[AttemptProgress | None] = ContextVar("llm_proxy_attempt", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +126,7 @@ class Attempts:
         self._switches = 0
         self._malformed = 0
         self._permit = Permit()
+        self.progress = AttemptProgress()
         self._scope: AbstractContextManager[SpanHandle] | None = None
         self._span: SpanHandle | None = None
 
@@ -112,6 +140,8 @@ class Attempts:
             breaker.record(self._permit, Verdict.NEUTRAL, now)
             raise
         self.count += 1
+        self.progress = AttemptProgress()
+        CURRENT_ATTEMPT.set(self.progress)
         self._open_span(key)
         return key
 
@@ -135,9 +165,25 @@ class Attempts:
     def aborted(self) -> None:
         self._end(Verdict.NEUTRAL, "aborted")
 
-    def timed_out(self) -> None:
-        """The proxy's own deadline passed with the provider silent: the provider's failure."""
-        self._end(Verdict.FAILURE, "timeout")
+    def timed_out(self, answering: bool = False) -> None:
+        """The proxy's own deadline passed: the provider's failure if it was silent, not if it
+        was `answering` (a stream still producing) or the attempt queued for a connection."""
+        if answering:
+            self._end(Verdict.NEUTRAL, "cut_by_deadline")
+        elif self.progress.queued:
+            self._end(Verdict.NEUTRAL, "proxy_busy")
+        else:
+            self._end(Verdict.FAILURE, "timeout")
+
+    def silent(self, message: str) -> ProviderFailure:
+        """The failure of an attempt that heard nothing within UPSTREAM_TIMEOUT: the
+        provider's (UpstreamFault), unless the attempt queued for one of the proxy's own
+        connections (ConnectionsExhausted: neutral, not retried)."""
+        if self.progress.queued:
+            return ConnectionsExhausted(
+                POOL_FULL.format(provider=self._up.name) + "; retry shortly", 1.0
+            )
+        return UpstreamFault(message)
 
     def settle(self, key: ApiKey, failure: ProviderFailure) -> None:
         """Records what a failed attempt says about the provider and the key."""

@@ -80,7 +80,9 @@ class SemanticCache(ResponseCache):
         self._clock = clock
         self._metrics = metrics
         self._tracer = tracer
-        self._vectors: OrderedDict[bytes, list[float]] = OrderedDict()  # by sha256 of the text
+        # by sha256 of scope and text: the scope holds the tenant, so one tenant's texts never
+        # make another's lookups faster (a timing side channel)
+        self._vectors: OrderedDict[bytes, list[float]] = OrderedDict()
         self._index_ready = False
         self._backlog = IndexBacklog(policy.index_backlog, metrics)
         self.states = dict.fromkeys(BACKENDS, "unknown")
@@ -108,7 +110,7 @@ class SemanticCache(ResponseCache):
             if not self._embedder.fits(seen):
                 return  # exact tier only: its vector would stand for a text it never saw whole
             entry = Unindexed(seen, scope, key, prompt, self._clock.wall() + ttl)
-            vector = self._remembered(seen)  # computed by this request's lookup
+            vector = self._remembered(scope, seen)  # computed by this request's lookup
             if vector is None:
                 self._backlog.add(entry)
                 return
@@ -184,9 +186,9 @@ class SemanticCache(ResponseCache):
         if not self._embedder.fits(seen):
             self._metrics.cache_semantic_skip("beyond_window")
             return None
-        vector = self._remembered(seen)
+        vector = self._remembered(scope, seen)
         if vector is None:
-            vector = await self._lookup_vector(seen, deadline)
+            vector = await self._lookup_vector(scope, seen, deadline)
             if vector is None:
                 return None
         await self._ensure_index(deadline)
@@ -214,7 +216,7 @@ class SemanticCache(ResponseCache):
     def _scope(self, request: InferenceRequest, provider: str) -> str:
         return cache_scope(request, provider, self._embedder.identity)
 
-    async def _lookup_vector(self, text: str, deadline: float) -> list[float] | None:
+    async def _lookup_vector(self, scope: str, text: str, deadline: float) -> list[float] | None:
         """The text's vector, or None (counted) when the embedder cannot have it ready with
         SEARCH_SHARE of the budget left: it is shared by the lookups in flight, which queue for
         its next batch."""
@@ -224,7 +226,7 @@ class SemanticCache(ResponseCache):
             with suppress(EmbedderLate):
                 vectors = await self._call("embedder", "embed", self._embedder.embed([text]),
                                            ready_by)  # fmt: skip
-                self._remember(text, vectors[0])
+                self._remember(scope, text, vectors[0])
                 return vectors[0]
         self._metrics.cache_semantic_skip("embedder_busy")
         return None
@@ -237,7 +239,7 @@ class SemanticCache(ResponseCache):
         batch = [e for e in taken if e.expires_at > now]  # the others' answers are gone
         indexed = 0
         try:
-            known = [self._remembered(e.text) for e in batch]
+            known = [self._remembered(e.scope, e.text) for e in batch]
             missing = [e.text for e, v in zip(batch, known, strict=True) if v is None]
             fresh: Iterator[list[float]] = iter(())
             if missing:  # no budget: background work waits for the lookups
@@ -265,14 +267,14 @@ class SemanticCache(ResponseCache):
             VectorPoint(id_, vector, entry.scope, entry.entry_key, entry.prompt, entry.expires_at)
         )
 
-    def _remembered(self, text: str) -> list[float] | None:
-        vector = self._vectors.get(_digest(text))
+    def _remembered(self, scope: str, text: str) -> list[float] | None:
+        vector = self._vectors.get(_digest(scope, text))
         if vector is not None:
-            self._vectors.move_to_end(_digest(text))
+            self._vectors.move_to_end(_digest(scope, text))
         return vector
 
-    def _remember(self, text: str, vector: list[float]) -> None:
-        self._vectors[_digest(text)] = vector
+    def _remember(self, scope: str, text: str, vector: list[float]) -> None:
+        self._vectors[_digest(scope, text)] = vector
         if len(self._vectors) > self._policy.embedding_lru:
             self._vectors.popitem(last=False)
 
@@ -335,6 +337,6 @@ class EmbedderLate(Exception):
     """The embedder's queue kept a lookup's text past its budget."""
 
 
-def _digest(text: str) -> bytes:
+def _digest(scope: str, text: str) -> bytes:
     """The embedding LRU's key: 32 bytes a prompt, not the prompt."""
-    return hashlib.sha256(text.encode()).digest()
+    return hashlib.sha256(f"{scope}\n{text}".encode()).digest()

@@ -60,6 +60,16 @@ class UpstreamUnavailable(ProxyError):
         super().__init__(f"{provider} unavailable after {attempts} attempt{plural}: {last}")
 
 
+class ShuttingDown(ProxyError):
+    """The proxy is stopping and its SHUTDOWN_GRACE ran out before this call finished."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the proxy is shutting down and this call did not finish within SHUTDOWN_GRACE; "
+            "retry (another replica or the restarted proxy will answer)"
+        )
+
+
 class DeadlineExceeded(ProxyError):
     pass
 

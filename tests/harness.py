@@ -19,7 +19,7 @@ from qdrant_client import AsyncQdrantClient
 from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.inbound.http.server import HttpServer
 from adapters.outbound.vector.qdrant import QdrantIndex
-from adapters.process.lifecycle import http_ssl_context
+from adapters.process.lifecycle import http_connection_limits, http_ssl_context
 from adapters.process.settings import load_settings
 from application.ports import Provider
 from cli import serve
@@ -70,6 +70,7 @@ async def running_proxy(
         server = providers.Singleton(
             HttpServer, container.openai_api, "127.0.0.1", 0,
             ssl_context=providers.Callable(http_ssl_context, container.settings),
+            limits=providers.Callable(http_connection_limits, container.settings),
         )  # fmt: skip
         container.http_server.override(server)
     if adapters is not None:

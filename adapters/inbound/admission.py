@@ -46,7 +46,12 @@ def bearer_token(metadata: Metadata | None) -> bytes:
     values = [v for k, v in metadata or () if k == "authorization"]
     if not values:
         raise AuthFailure("missing", "missing credentials: send 'authorization: Bearer <token>'")
-    value = values[0].encode() if isinstance(values[0], str) else values[0]
+    try:
+        value = values[0].encode() if isinstance(values[0], str) else values[0]
+    except UnicodeEncodeError:  # bytes that are not UTF-8, as aiohttp hands them over
+        raise AuthFailure(
+            "malformed", "malformed credentials: the authorization header is not valid UTF-8"
+        ) from None
     scheme, _, token = value.strip().partition(b" ")
     token = token.strip()
     if scheme.lower() != b"bearer" or not token:

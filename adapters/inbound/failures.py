@@ -18,6 +18,7 @@ from domain.errors import (
     NoUsableKey,
     ProxyError,
     RateLimited,
+    ShuttingDown,
     Unauthenticated,
     UnknownModel,
     UpstreamFault,
@@ -62,7 +63,7 @@ def classify(error: ProxyError) -> Failure:
             return Failure(Kind.RESOURCE_EXHAUSTED, message, seconds)
         case CircuitOpen(retry_after=seconds):
             return Failure(Kind.UNAVAILABLE, message, seconds)
-        case UpstreamUnavailable() | UpstreamFault() | KeyRejected():
+        case UpstreamUnavailable() | UpstreamFault() | KeyRejected() | ShuttingDown():
             return Failure(Kind.UNAVAILABLE, message)
         case DeadlineExceeded():
             return Failure(Kind.DEADLINE_EXCEEDED, message)

@@ -20,9 +20,10 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from adapters.inbound.admission import ClientAuth, Gate, Limits
+from adapters.inbound.grpc.server import ConnectionLimits as GrpcConnectionLimits
 from adapters.inbound.grpc.server import GrpcServer
 from adapters.inbound.http.app import OpenAIApi
-from adapters.inbound.http.server import HttpServer
+from adapters.inbound.http.server import ConnectionLimits, HttpServer
 from adapters.outbound.observability.http import OpsServer, Readiness
 from adapters.outbound.observability.prometheus import PrometheusMetrics
 from adapters.outbound.vector import IncompatibleIndex
@@ -110,7 +111,25 @@ def build_http_server(
     return HttpServer(
         api, settings.http_bind_host, settings.http_port,
         ssl_context=http_ssl_context(settings), reuse_port=reuse_port,
+        limits=http_connection_limits(settings),
     )  # fmt: skip
+
+
+def http_connection_limits(settings: Settings) -> ConnectionLimits:
+    return ConnectionLimits(
+        header_timeout=settings.http_header_timeout,
+        idle_timeout=settings.http_idle_timeout,
+        max_connections=settings.max_connections,
+    )
+
+
+def grpc_connection_limits(settings: Settings) -> GrpcConnectionLimits:
+    return GrpcConnectionLimits(
+        max_connections=settings.max_connections,
+        idle=settings.grpc_max_connection_idle,
+        age=settings.grpc_max_connection_age,
+        handshake=settings.http_header_timeout,
+    )
 
 
 def build_router(settings: Settings, providers: Iterable[str]) -> ModelRouter:
@@ -285,7 +304,7 @@ async def serving_grpc(
     try:
         yield port
     finally:
-        await server.stop(settings.shutdown_grace)
+        await server.stop()
         await inference.drain()
 
 
@@ -310,4 +329,4 @@ async def serving_http(
     try:
         yield port
     finally:
-        await asyncio.gather(server.stop(), grpc_server.stop(settings.shutdown_grace))
+        await asyncio.gather(server.stop(), grpc_server.stop())

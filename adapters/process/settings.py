@@ -82,6 +82,17 @@ def _http_url(url: str) -> str:
     return url
 
 
+def _no_userinfo(url: str) -> str:
+    """A provider's base URL carries no credentials: its key goes in the API key list (a
+    user:password@ here was accepted and then every call failed)."""
+    if "@" in urlsplit(url).netloc:
+        raise ValueError(
+            f"{redact_url(url)!r} has credentials (user:password@) in it; give the URL without "
+            "them and the key in the provider's API key setting"
+        )
+    return url
+
+
 def _redis_addr(addr: str) -> str:
     """host:port, [v6]:port, or a redis://, rediss:// or unix:// URL."""
     parts = urlsplit(addr if "://" in addr else f"redis://{addr}")
@@ -104,6 +115,19 @@ def _redis_addr(addr: str) -> str:
     return addr
 
 
+def _origin(origin: str) -> str:
+    parts = urlsplit(origin)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.path.strip("/"):
+        raise ValueError(
+            f"{origin!r} is not an origin: scheme://host[:port], e.g. https://app.example"
+        )
+    return origin.rstrip("/").lower()
+
+
+def _origins(origins: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(_origin(o) for o in origins)
+
+
 def _distinct(keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
     values = [k.get_secret_value() for k in keys]
     if len(set(values)) != len(values):
@@ -117,6 +141,7 @@ Keys = Annotated[
     tuple[SecretStr, ...], NoDecode, BeforeValidator(_split), AfterValidator(_distinct)
 ]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+ProviderUrl = Annotated[str, AfterValidator(_http_url), AfterValidator(_no_userinfo)]
 Port = Annotated[int, Field(ge=0, le=65535)]
 Limit = Annotated[int, Field(ge=0)]  # 0: no limit
 
@@ -186,7 +211,7 @@ class Settings(BaseSettings):
     cb_cooldown: Duration = 30.0
     cb_half_open_probes: int = Field(1, ge=1)
     embedding_api_key: SecretStr | None = None
-    embedding_base_url: HttpUrl | None = None
+    embedding_base_url: ProviderUrl | None = None
     cache_mode: Literal["embedded", "remote", "off"] = "embedded"
     cache_dir: str = "data/cache"
     embedder: Literal["local", "openai", "gemini"] | None = None
@@ -196,8 +221,8 @@ class Settings(BaseSettings):
     cache_sweep_interval: PositiveDuration = 300.0
     openai_api_keys: Keys = ()
     gemini_api_keys: Keys = ()
-    openai_base_url: HttpUrl = "https://api.openai.com/v1"
-    gemini_base_url: HttpUrl = "https://generativelanguage.googleapis.com"
+    openai_base_url: ProviderUrl = "https://api.openai.com/v1"
+    gemini_base_url: ProviderUrl = "https://generativelanguage.googleapis.com"
     openai_connect_timeout: PositiveDuration = 5.0
     openai_read_timeout: PositiveDuration = 300.0
     openai_stream_idle_timeout: PositiveDuration = 30.0
@@ -228,6 +253,21 @@ class Settings(BaseSettings):
     tenant_rate_limit: float = Field(0.0, ge=0)  # requests/s per tenant; 0: no limit
     tenant_rate_burst: Limit = 0  # 0: the rate, rounded up
     shutdown_grace: Duration = 10.0
+    # Slow and hostile clients (docs/security.md): a body must arrive within HTTP_BODY_TIMEOUT
+    # (never past the request's deadline), all bodies being read at once hold at most
+    # MAX_BUFFERED_BYTES, a connection must send its request head within HTTP_HEADER_TIMEOUT and
+    # may idle HTTP_IDLE_TIMEOUT between requests; MAX_CONNECTIONS per port (HTTP and gRPC).
+    http_body_timeout: PositiveDuration = 10.0
+    max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    http_header_timeout: PositiveDuration = 10.0
+    http_idle_timeout: PositiveDuration = 60.0
+    max_connections: int = Field(4096, ge=1)
+    grpc_max_connection_idle: PositiveDuration = 300.0
+    grpc_max_connection_age: PositiveDuration = 1800.0
+    # Origins (scheme://host[:port]) whose browser pages may call the HTTP API; none by default.
+    http_allowed_origins: Annotated[
+        tuple[str, ...], NoDecode, BeforeValidator(_split), AfterValidator(_origins)
+    ] = ()
     workers: int | None = Field(None, ge=1, le=256)  # None: the CPU quota (supervisor.py)
     # set by the supervisor for its workers (prometheus-client's own variable)
     prometheus_multiproc_dir: str | None = None
@@ -330,6 +370,17 @@ class Settings(BaseSettings):
     def api_keys(self, provider: str) -> tuple[str, ...]:
         keys = {"openai": self.openai_api_keys, "gemini": self.gemini_api_keys}[provider]
         return tuple(k.get_secret_value() for k in keys)
+
+    @property
+    def checks_host(self) -> bool:
+        """Without client authentication (and nothing in front said to do it), the HTTP API
+        answers only a loopback Host: a DNS-rebinding page cannot read answers or the cache."""
+        return not (self.authenticates or self.allow_unauthenticated)
+
+    @property
+    def body_timeout(self) -> float:
+        """HTTP_BODY_TIMEOUT, never more than REQUEST_TIMEOUT."""
+        return min(self.http_body_timeout, self.request_timeout)
 
     @property
     def attempt_timeout(self) -> float | None:

@@ -24,10 +24,15 @@ SHUTDOWN_GRACE, then the index process is stopped (it flushes the shard), and th
 exits 0 when all workers exited 0. A worker that dies on its own is not restarted: the
 supervisor drains the others and exits 1, so that the orchestrator restarts the whole container
 (a crash loop stays visible, and no half-sized proxy keeps serving).
+A supervisor that dies without passing anything on (SIGKILL, OOM) takes its workers and its
+index process with it: each asks the kernel for SIGTERM when its parent dies
+(PR_SET_PDEATHSIG), and stops as on any SIGTERM, so no orphan keeps serving ports nobody
+supervises.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import shutil
@@ -52,6 +57,22 @@ INDEX_SOCKET_FLAG = "--index-socket"
 STOP_MARGIN = 10.0  # seconds past SHUTDOWN_GRACE before a worker is killed
 INDEX_STARTUP = 10.0  # seconds the workers' start waits for the index process's socket
 INDEX_RESTART_MAX = 30.0
+SUPERVISOR_PID = "LLM_PROXY_SUPERVISOR_PID"  # set for the workers: whom to die with
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_supervisor() -> None:
+    """In a worker: SIGTERM from the kernel when the supervisor dies, however it dies (Linux);
+    already dead (between fork and here): SIGTERM now. Elsewhere, or outside a supervisor,
+    nothing."""
+    supervisor = os.environ.get(SUPERVISOR_PID)
+    if not supervisor or not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed (errno %d)", ctypes.get_errno())
+    if os.getppid() != int(supervisor):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 class PortTaken(Exception):
@@ -150,6 +171,7 @@ class Supervisor:
 
     def _worker_env(self, holders: Sequence[socket.socket], directory: str) -> dict[str, str]:
         env = dict(os.environ, PROMETHEUS_MULTIPROC_DIR=directory, WORKERS="1")
+        env[SUPERVISOR_PID] = str(os.getpid())
         for port, holder in zip(self.ports, holders, strict=True):
             env[port.setting] = str(holder.getsockname()[1])
         return env

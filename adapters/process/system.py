@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import resource
 import time
 
 from application.ports import Clock, RandomSource, Sleeper
@@ -28,3 +29,16 @@ class SystemRandom(RandomSource):
 
     def random(self) -> float:
         return self._random.random()
+
+
+def raise_file_limit() -> tuple[int, int]:
+    """Raises the soft RLIMIT_NOFILE to the hard one (what an unprivileged process may do);
+    returns (soft, hard) as they are now."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import grpc
@@ -14,7 +15,7 @@ import pytest
 
 from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
-from simulator import SimulatorConfig, running_simulator
+from simulator import RunningSimulator, SimulatorConfig, running_simulator
 from tests.containers import RedisServer, disposable_redis, free_port  # noqa: F401
 from tests.faults.matrix import GEMINI, OPENAI, ask, collect, failure, metric, total
 from tests.harness import GEMINI_KEYS, OPENAI_KEYS, remote_cache, scrape, stack
@@ -36,6 +37,28 @@ async def wait_ready(url: str, process: asyncio.subprocess.Process, log: Path) -
             await asyncio.sleep(0.05)
 
 
+async def serve_process(
+    simulator: RunningSimulator, log: Path, **settings: object
+) -> asyncio.subprocess.Process:
+    """`llm-proxy serve` as its own process (one worker), its output in `log`."""
+    env = {
+        "PATH": os.environ["PATH"],
+        "GRPC_HOST": "127.0.0.1",
+        "HTTP_PORT": "0",
+        "OPENAI_BASE_URL": simulator.openai_base_url,
+        "GEMINI_BASE_URL": simulator.gemini_base_url,
+        "OPENAI_API_KEYS": ",".join(OPENAI_KEYS),
+        "GEMINI_API_KEYS": ",".join(GEMINI_KEYS),
+        "CACHE_MODE": "off",
+        "WORKERS": "1",
+        **{name: str(value) for name, value in settings.items()},
+    }
+    with log.open("wb") as sink:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli", "serve", cwd=ROOT, env=env, stdout=sink, stderr=sink
+        )
+
+
 async def test_sigterm_under_load_finishes_in_flight_calls_refuses_new_ones_and_exits_0(
     tmp_path: Path,
 ) -> None:
@@ -43,22 +66,9 @@ async def test_sigterm_under_load_finishes_in_flight_calls_refuses_new_ones_and_
     port, metrics_port = free_port(), free_port()
     log = tmp_path / "proxy.log"
     async with running_simulator(sim) as simulator:
-        with log.open("wb") as sink:
-            process = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "cli", "serve",
-                cwd=ROOT,
-                env={
-                    "PATH": os.environ["PATH"],
-                    "GRPC_HOST": "127.0.0.1", "GRPC_PORT": str(port),
-                    "METRICS_PORT": str(metrics_port), "HTTP_PORT": "0",
-                    "OPENAI_BASE_URL": simulator.openai_base_url,
-                    "GEMINI_BASE_URL": simulator.gemini_base_url,
-                    "OPENAI_API_KEYS": ",".join(OPENAI_KEYS),
-                    "GEMINI_API_KEYS": ",".join(GEMINI_KEYS),
-                    "CACHE_MODE": "off", "SHUTDOWN_GRACE": "10s", "WORKERS": "1",
-                },
-                stdout=sink, stderr=sink,
-            )  # fmt: skip
+        process = await serve_process(
+            simulator, log, GRPC_PORT=port, METRICS_PORT=metrics_port, SHUTDOWN_GRACE="10s"
+        )
         try:
             await wait_ready(f"http://127.0.0.1:{metrics_port}/readyz", process, log)
             async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -98,6 +108,71 @@ async def test_sigterm_under_load_finishes_in_flight_calls_refuses_new_ones_and_
         simulator.stats.by_endpoint["openai.chat"] + simulator.stats.by_endpoint["gemini.generate"]
         == 20
     )  # the refused call never reached the upstream
+
+
+async def test_sigterm_ends_calls_outliving_the_grace_with_errors_within_one_grace(
+    tmp_path: Path,
+) -> None:
+    # the repro: an HTTP call outliving SHUTDOWN_GRACE made the drain take twice the grace and
+    # its client got an empty reply
+    grace = 2.0
+    port, http_port, metrics_port = free_port(), free_port(), free_port()
+    log = tmp_path / "proxy.log"
+    long_unary = "A long one. [[sim:delay:30000]]"
+    long_stream = "A long story. [[sim:slow:300,words:500]]"
+    async with running_simulator(SimulatorConfig()) as simulator:
+        process = await serve_process(
+            simulator, log, GRPC_PORT=port, HTTP_PORT=http_port, METRICS_PORT=metrics_port,
+            SHUTDOWN_GRACE=f"{grace}s", REQUEST_TIMEOUT="60s",
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
+
+        async def http_call(prompt: str, stream: bool) -> httpx.Response:
+            body = {"model": OPENAI, "messages": [{"role": "user", "content": prompt}]}
+            async with httpx.AsyncClient(timeout=30) as http:
+                return await http.post(url, json={**body, "stream": stream})
+
+        try:
+            await wait_ready(f"http://127.0.0.1:{metrics_port}/readyz", process, log)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.InferenceServiceStub(channel)
+                chunks: list[pb.StreamChunk] = []
+                grpc_calls = [
+                    asyncio.ensure_future(failure(stub.Infer(ask(long_unary)))),
+                    asyncio.ensure_future(
+                        failure(collect(stub.InferStream(ask(long_stream)), chunks))
+                    ),
+                ]
+                http_calls = [
+                    asyncio.ensure_future(http_call(f"Over HTTP: {long_unary}", False)),
+                    asyncio.ensure_future(http_call(f"Over HTTP: {long_stream}", True)),
+                ]
+                assert await simulator.stats.wait_until(lambda st: st.in_flight == 4, 10)
+                await asyncio.sleep(0.5)  # the streams are producing
+                process.send_signal(signal.SIGTERM)
+                started = time.monotonic()
+                async with asyncio.timeout(20):
+                    code = await process.wait()
+                took = time.monotonic() - started
+                grpc_unary, grpc_stream = await asyncio.gather(*grpc_calls)
+                http_unary, http_stream = await asyncio.gather(*http_calls)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    assert code == 0, log.read_text()
+    assert took < grace + 1.0  # one grace (and the process's exit), not two
+    for error in (grpc_unary, grpc_stream):
+        assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in (error.details() or "")
+    assert chunks  # the stream was answering when it was cut
+    assert http_unary.status_code == 503  # today: an empty reply
+    assert "shutting down" in http_unary.json()["error"]["message"]
+    assert http_stream.status_code == 200
+    events = [line for line in http_stream.text.splitlines() if line.startswith("data: ")]
+    assert "shutting down" in events[-1]  # an SSE error event, not a silent end
+    assert '"error"' in events[-1]
+    assert "[DONE]" not in http_stream.text
 
 
 async def test_redis_lost_under_traffic_fails_open_is_counted_and_recovers(

@@ -212,3 +212,45 @@ async def test_an_out_of_range_token_count_is_an_upstream_fault_and_never_cached
     assert "token" in (errors[0].details() or "").lower()
     assert upstream == 2  # the bad answer was not stored
     assert healthy.usage.input_tokens == 2
+
+
+async def test_streams_still_producing_at_request_timeout_do_not_open_the_breaker() -> None:
+    # the repro: 5 healthy streams cut by the proxy's own REQUEST_TIMEOUT opened the breaker
+    async with stack(request_timeout="1s", max_retries=0, cb_failure_threshold=2) as s:
+        for i in range(5):
+            chunks: list[pb.StreamChunk] = []
+            error = await failure(
+                collect(s.stub.InferStream(ask(f"Story {i}. [[sim:slow:100,words:200]]")), chunks)
+            )
+            assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert chunks  # it was answering
+        state = await metric_now(s, "circuit_breaker_state", provider="openai")
+        cut = await metric_now(
+            s, "upstream_attempts_total", provider="openai", outcome="cut_by_deadline"
+        )
+        healthy = await s.stub.Infer(ask("A healthy question."))
+    assert state == 0
+    assert cut == 5
+    assert healthy.content.startswith("sim-")
+
+
+async def test_waiting_for_the_proxys_own_full_pool_until_the_deadline_is_neutral() -> None:
+    # the repro: pool of 2, 8 concurrent calls longer than half the deadline: the 6 that waited
+    # for a connection timed out and opened the breaker
+    async with stack(
+        request_timeout="1500ms", upstream_max_connections=2, max_retries=0, cb_failure_threshold=2
+    ) as s:
+        calls = [s.stub.Infer(ask(f"Question {i}. [[sim:delay:1000]]")) for i in range(8)]
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        busy = await metric_now(
+            s, "upstream_attempts_total", provider="openai", outcome="proxy_busy"
+        )
+        state = await metric_now(s, "circuit_breaker_state", provider="openai")
+        healthy = await s.stub.Infer(ask("A healthy question."))
+    answered = [o for o in outcomes if isinstance(o, pb.InferenceResponse)]
+    timed_out = [o for o in outcomes if isinstance(o, grpc.aio.AioRpcError)]
+    assert len(answered) >= 2  # the two that had connections
+    assert all(e.code() == grpc.StatusCode.DEADLINE_EXCEEDED for e in timed_out)
+    assert busy == len(timed_out)  # every one of them queued first
+    assert state == 0
+    assert healthy.content.startswith("sim-")

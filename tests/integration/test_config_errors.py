@@ -78,6 +78,14 @@ BAD: dict[str, dict[str, str]] = {
     "tenant_rate_limit": {"TENANT_RATE_LIMIT": "fast"},
     "tenant_rate_burst": {"TENANT_RATE_BURST": "-1"},
     "shutdown_grace": {"SHUTDOWN_GRACE": "-1s"},
+    "http_body_timeout": {"HTTP_BODY_TIMEOUT": "0s"},
+    "max_buffered_bytes": {"MAX_BUFFERED_BYTES": "10"},
+    "http_header_timeout": {"HTTP_HEADER_TIMEOUT": "slow"},
+    "http_idle_timeout": {"HTTP_IDLE_TIMEOUT": "-1s"},
+    "max_connections": {"MAX_CONNECTIONS": "0"},
+    "grpc_max_connection_idle": {"GRPC_MAX_CONNECTION_IDLE": "0"},
+    "grpc_max_connection_age": {"GRPC_MAX_CONNECTION_AGE": "forever"},
+    "http_allowed_origins": {"HTTP_ALLOWED_ORIGINS": "https://app.example/page"},
     "log_level": {"LOG_LEVEL": "verbose"},
     "log_format": {"LOG_FORMAT": "xml"},
 }
@@ -138,3 +146,15 @@ def test_the_installed_entry_point_exits_2_without_traceback(env: dict[str, str]
     assert run.returncode == 2, run.stderr
     assert next(iter(env)) in run.stderr
     assert "Traceback" not in run.stderr
+
+
+@pytest.mark.parametrize("variable", ["OPENAI_BASE_URL", "GEMINI_BASE_URL", "EMBEDDING_BASE_URL"])
+def test_credentials_in_a_provider_url_exit_2_naming_it_without_the_password(
+    variable: str, clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setenv(variable, "https://user:hunter2-secret@api.example.com/v1")
+    assert main(["serve"]) == 2
+    err = capsys.readouterr().err
+    assert variable in err
+    assert "credentials" in err
+    assert "hunter2-secret" not in err

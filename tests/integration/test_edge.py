@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import logging
 import ssl
 from dataclasses import dataclass
@@ -109,7 +110,36 @@ async def test_over_max_concurrent_requests_is_resource_exhausted_with_retry_aft
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "MAX_CONCURRENT_REQUESTS" in (error.details() or "")
         assert retry_after_ms(error) > 0
+        pushback = dict(error.trailing_metadata() or ()).get("grpc-retry-pushback-ms")
+        assert pushback == str(retry_after_ms(error))  # what gRPC's retry policy obeys
     assert after.content
+
+
+async def test_grpcs_own_retry_policy_waits_for_the_pushback_and_then_gets_in() -> None:
+    # RESOURCE_EXHAUSTED retried by the channel itself: without grpc-retry-pushback-ms it
+    # retries after its 10 ms backoff, still refused; with it, after the slot has freed up
+    retry = {
+        "methodConfig": [{
+            "name": [{"service": "inferenceproxy.InferenceService"}],
+            "retryPolicy": {
+                "maxAttempts": 2, "initialBackoff": "0.01s", "maxBackoff": "0.01s",
+                "backoffMultiplier": 1, "retryableStatusCodes": ["RESOURCE_EXHAUSTED"],
+            },
+        }]
+    }  # fmt: skip
+    async with running_proxy(max_concurrent_requests="1") as proxy:
+        proxy.openai.gate = asyncio.Event()
+        held = asyncio.ensure_future(proxy.stub.Infer(ask("held")))
+        async with asyncio.timeout(10):
+            while not proxy.openai.calls:
+                proxy.openai.entered.clear()
+                await proxy.openai.entered.wait()
+        asyncio.get_running_loop().call_later(0.3, proxy.openai.gate.set)  # frees the slot
+        options = [("grpc.enable_retries", 1), ("grpc.service_config", json.dumps(retry))]
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{proxy.port}", options=options) as c:
+            answer = await pb_grpc.InferenceServiceStub(c).Infer(ask("retried"), timeout=10)
+        await held
+    assert answer.content
 
 
 async def _drain(call: object) -> None:

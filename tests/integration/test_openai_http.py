@@ -21,6 +21,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from adapters.inbound.drain import Drain
 from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.inbound.http.app import CACHE_CONTROL_HEADER as CACHE_CONTROL
@@ -191,7 +192,9 @@ async def test_bad_requests_are_400_saying_what_to_fix(
 async def test_malformed_json_and_unknown_fields(s: Stack) -> None:
     url = f"{s.proxy.http_url}/chat/completions"
     async with httpx.AsyncClient() as http:
-        malformed = await http.post(url, content=b"{not json")
+        malformed = await http.post(
+            url, content=b"{not json", headers={"Content-Type": "application/json"}
+        )
         missing = await http.post(url, json={"messages": user("Hi.")})
         ignored = await http.post(
             url, json={"model": OPENAI, "messages": user("Hi."), "top_p": 0.5, "user": "u-1"}
@@ -207,7 +210,7 @@ async def test_a_body_over_max_request_bytes_is_refused() -> None:
     async with stack(http=True, max_request_bytes=2048) as s:
         with pytest.raises(openai.APIStatusError) as error:
             await client(s).chat.completions.create(model=OPENAI, messages=user("x" * 4096))
-    assert error.value.status_code == 400
+    assert error.value.status_code == 413
     assert "MAX_REQUEST_BYTES" in error.value.message
 
 
@@ -463,6 +466,8 @@ async def test_shutdown_stops_both_listeners_then_lets_a_request_in_flight_finis
 
 
 class _EmptyApi:
+    drain = Drain()
+
     def app(self) -> web.Application:
         return web.Application()
 

@@ -232,3 +232,36 @@ async def test_an_answer_stored_by_one_worker_is_found_by_every_worker(tmp_path:
             process.send_signal(signal.SIGTERM)
             async with asyncio.timeout(30):
                 assert await process.wait() == 0
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, dead but not yet reaped, is not)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "State:\tZ" not in status
+
+
+async def test_workers_die_with_a_sigkilled_supervisor() -> None:
+    pids: list[int] = []
+    async with running_simulator(SimulatorConfig()) as sim:
+        process = await start(sim.openai_base_url, WORKERS="2", SHUTDOWN_GRACE="1s")
+        try:
+            log = await read_until(process, r"serving inferenceproxy\.InferenceService", 2)
+            found = re.findall(r"supervising 2 workers \(pids (\d+), (\d+)\)", log)
+            pids = [int(pid) for pid in found[0]]
+            assert all(alive(pid) for pid in pids)
+            process.kill()  # SIGKILL: the supervisor passes nothing on
+            await process.wait()
+            for _ in range(100):  # they drain (SHUTDOWN_GRACE 1 s) and exit
+                if not any(alive(pid) for pid in pids):
+                    break
+                await asyncio.sleep(0.1)
+            orphans = [pid for pid in pids if alive(pid)]
+        finally:
+            if process.returncode is None:
+                process.kill()
+            for pid in filter(alive, pids):  # today: they keep serving; leave none behind
+                os.kill(pid, signal.SIGKILL)
+    assert orphans == []

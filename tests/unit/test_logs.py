@@ -73,6 +73,19 @@ def test_text_format_for_humans(stream: io.StringIO) -> None:
     assert stream.getvalue().rstrip().endswith("INFO llm_proxy hello")
 
 
+def test_text_lines_escape_control_characters_so_a_value_cannot_forge_a_line(
+    stream: io.StringIO,
+) -> None:
+    configure_logging("INFO", json=False, stream=stream)
+    forged = "gpt-4o\n2026-01-01 00:00:00,000 INFO llm_proxy.auth admin logged in\x1b[2J\u2028"
+    logging.getLogger("llm_proxy.requests").info("request model=%s", forged)
+    [line] = stream.getvalue().splitlines()
+    assert line.endswith(
+        "request model=gpt-4o\\n2026-01-01 00:00:00,000 INFO llm_proxy.auth admin logged in"
+        "\\x1b[2J\\u2028"
+    )
+
+
 def test_configuring_again_replaces_the_handler(stream: io.StringIO) -> None:
     configure_logging("INFO", json=True, stream=stream)
     configure_logging("INFO", json=True, stream=stream)

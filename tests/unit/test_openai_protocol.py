@@ -3,6 +3,7 @@ protocols."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import grpc
@@ -148,3 +149,24 @@ def test_every_kind_has_a_grpc_code_and_an_http_status() -> None:
     for kind in Kind:
         assert grpc.StatusCode[kind.name].name.lower() == kind.value
     assert set(app._HTTP) == set(Kind)
+
+
+def test_messages_and_content_parts_are_counted_before_any_item_is_validated() -> None:
+    limits = RequestLimits(max_messages=3)
+    invalid_items = b'{"model": "gpt-4o", "messages": [1, 2, 3, 4]}'
+    parts = [{"type": "text", "text": "a"}] * 2
+    two_messages_four_parts = json.dumps(
+        {"model": "gpt-4o", "messages": [{"role": "user", "content": parts}] * 2}
+    ).encode()
+    with pytest.raises(InvalidRequest, match=r"4 messages; the limit is 3 \(MAX_MESSAGES\)"):
+        protocol.parse(invalid_items, limits)  # not "messages.0: not a valid dictionary"
+    with pytest.raises(protocol.Invalid, match="4 content parts"):
+        protocol.parse(two_messages_four_parts, limits)
+    assert len(protocol.parse(two_messages_four_parts, RequestLimits(max_messages=4)).messages) == 2
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_json_numbers_are_invalid_json(constant: bytes) -> None:
+    body = b'{"model": "gpt-4o", "messages": [], "temperature": ' + constant + b"}"
+    with pytest.raises(protocol.Invalid, match="not valid JSON"):
+        protocol.parse(body)

@@ -162,6 +162,15 @@ async def test_the_embedding_lru_is_keyed_by_a_digest_not_by_the_prompt(c: Cache
     assert b"password" not in keys[0]
 
 
+async def test_the_embedding_lru_is_per_tenant(c: Cache) -> None:
+    # a tenant whose lookup is fast because another tenant asked the same text first would learn
+    # what the other asked (a timing side channel): each tenant embeds its own texts
+    await c.cache.lookup(ask("How do I reset my password?", tenant="tenant-a"), "openai")
+    await c.cache.lookup(ask("How do I reset my password?", tenant="tenant-b"), "openai")
+    await c.cache.lookup(ask("How do I reset my password?", tenant="tenant-a"), "openai")
+    assert c.embedder.calls == ["how do i reset my password"] * 2  # a's repeat is remembered
+
+
 @pytest.mark.parametrize("backend", ["embedder", "index", "store"])
 async def test_a_broken_backend_is_a_counted_miss_and_recovers(c: Cache, backend: str) -> None:
     await c.put(ask("How do I reset my password?"), answer())

@@ -109,9 +109,12 @@ class Status:
     retry_after: float | None = None
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """When to retry: `retry-after-ms` for clients that read it, and the same figure as
+        `grpc-retry-pushback-ms`, which gRPC's own retry policy obeys."""
         if self.retry_after is None:
             return ()
-        return (("retry-after-ms", str(max(0, round(self.retry_after * 1000)))),)
+        ms = str(max(0, round(self.retry_after * 1000)))
+        return (("retry-after-ms", ms), ("grpc-retry-pushback-ms", ms))
 
 
 def status_of(error: ProxyError) -> Status:

@@ -5,6 +5,7 @@ failure into OpenAI's error JSON, records `http_requests_total` and opens the re
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 import uuid
@@ -18,6 +19,7 @@ from opentelemetry import trace
 from pydantic import BaseModel
 
 from adapters.inbound.admission import Gate, Metadata, Refused
+from adapters.inbound.drain import Drain
 from adapters.inbound.failures import Failure, Kind, classify
 from adapters.inbound.http import protocol
 from adapters.inbound.request_log import Outcome
@@ -46,6 +48,10 @@ PROVIDER_HEADER = "x-llm-proxy-provider"
 CACHE_CONTROL_HEADER = "x-llm-proxy-cache-control"
 TIMEOUT_HEADER = "x-llm-proxy-timeout"  # seconds: the client's deadline, as gRPC's
 _DIRECTIVES = {"no-lookup", "no-store"}
+_ORIGIN = web.RequestKey("llm_proxy.origin", str)  # the allowed Origin to send CORS headers to
+CORS_HEADERS = ", ".join(
+    ("Authorization", "Content-Type", CACHE_CONTROL_HEADER, TIMEOUT_HEADER, "traceparent")
+)
 CLIENT_CLOSED = 499  # nginx's code for a client that went away: nobody receives it
 
 # kind -> (HTTP status, OpenAI error type, code): the statuses the OpenAI SDKs map to their
@@ -77,6 +83,26 @@ def error_response(failure: Failure, param: str | None = None) -> web.Response:
         headers["Retry-After"] = str(max(1, -int(-failure.retry_after // 1)))
         headers["retry-after-ms"] = str(max(0, round(failure.retry_after * 1000)))
     return _json(body, status, headers)
+
+
+class Rejected(Exception):
+    """A request refused at the HTTP layer with a status of its own (no gRPC kind has it);
+    `close`: the connection is closed after the answer (its body was not read to the end)."""
+
+    def __init__(self, status: int, message: str, code: str, close: bool = False) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.close = status, message, code, close
+
+    def response(self) -> web.Response:
+        kind = "api_error" if self.status >= 500 else "invalid_request_error"
+        body = protocol.ErrorBody(
+            error=protocol.ErrorDetail(message=self.message, type=kind, code=self.code)
+        )
+        headers = {"Retry-After": "1"} if self.status == 503 else None
+        response = _json(body, self.status, headers)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def _json(
@@ -159,19 +185,35 @@ class OpenAIApi:
         max_request_bytes: int = 4 * 1024 * 1024,
         tracer_provider: trace.TracerProvider | None = None,
         now: Callable[[], float] = time.time,
+        body_timeout: float = 10.0,
+        max_buffered_bytes: int = 64 * 1024 * 1024,
+        allowed_origins: tuple[str, ...] = (),
+        check_host: bool = True,
     ) -> None:
+        """`body_timeout`: HTTP_BODY_TIMEOUT (at most REQUEST_TIMEOUT); `max_buffered_bytes`:
+        MAX_BUFFERED_BYTES, the bytes all bodies being read at once may hold;
+        `allowed_origins`: HTTP_ALLOWED_ORIGINS; `check_host`: answer only a loopback Host
+        (no client authentication: Settings.checks_host)."""
         self._service, self._catalog, self._gate = service, catalog, gate
         self._metrics, self._clock, self._now = metrics, clock, now
         self._limits = limits or RequestLimits()
         self._max_bytes = max_request_bytes
         self._tracer_provider = tracer_provider or trace.NoOpTracerProvider()
         self._started = int(now())  # `created` of a model its provider gives no date for
+        self._body_timeout, self._max_buffered = body_timeout, max_buffered_bytes
+        self.buffered = 0  # bytes reserved by the bodies being read now
+        self.drain = Drain()
+        self._origins = frozenset(o.lower() for o in allowed_origins)
+        self._check_host = check_host
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self._max_bytes, middlewares=[self._boundary])
+        app = web.Application(
+            client_max_size=self._max_bytes, middlewares=[self._boundary, self._browsers]
+        )
         app.router.add_post(CHAT, self.chat)
         app.router.add_get(MODELS, self.models)
         app.router.add_get(MODELS + "/{model:.+}", self.model)
+        app.on_response_prepare.append(_cors_headers)
         return app
 
     # -- handlers ------------------------------------------------------------------------
@@ -200,31 +242,80 @@ class OpenAIApi:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         tenant = self._gate.admit(_metadata(request), f"POST {CHAT}")
-        with self._gate.slot():
+        if request.content_type != "application/json" and not request.content_type.endswith(
+            "+json"
+        ):
+            # a browser sends text/plain and form types cross-site without asking first
+            raise Rejected(
+                415,
+                f"Content-Type must be application/json, got {request.content_type[:64]!r}",
+                "unsupported_media_type",
+                close=True,
+            )
+        deadline = time_left(request)
+        started = self._clock.now()
+        # the whole body first, under its own deadline: a slow client holds no slot meanwhile
+        body = await self._body(request, deadline)
+        if deadline is not None:
+            deadline = max(0.0, deadline - (self._clock.now() - started))
+        with self._gate.slot(), self.drain.call():
             async with self._observed() as outcome:
-                body = await self._body(request)
-                parsed = protocol.parse(body)
+                parsed = protocol.parse(body, self._limits)
                 outcome.model = self._limits.shown(parsed.model)
                 domain = parsed.to_domain(self._limits, tenant, cache_control(request))
-                deadline = time_left(request)
                 id, created = f"chatcmpl-{uuid.uuid4().hex}", int(self._now())
                 if parsed.stream:
                     return await self._stream(
                         request, parsed, domain, deadline, outcome, id, created
                     )
-                answer = await self._service.infer(domain, deadline)
+                async with self.drain.scope():
+                    answer = await self._service.infer(domain, deadline)
                 outcome.answered(answer)
                 return _json(
                     protocol.ChatCompletion.of(answer, id, created), headers=cache_headers(answer)
                 )
 
-    async def _body(self, request: web.Request) -> bytes:
+    async def _body(self, request: web.Request, deadline: float | None) -> bytes:
+        """The body, within HTTP_BODY_TIMEOUT (and the request's deadline), its size (or, not
+        announced, MAX_REQUEST_BYTES) reserved from MAX_BUFFERED_BYTES while it is read."""
+        size = request.content_length
+        if size is not None and size > self._max_bytes:
+            raise Rejected(
+                413,
+                f"the body is {size} bytes, larger than {self._max_bytes} (MAX_REQUEST_BYTES)",
+                "request_too_large",
+                close=True,
+            )
+        reserved = self._max_bytes if size is None else size
+        if self.buffered + reserved > self._max_buffered:
+            raise Rejected(
+                503,
+                "the proxy is reading as many request bodies as it may hold at once "
+                "(MAX_BUFFERED_BYTES); retry shortly",
+                "service_unavailable",
+                close=True,
+            )
+        seconds = self._body_timeout if deadline is None else min(self._body_timeout, deadline)
+        self.buffered += reserved
         try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise InvalidRequest(
-                f"the body is larger than {self._max_bytes} bytes (MAX_REQUEST_BYTES)"
+            async with asyncio.timeout(seconds):
+                return await request.read()
+        except TimeoutError:
+            raise Rejected(
+                408,
+                f"the request body did not arrive within {seconds:g}s (HTTP_BODY_TIMEOUT)",
+                "request_timeout",
+                close=True,
             ) from None
+        except web.HTTPRequestEntityTooLarge:
+            raise Rejected(
+                413,
+                f"the body is larger than {self._max_bytes} bytes (MAX_REQUEST_BYTES)",
+                "request_too_large",
+                close=True,
+            ) from None
+        finally:
+            self.buffered -= reserved
 
     async def _stream(
         self,
@@ -240,17 +331,19 @@ class OpenAIApi:
         async with aclosing(self._service.stream(domain, deadline)) as events:
             # The first event before the first byte: a failure up to here (unknown model, rate
             # limits, breaker open, upstream down) still gets its own HTTP status.
-            first = await anext(events)
+            async with self.drain.scope():
+                first = await anext(events)
             response = web.StreamResponse(
                 headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
             )
             await response.prepare(request)
             await response.write(chunk.role())
             try:
-                event = first
-                while not isinstance(event, Answer):
-                    await response.write(chunk.content(event.content))
-                    event = await anext(events)
+                async with self.drain.scope():  # not nested in another: see drain.py
+                    event = first
+                    while not isinstance(event, Answer):
+                        await response.write(chunk.content(event.content))
+                        event = await anext(events)
             except ProxyError as error:
                 # The status line is gone: the failure travels as an SSE error event, which the
                 # OpenAI SDKs raise as an APIError; never a silent truncation, no [DONE].
@@ -267,6 +360,45 @@ class OpenAIApi:
             return response
 
     # -- what every request goes through ------------------------------------------------
+
+    @web.middleware
+    async def _browsers(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        """Web pages: a Host that is not loopback is refused when no client authenticates (DNS
+        rebinding: a page on evil.example resolved to 127.0.0.1), and so is any Origin not in
+        HTTP_ALLOWED_ORIGINS (cross-site requests); an allowed one gets CORS headers and its
+        preflight answered."""
+        host = request.headers.get("Host")  # absent: not a browser (they always send it)
+        if self._check_host and host is not None and not loopback_host(host):
+            raise Rejected(
+                421,
+                f"Host {host[:64]!r} is not this machine: without client authentication "
+                "the proxy answers only localhost or a loopback address (set AUTH_TOKENS, or "
+                "ALLOW_UNAUTHENTICATED=true when something in front authenticates clients)",
+                "misdirected_request",
+            )
+        origin = request.headers.get("Origin")
+        if origin is None:
+            return await handler(request)
+        if origin.lower() not in self._origins:
+            raise Rejected(
+                403,
+                f"requests from web pages are refused: Origin {origin[:64]!r} is not in "
+                "HTTP_ALLOWED_ORIGINS",
+                "origin_not_allowed",
+            )
+        request[_ORIGIN] = origin
+        if request.method == "OPTIONS":  # a CORS preflight
+            return web.Response(
+                status=204,
+                headers={
+                    "Access-Control-Allow-Methods": "GET, POST",
+                    "Access-Control-Allow-Headers": CORS_HEADERS,
+                    "Access-Control-Max-Age": "600",
+                },
+            )
+        return await handler(request)
 
     @asynccontextmanager
     async def _observed(self) -> AsyncIterator[_Outcome]:
@@ -320,6 +452,8 @@ async def _answer(
         return await handler(request)
     except Refused as refused:
         return error_response(refused.failure)
+    except Rejected as rejected:
+        return rejected.response()
     except ProxyError as error:
         return error_response(classify(error), error.param)
     except web.HTTPException as error:
@@ -340,6 +474,30 @@ async def _answer(
     except Exception:
         log.exception("%s %s failed unexpectedly", request.method, request.path[:80])
         return error_response(Failure(Kind.INTERNAL, "internal error"))
+
+
+def loopback_host(host: str) -> bool:
+    """`localhost`, `*.localhost` or a loopback address, with or without a port."""
+    name = host.rpartition("]")[0].lstrip("[") if host.startswith("[") else host
+    if not host.startswith("[") and host.count(":") == 1:
+        name = host.partition(":")[0]
+    name = name.rstrip(".").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+async def _cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    origin = request.get(_ORIGIN)
+    if origin is not None:
+        response.headers["Access-Control-Allow-Origin"] = origin
+        response.headers["Access-Control-Expose-Headers"] = ", ".join(
+            (CACHE_HEADER, SIMILARITY_HEADER, PROVIDER_HEADER, FALLBACK_HEADER, "Retry-After")
+        )
+        response.headers["Vary"] = "Origin"
 
 
 def _event(body: BaseModel) -> bytes:

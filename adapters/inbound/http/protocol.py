@@ -7,6 +7,7 @@ answer, so they are refused with a 400 naming them rather than silently dropped.
 
 from __future__ import annotations
 
+import json
 from typing import Any, Literal
 
 from pydantic import (
@@ -136,15 +137,20 @@ class ChatCompletionRequest(_Loose):
         return None
 
 
-def parse(body: bytes) -> ChatCompletionRequest:
-    """The request body, or Invalid naming the first field at fault."""
+def parse(body: bytes, limits: RequestLimits | None = None) -> ChatCompletionRequest:
+    """The request body, or InvalidRequest naming the first field at fault. The messages and their
+    content parts are counted in the raw JSON, before any per-item validation (as the gRPC side
+    counts them before mapping): a hostile list costs one JSON parse, not a model per item."""
     try:
-        return ChatCompletionRequest.model_validate_json(body)
+        raw = json.loads(body, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise InvalidRequest(f"the body is not valid JSON: {str(error)[:120]}") from None
+    _bounded(raw, limits or RequestLimits())
+    try:
+        return ChatCompletionRequest.model_validate(raw)
     except ValidationError as error:
         first = error.errors(include_url=False, include_input=False)[0]
         where = param_path(first["loc"])
-        if first["type"] == "json_invalid":
-            raise InvalidRequest(f"the body is not valid JSON: {first['msg']}") from None
         raise InvalidRequest(f"{where or 'body'}: {first['msg']}", where) from None
 
 
@@ -157,6 +163,31 @@ def param_path(location: tuple[int | str, ...]) -> str | None:
         elif part not in _UNION_TAGS and "[" not in part and not part.startswith("function-"):
             path += f".{part}" if path else part  # (pydantic's union member tags skipped)
     return path or None
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _bounded(raw: Any, limits: RequestLimits) -> None:
+    """MAX_MESSAGES bounds the messages, and the content parts of all of them together."""
+    if not isinstance(raw, dict):
+        return
+    model, messages = raw.get("model"), raw.get("messages")
+    if not isinstance(messages, list):
+        return
+    limits.check(model if isinstance(model, str) else "", len(messages))
+    parts = sum(
+        len(m["content"])
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+    )
+    if parts > limits.max_messages:
+        raise InvalidRequest(
+            f"{parts} content parts in all messages; the limit is {limits.max_messages} "
+            "(MAX_MESSAGES)",
+            "messages",
+        )
 
 
 def _message(index: int, message: ChatMessage) -> Message:

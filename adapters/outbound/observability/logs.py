@@ -122,6 +122,26 @@ class JsonFormatter(logging.Formatter):
         return jsonlib.dumps(line, default=str, ensure_ascii=False)
 
 
+# C0 and C1 controls, DEL and the Unicode line breaks: a client's value (a model name with a
+# newline) must not start a forged line or move a terminal's cursor
+_CONTROL: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT with control characters escaped (`\\n`, `\\x1b`): one record, one line
+    (a traceback after it keeps its own lines)."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return _CONTROL.sub(_escaped, super().formatMessage(record))
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return match.group().encode("unicode_escape").decode("ascii")
+
+
 _OURS: Final = "_llm_proxy_handler"
 
 
@@ -137,7 +157,7 @@ def configure_logging(
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(SecretRedactor(secrets))
     handler.addFilter(TraceContextFilter())
-    handler.setFormatter(JsonFormatter() if json else logging.Formatter(TEXT_FORMAT))
+    handler.setFormatter(JsonFormatter() if json else TextFormatter())
     setattr(handler, _OURS, True)
     root = logging.getLogger()
     for old in [h for h in root.handlers if getattr(h, _OURS, False)]:

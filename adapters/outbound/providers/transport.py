@@ -11,11 +11,35 @@ API's cookies are never sent back. aiohttp failures leave as the httpx exception
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import Any
 
 import aiohttp
 import httpx
 import yarl
 from aiohttp.helpers import get_env_proxy_for_url
+
+from application.resilience import CURRENT_ATTEMPT, AttemptProgress
+
+
+async def _queued(_session: Any, context: SimpleNamespace, _params: Any) -> None:
+    if isinstance(context.trace_request_ctx, AttemptProgress):
+        context.trace_request_ctx.queue_started()
+
+
+async def _dequeued(_session: Any, context: SimpleNamespace, _params: Any) -> None:
+    if isinstance(context.trace_request_ctx, AttemptProgress):
+        context.trace_request_ctx.queue_ended()
+
+
+def _pool_tracing() -> aiohttp.TraceConfig:
+    """Tells the attempt in progress (CURRENT_ATTEMPT) when it waits for a pooled connection:
+    a timeout while queued is the proxy's own limit, not the provider's fault."""
+    config = aiohttp.TraceConfig()
+    config.on_connection_queued_start.append(_queued)
+    config.on_connection_queued_end.append(_dequeued)
+    config.freeze()
+    return config
 
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
@@ -44,6 +68,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 cookie_jar=aiohttp.DummyCookieJar(),
                 auto_decompress=False,  # httpx decodes, as it does with its own transport
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),  # httpx sets them
+                trace_configs=[_pool_tracing()],
             )
         return self._session
 
@@ -61,6 +86,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 headers=request.headers.multi_items(),
                 data=request.content or None,
                 allow_redirects=False,
+                trace_request_ctx=CURRENT_ATTEMPT.get(),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
                     # aiohttp's `connect` is the wait for a pooled connection plus the connect
