@@ -160,7 +160,7 @@ def test_messages_and_content_parts_are_counted_before_any_item_is_validated() -
     ).encode()
     with pytest.raises(InvalidRequest, match=r"4 messages; the limit is 3 \(MAX_MESSAGES\)"):
         protocol.parse(invalid_items, limits)  # not "messages.0: not a valid dictionary"
-    with pytest.raises(protocol.Invalid, match="4 content parts"):
+    with pytest.raises(InvalidRequest, match="4 content parts"):
         protocol.parse(two_messages_four_parts, limits)
     assert len(protocol.parse(two_messages_four_parts, RequestLimits(max_messages=4)).messages) == 2
 
@@ -168,5 +168,5 @@ def test_messages_and_content_parts_are_counted_before_any_item_is_validated() -
 @pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
 def test_non_json_numbers_are_invalid_json(constant: bytes) -> None:
     body = b'{"model": "gpt-4o", "messages": [], "temperature": ' + constant + b"}"
-    with pytest.raises(protocol.Invalid, match="not valid JSON"):
+    with pytest.raises(InvalidRequest, match="not valid JSON"):
         protocol.parse(body)
