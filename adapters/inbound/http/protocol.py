@@ -7,7 +7,6 @@ answer, so they are refused with a 400 naming them rather than silently dropped.
 
 from __future__ import annotations
 
-import json
 from typing import Any, Literal
 
 from pydantic import (
@@ -17,6 +16,7 @@ from pydantic import (
     ValidationError,
     model_serializer,
 )
+from pydantic_core import from_json
 
 from domain.errors import InvalidRequest
 from domain.model import (
@@ -140,14 +140,15 @@ class ChatCompletionRequest(_Loose):
 def parse(body: bytes, limits: RequestLimits | None = None) -> ChatCompletionRequest:
     """The request body, or InvalidRequest naming the first field at fault. The messages and their
     content parts are counted in the raw JSON, before any per-item validation (as the gRPC side
-    counts them before mapping): a hostile list costs one JSON parse, not a model per item."""
+    counts them before mapping): a hostile list costs one JSON parse (pydantic-core's, a few
+    microseconds for a usual body), not a model per item."""
     try:
-        raw = json.loads(body, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as error:
+        raw = from_json(body, allow_inf_nan=False)
+    except ValueError as error:
         raise InvalidRequest(f"the body is not valid JSON: {str(error)[:120]}") from None
     _bounded(raw, limits or RequestLimits())
-    try:
-        return ChatCompletionRequest.model_validate(raw)
+    try:  # from the JSON again: pydantic validates JSON several times faster than dicts
+        return ChatCompletionRequest.model_validate_json(body)
     except ValidationError as error:
         first = error.errors(include_url=False, include_input=False)[0]
         where = param_path(first["loc"])
@@ -163,10 +164,6 @@ def param_path(location: tuple[int | str, ...]) -> str | None:
         elif part not in _UNION_TAGS and "[" not in part and not part.startswith("function-"):
             path += f".{part}" if path else part  # (pydantic's union member tags skipped)
     return path or None
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def _bounded(raw: Any, limits: RequestLimits) -> None:
