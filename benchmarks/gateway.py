@@ -12,8 +12,12 @@
   `--upstream simulator` puts the project's simulator there instead, to see how far it is from
   free.
 - The proxy is `llm-proxy serve`, pinned to one core (`taskset -c`), request logs on (JSON to a
-  file), metrics on. First `CACHE_MODE=off` (pass-through), then `CACHE_MODE=embedded` with a
-  cache pre-warmed with `--hit-prompts` prompts, whose requests are all exact hits.
+  file), metrics on. First `CACHE_MODE=off` (pass-through), then `CACHE_MODE=embedded`: first
+  `--skip-rate` distinct prompts a second for `--skip-seconds` (the share of lookups that skip
+  the semantic tier, `cache_semantic_skips_total{reason="embedder_busy"}` over
+  `cache_lookups_total` from its /metrics), then the same loads as pass-through, every request a
+  miss (the cache-on/cache-off ratio of req/s and of per-core capacity), then a cache pre-warmed
+  with `--hit-prompts` prompts, whose requests are all exact hits.
 - The load comes from `--clients` processes on the other core. Every request carries a prompt
   never sent before (identical requests are coalesced and cached: a repeated body measures the
   cache, not the pass-through).
@@ -33,12 +37,14 @@ import argparse
 import asyncio
 import multiprocessing
 import os
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
@@ -242,6 +248,16 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+def scrape(port: int) -> dict[str, float]:
+    """The proxy's /metrics: `name{labels}` -> value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        if match := re.match(r"^(\w+(?:\{[^}]*\})?) (\S+)$", line):
+            found[match.group(1)] = float(match.group(2))
+    return found
+
+
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] if ordered else float("nan")
@@ -320,11 +336,13 @@ class Bench:
 
     def start_proxy(self, upstream: int, workdir: Path, cache_mode: str) -> tuple[Any, int]:
         port = free_port()
+        self.metrics_port = free_port()
         env = {
             **os.environ,
             "GRPC_HOST": "127.0.0.1",
             "GRPC_PORT": str(port),
-            "METRICS_PORT": str(free_port()),
+            "METRICS_PORT": str(self.metrics_port),
+            "HTTP_PORT": "0",  # gRPC only (8080 may be taken)
             "OPENAI_API_KEYS": "sk-bench",
             "OPENAI_BASE_URL": f"http://127.0.0.1:{upstream}/v1",
             "CACHE_MODE": cache_mode,
@@ -387,6 +405,9 @@ class Bench:
             self.report(rows)
             proxy, port = self.start_proxy(upstream_port, workdir, "embedded")
             try:
+                self.skips = self.skip_share(f"127.0.0.1:{port}", proxy.pid)
+                rows.append(self.measure("cache miss", "grpc", f"127.0.0.1:{port}", proxy.pid))
+                self.report(rows)
                 self.warm_cache(f"127.0.0.1:{port}")
                 rows.append(self.measure("exact hit", "grpc", f"127.0.0.1:{port}", proxy.pid))
             finally:
@@ -401,6 +422,34 @@ class Bench:
                 upstream.terminate()
                 upstream.join(10)
             shutil.rmtree(workdir, ignore_errors=True)
+
+    def skip_share(self, address: str, pid: int) -> dict[str, Any]:
+        """`--skip-rate` distinct prompts a second (open loop) on a fresh embedded cache: how
+        many lookups skipped the semantic tier, from the proxy's counters."""
+        a = self.args
+        names = ("cache_lookups_total", 'cache_semantic_skips_total{reason="embedder_busy"}',
+                 "cache_index_backlog", 'cache_index_dropped_total{reason="full"}')  # fmt: skip
+        before = scrape(self.metrics_port)
+        cpu0 = cpu_seconds(pid)
+        started = time.monotonic()
+        load = Load("grpc", address, "open", 0.0, a.skip_seconds, rate=a.skip_rate / a.clients,
+                    tag="skip")  # fmt: skip
+        opened = self.drive(load, a.clients, pid)
+        cpu = cpu_seconds(pid) - cpu0
+        wall = time.monotonic() - started
+        after = scrape(self.metrics_port)
+        counted = {n: after.get(n, 0.0) - before.get(n, 0.0) for n in names}
+        lat = [x * 1000 for x in opened["latencies"]]
+        result = {"lookups": counted[names[0]], "busy": counted[names[1]],
+                  "backlog": after.get(names[2], 0.0), "dropped": counted[names[3]],
+                  "p50": pct(lat, 50), "p99": pct(lat, 99), "statuses": dict(opened["statuses"]),
+                  "cpu_use": cpu / wall}  # fmt: skip
+        print(f"\n{a.skip_rate} distinct prompts/s for {a.skip_seconds:.0f} s, embedded cache: "
+              f"{result['busy']:.0f} of {result['lookups']:.0f} lookups skipped the semantic "
+              f"tier; latency p50 {result['p50']:.2f} ms, p99 {result['p99']:.2f} ms; proxy CPU "
+              f"~{result['cpu_use']:.0%} (warm-up included); index backlog after "
+              f"{result['backlog']:.0f}; statuses {result['statuses']}")  # fmt: skip
+        return result
 
     def warm_cache(self, address: str) -> None:
         """Stores `--hit-prompts` answers, then checks that asking again hits exactly."""
@@ -432,7 +481,8 @@ class Bench:
             line += f"{row['rss']:>9.0f}" if "rss" in row else ""
             print(line)
         for row in rows:
-            expected = {"direct": "200", "pass-through": "CACHE_STATUS_BYPASS"}
+            expected = {"direct": "200", "pass-through": "CACHE_STATUS_BYPASS",
+                        "cache miss": "CACHE_STATUS_MISS"}  # fmt: skip
             wanted = expected.get(row["label"], "CACHE_STATUS_EXACT")
             odd = {s: n for s, n in row["statuses"].items() if s != wanted}
             if odd:
@@ -450,6 +500,17 @@ class Bench:
             if "ttfb" in row:
                 print(f"  stream TTFB overhead: p50 {row['ttfb'][0] - direct['ttfb'][0]:+.2f} ms, "
                       f"p99 {row['ttfb'][1] - direct['ttfb'][1]:+.2f} ms")  # fmt: skip
+        by_label = {row["label"]: row for row in rows}
+        off, on = by_label.get("pass-through"), by_label.get("cache miss")
+        if off and on:
+            print(f"\ncache on (embedded), every request a miss, vs cache off: req/s "
+                  f"x{on['rps'] / off['rps']:.2f}, per-core capacity from CPU "
+                  f"x{off['cpu_ms'] / on['cpu_ms']:.2f} (target >= 0.7)")  # fmt: skip
+        skips = getattr(self, "skips", None)
+        if skips and skips["lookups"]:
+            print(f"semantic-tier skips at {self.args.skip_rate} distinct req/s on one core: "
+                  f"{skips['busy'] / skips['lookups']:.1%} of {skips['lookups']:.0f} lookups "
+                  f"(target <= 5%)")  # fmt: skip
         print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 
@@ -461,6 +522,8 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="load processes")
     parser.add_argument("--concurrency", type=int, default=32, help="in flight per client")
     parser.add_argument("--hit-prompts", type=int, default=256)
+    parser.add_argument("--skip-rate", type=int, default=100, help="distinct req/s, skip share")
+    parser.add_argument("--skip-seconds", type=float, default=10.0)
     parser.add_argument("--proxy-core", type=int, default=0)
     parser.add_argument("--other-core", type=int, default=1)
     parser.add_argument("--upstream", choices=("fixed", "simulator"), default="fixed")
@@ -468,6 +531,7 @@ def main() -> None:
     args.rates = [int(r) for r in args.rates.split(",") if r]
     args.seconds = min(args.seconds, 60.0)
     args.open_seconds = min(args.open_seconds, 60.0)
+    args.skip_seconds = min(args.skip_seconds, 60.0)
     Bench(args).run()
 
 
