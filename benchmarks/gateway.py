@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/gateway.py [--seconds 5] [--rates 200,400] [--clients 2]
         [--concurrency 32] [--proxy-core 0] [--other-core 1] [--upstream fixed|simulator]
+        [--skip-rate 100] [--skip-seconds 10]
 
 `make bench` runs it with the defaults. Every loop is bounded by time (and the whole run by
 `--seconds`); everything binds 127.0.0.1 on ephemeral ports.
