@@ -195,17 +195,18 @@ def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
         def cache_at(threshold: float) -> SemanticCache:
             policy = CachePolicy(threshold=threshold, ttl=3600.0, timeout=120.0)
             caches.append(SemanticCache(
-                embedder, container.vector_index(), container.response_store(), policy,
+                embedder, container.vector_index(), container.response_store(), policy, judge,
                 container.clock(), container.metrics(), container.tracer(),
             ))  # fmt: skip
             return caches[-1]
 
         embedder = MemoEmbedder(container.embedder())
+        judge = container.judge()
 
         async def run() -> list[ThresholdReport]:
             try:
-                await embedder.prefill(pairs)
-                return await sweep(cache_at, embedder, pairs, [default, *levels])
+                await embedder.prefill(pairs, judge)
+                return await sweep(cache_at, embedder, pairs, [default, *levels], judge)
             finally:
                 await container.embedding_http().aclose()
                 if caches:

@@ -54,6 +54,7 @@ from domain.cache_policy import point_id
 from domain.circuit_breaker import CircuitBreaker
 from domain.key_pool import ApiKey, KeyPool
 from domain.model import RequestLimits
+from domain.same_question import QuestionJudge
 
 
 def build_upstreams(settings: Settings, adapters: Mapping[str, Provider]) -> dict[str, Upstream]:
@@ -82,6 +83,12 @@ def api_embedder(kind: str, client: httpx.AsyncClient, settings: Settings) -> Em
         model=settings.embedding_model or module.DEFAULT_MODEL,
         dimensions=settings.embedding_dimensions,
     )
+
+
+def question_judge() -> QuestionJudge:
+    from adapters.outbound.lexicon import english_lexicon
+
+    return QuestionJudge(english_lexicon())
 
 
 def local_embedder(settings: Settings) -> Embedder:
@@ -199,11 +206,12 @@ class Container(containers.DeclarativeContainer):
         embedded=providers.Singleton(embedded_store, settings, vector_index),
         remote=providers.Singleton(redis_store, settings),
     )
+    judge = providers.Singleton(question_judge)
     semantic_cache = providers.Singleton(
         SemanticCache, embedder, vector_index, response_store,
         providers.Factory(CachePolicy, threshold=s.similarity_threshold, ttl=s.cache_ttl,
                           timeout=s.cache_timeout, index_backlog=s.cache_index_backlog),
-        clock, metrics, tracer,
+        judge, clock, metrics, tracer,
     )  # fmt: skip
     kind = providers.Singleton(cache_kind, settings)
     cache: providers.Provider[ResponseCache | None] = providers.Selector(

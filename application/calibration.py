@@ -23,7 +23,7 @@ from domain.model import (
     Role,
     Usage,
 )
-from domain.same_question import embedding_text
+from domain.same_question import QuestionJudge
 
 MODEL = "calibration"
 PROVIDER = "calibration"
@@ -36,6 +36,7 @@ class LabelledPair:
     b: str
     should_hit: bool
     category: str = "uncategorised"
+    half: str = ""  # tune / check / fresh: which rules were developed on it (docs/cache.md)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,7 @@ class ThresholdReport:
     threshold: float
     summary: Summary
     false_hits_of_cosine_alone: Rate  # must-not pairs whose embeddings are that close
+    halves: dict[str, Summary]  # the same, for each half's pairs
 
 
 def parse_pairs(text: str, source: str, half: str | None = None) -> list[LabelledPair]:
@@ -93,33 +95,39 @@ def parse_pairs(text: str, source: str, half: str | None = None) -> list[Labelle
             raise ValueError(f"{source}:{number}: a and b must be strings")
         if half is None or item.get("half") == half:
             category = str(item.get("category", "uncategorised"))
-            pairs.append(LabelledPair(item["a"], item["b"], item["should_hit"], category))
+            pairs.append(LabelledPair(
+                item["a"], item["b"], item["should_hit"], category, str(item.get("half", ""))
+            ))  # fmt: skip
     if not pairs:
         raise ValueError(f"{source}: no labelled pairs" + (f" in half {half!r}" if half else ""))
     return pairs
 
 
 def render(default: ThresholdReport, rows: Sequence[ThresholdReport]) -> str:
-    """The report `llm-proxy calibrate` prints: per category at the configured threshold, then
-    the sweep."""
-    summary = default.summary
+    """The report `llm-proxy calibrate` prints: per category (and per half: hits/pairs) at the
+    configured threshold, the totals per half, then the sweep."""
+    summary, halves = default.summary, default.halves
     lines = [
         f"at SIMILARITY_THRESHOLD {default.threshold:.2f}:",
-        f"{'category':<24} {'pairs':>5}  {'should hit':<10}  {'hits':>5}  rate",
+        f"{'category':<24} {'pairs':>5}  {'should hit':<10}  {'hits':>5}  {'rate':>6}"
+        + "".join(f"  {name:>9}" for name in halves),
     ]
     for c in summary.categories:
+        in_halves = {
+            name: {(h.category, h.should_hit): h.rate for h in half.categories}
+            for name, half in halves.items()
+        }
         lines.append(
             f"{c.category:<24} {c.rate.pairs:5d}  {'yes' if c.should_hit else 'no':<10}  "
             f"{c.rate.hits:5d}  {c.rate.share:6.1%}"
+            + "".join(
+                f"  {_fraction(rates.get((c.category, c.should_hit))):>9}"
+                for rates in in_halves.values()
+            )
         )
-    lines += [
-        f"hit rate {summary.hit_rate.share:.1%} ({summary.hit_rate.hits}/"
-        f"{summary.hit_rate.pairs} should-hit pairs); false-hit rate "
-        f"{summary.false_hit_rate.share:.1%} ({summary.false_hit_rate.hits}/"
-        f"{summary.false_hit_rate.pairs} must-not pairs)",
-        "",
-        "threshold  hit rate  false-hit rate  false-hit rate of cosine alone",
-    ]
+    lines.append(_totals("", summary))
+    lines += [_totals(f"half {name}: ", half) for name, half in halves.items()]
+    lines += ["", "threshold  hit rate  false-hit rate  false-hit rate of cosine alone"]
     for row in rows:
         lines.append(
             f"{row.threshold:9.2f}  {row.summary.hit_rate.share:8.1%}  "
@@ -127,6 +135,18 @@ def render(default: ThresholdReport, rows: Sequence[ThresholdReport]) -> str:
             f"{row.false_hits_of_cosine_alone.share:30.1%}"
         )
     return "\n".join(lines)
+
+
+def _fraction(rate: Rate | None) -> str:
+    return f"{rate.hits}/{rate.pairs}" if rate else "-"
+
+
+def _totals(label: str, summary: Summary) -> str:
+    hit, false = summary.hit_rate, summary.false_hit_rate
+    return (
+        f"{label}hit rate {hit.share:.1%} ({hit.hits}/{hit.pairs} should-hit pairs); "
+        f"false-hit rate {false.share:.1%} ({false.hits}/{false.pairs} must-not pairs)"
+    )
 
 
 def _request(text: str, pair: int) -> InferenceRequest:
@@ -170,25 +190,34 @@ async def sweep(
     embedder: Embedder,
     pairs: Sequence[LabelledPair],
     thresholds: Sequence[float],
+    judge: QuestionJudge,
 ) -> list[ThresholdReport]:
     """The pairs looked up by a cache at each threshold (the entries stored once, by the first;
     caches from `cache_at` share their backends), with what cosine alone would let through."""
     if not thresholds:
         return []
     await store_all(cache_at(thresholds[0]), pairs)
-    cosines = await _cosines(embedder, [p for p in pairs if not p.should_hit])
+    cosines = await _cosines(embedder, [p for p in pairs if not p.should_hit], judge)
     reports = []
     for threshold in thresholds:
-        summary = summarise(await look_up_all(cache_at(threshold), pairs))
+        outcomes = await look_up_all(cache_at(threshold), pairs)
         alone = Rate(sum(c >= threshold for c in cosines), len(cosines))
-        reports.append(ThresholdReport(threshold, summary, alone))
+        halves = {
+            half: summarise([o for o in outcomes if o.pair.half == half])
+            for half in dict.fromkeys(p.half for p in pairs)
+            if half
+        }
+        reports.append(ThresholdReport(threshold, summarise(outcomes), alone, halves))
     return reports
 
 
-async def _cosines(embedder: Embedder, pairs: Sequence[LabelledPair]) -> list[float]:
-    texts = sorted({embedding_text(t) for p in pairs for t in (p.a, p.b)})
+async def _cosines(
+    embedder: Embedder, pairs: Sequence[LabelledPair], judge: QuestionJudge
+) -> list[float]:
+    seen = judge.embedding_text
+    texts = sorted({seen(t) for p in pairs for t in (p.a, p.b)})
     vectors = dict(zip(texts, await embedder.embed(texts), strict=True))
-    return [_cosine(vectors[embedding_text(p.a)], vectors[embedding_text(p.b)]) for p in pairs]
+    return [_cosine(vectors[seen(p.a)], vectors[seen(p.b)]) for p in pairs]
 
 
 class MemoEmbedder(Embedder):
@@ -205,8 +234,8 @@ class MemoEmbedder(Embedder):
     def fits(self, text: str) -> bool:
         return self._inner.fits(text)
 
-    async def prefill(self, pairs: Sequence[LabelledPair]) -> None:
-        texts = {embedding_text(t) for p in pairs for t in (p.a, p.b)}
+    async def prefill(self, pairs: Sequence[LabelledPair], judge: QuestionJudge) -> None:
+        texts = {judge.embedding_text(t) for p in pairs for t in (p.a, p.b)}
         await self.embed(sorted(t for t in texts if self.fits(t)))
 
     def expected_wait(self) -> float:

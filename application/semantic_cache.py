@@ -41,7 +41,7 @@ from application.ports import (
 from domain.backend_health import BackendHealth, HealthEvent, Report
 from domain.cache_policy import cache_scope, entry_key, point_id
 from domain.model import Answer, CacheInfo, CacheStatus, Completion, InferenceRequest
-from domain.same_question import embedding_text, same_question
+from domain.same_question import QuestionJudge
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,6 +69,7 @@ class SemanticCache(ResponseCache):
         index: VectorIndex,
         store: ResponseStore,
         policy: CachePolicy,
+        judge: QuestionJudge,
         clock: Clock,
         metrics: Metrics,
         tracer: Tracer,
@@ -77,6 +78,7 @@ class SemanticCache(ResponseCache):
         self._index = index
         self._store = store
         self._policy = policy
+        self._judge = judge
         self._clock = clock
         self._metrics = metrics
         self._tracer = tracer
@@ -106,7 +108,7 @@ class SemanticCache(ResponseCache):
         with self._tracer.span("cache.store"), suppress(BackendDown):
             put = self._store.put(key, completion, ttl)
             await self._call("response_store", "put", put, deadline)
-            seen = embedding_text(prompt)
+            seen = self._judge.embedding_text(prompt)
             if not self._embedder.fits(seen):
                 return  # exact tier only: its vector would stand for a text it never saw whole
             entry = Unindexed(seen, scope, key, prompt, self._clock.wall() + ttl)
@@ -182,7 +184,7 @@ class SemanticCache(ResponseCache):
         completion = await self._call("response_store", "get", self._store.get(key), deadline)
         if completion is not None:
             return Answer(completion, CacheInfo(CacheStatus.EXACT, 1.0))
-        seen = embedding_text(prompt)
+        seen = self._judge.embedding_text(prompt)
         if not self._embedder.fits(seen):
             self._metrics.cache_semantic_skip("beyond_window")
             return None
@@ -196,7 +198,7 @@ class SemanticCache(ResponseCache):
         for match in await self._call("vector_index", "search", search, deadline):
             if match.similarity < self._policy.threshold:
                 break
-            if not same_question(prompt, match.text, match.similarity, self._policy.threshold):
+            if not self._judge.same(prompt, match.text, match.similarity, self._policy.threshold):
                 self._metrics.cache_semantic_skip("different_question")
                 continue
             found = self._store.get(match.entry_key)

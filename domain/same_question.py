@@ -32,7 +32,10 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from domain.lexicon import Lexicon
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
 _ARROWS = re.compile(r"\s*(?:->|=>|\u2192|\u27f6|\u21d2)\s*")
@@ -63,7 +66,10 @@ _PHRASES = [
         (r"\bwhat time\b", "when"),
         (r"\bwhich\b", "what"),
         (r"\bwhom\b", "who"),
-        (r"\bwhat (is|are) the (best |easiest |quickest )?(way|steps) to\b", "how do i"),
+        (
+            r"\bwhat (is|are) the (best |easiest |simplest |quickest |fastest )?(way|steps) to\b",
+            "how do i",
+        ),
         (r"\bhow come\b", "why"),
         (r"\bam i allowed to\b", "can i"),
         (r"\bis it possible to\b", "can i"),
@@ -95,6 +101,11 @@ _PHRASES = [
         (r"\bcome with\b", "include"),
         (r"\bcheck in\b", "checkin"),
         (r"\bcheck out\b", "checkout"),
+        (r"\b(?:have|has) (i|you|we|they) (not )?got\b", r"do \1 \2have"),
+        (r"\b(?:have|has) (it|he|she) (not )?got\b", r"does \1 \2have"),
+        (r"\b(i|you|we|they|it|he|she) (have|has) got\b", r"\1 \2"),
+        (r"\bwaiting (time|list|period)\b", r"wait \1"),
+        (r"\b(i|we|to) switch\b(?! (?:on|off)\b)", r"\1 change"),
     )
 ]
 
@@ -102,7 +113,7 @@ _PHRASES = [
 _FORM = frozenset(
     """a an the this that these those it its you your yours is are be been being am do
     does doing done have has had having can could would should may might please kindly
-    tell show explain describe let know like help assist just really actually quickly briefly
+    tell show explain describe let know like help assist really actually quickly briefly
     simply possible way ways best good some any there here so and or but if then also still
     yet about regarding hi hello hey thanks thank exactly quite very much many own of for""".split()  # noqa: SIM905
 )
@@ -162,65 +173,148 @@ _SYNONYMS = [
     "holiday vacation",
     "flat apartment",
     "bill invoice",
-    "cancelled canceled",
-    "colour color",
-    "centre center",
-    "favourite favorite",
-    "travelling traveling",
     "ok okay",
 ]
 _CANONICAL = {word: group.split()[0] for group in _SYNONYMS for word in group.split()}
 
 
+# Greetings, thanks, sign-offs and filler at the start or the end of a prompt: not content.
+# Only there: in the middle of a question such words may carry it ("please don't ..." keeps its
+# "not" in any case). A phrase that hides a negation ("no thanks") is not among them. `[~]` is
+# a separator (space or punctuation); some words are filler only when a comma or the like
+# follows ("Morning, are you open?" but "morning appointments").
+_LEADING_PHRASES = [
+    "(?:hi|hello|hey|hiya|howdy|greetings|dear)"
+    "(?: there| team| all| everyone| folks| guys| again| support| sir| madam)?",
+    "good (?:morning|afternoon|evening|day)(?: team| all| everyone| there)?",
+    "(?:morning|afternoon|evening|sorry)(?=[~]*[-,!.:;\u2013\u2014])",
+    "(?:a |one |just a )?(?:quick|small|simple|short|random|silly) (?:question|one|q)(?: for you)?",
+    "one more (?:question|thing)",
+    "(?:i was |i am |i'm |am )?(?:just )?(?:wondering|curious)(?: if| whether)?",
+    "just (?:checking|asking)(?: if| whether)?",
+    "sorry to (?:bother|trouble) you(?:[~]*but)?",
+    "excuse me",
+    "apologies(?: for the (?:bother|trouble))?",
+    "(?:i )?hope (?:you are|you're|all is|this finds you)(?: doing)? well",
+    "(?:thanks|thank you)(?: in advance)?(?:[~]*but)?",
+    "please|pls|plz",
+    "(?:do you|does anyone|any(?:one|body)) know(?: if| whether)?",
+    "any ?idea(?: if| whether)?",
+]
+_TRAILING_PHRASES = [
+    "(?:many |big |huge )?thanks(?: a lot| a million| so much| very much| again| in advance"
+    "| for (?:your|the|any) help)?",
+    "thank you(?: so much| very much| again| in advance| for (?:your|the|any) help)?",
+    "thx|cheers|ta|please|pls|plz",
+    "(?:any help (?:is |would be )?)?(?:much |greatly )?appreciated|appreciate it",
+    "(?:kind |best |warm )?regards|best wishes",
+    "have a (?:good|nice|great|lovely) (?:day|one|evening|weekend)",
+]
+_SEP = "-\\s,!.:;\u2013\u2014"
+_LEADING = re.compile(("^(?:" + "|".join(_LEADING_PHRASES) + ")[~]+").replace("~", _SEP))
+_TRAILING = re.compile(
+    ("[~]+(?:" + "|".join(_TRAILING_PHRASES) + ")[~?()]*$").replace("~", _SEP)
+)
+
+
+def _without_pleasantries(text: str) -> str:
+    """`text` (lower case) without the greetings, thanks and filler at its start and end; as it
+    is if nothing else would remain."""
+    core = text.strip()
+    while True:
+        shorter = _TRAILING.sub("", _LEADING.sub("", core + " ")).strip()
+        if shorter == core:
+            break
+        core = shorter
+    return core if any(c.isalnum() for c in core) else text
+
+
 @dataclass(frozen=True, slots=True)
 class Reading:
-    """A prompt as the judge reads it: its words in order (normalised, synonyms merged), which
-    of them are content, and the body of a multi-line prompt verbatim."""
+    """A prompt as the judge reads it: its words in order (normalised, spelling and synonyms
+    merged), and the body of a multi-line prompt verbatim."""
 
     words: tuple[str, ...]
     body: tuple[str, ...]
+    guessed: tuple[str, ...]  # the words, each typo replaced by the commonest word one edit away
 
     @classmethod
-    def of(cls, text: str) -> Reading:
+    def of(cls, text: str, lexicon: Lexicon) -> Reading:
         head, _, rest = text.strip().partition("\n")
         body = tuple(line.rstrip() for line in rest.split("\n") if line.strip())
-        words = [_canonical(w) for w in _words(text if not body else head)]
-        return cls(tuple(_genitive_first(words)), body)
-
-    def content(self) -> list[str]:
-        """The content words in order, then the tenses the auxiliaries mark ("when did it
-        open" / "when will it open"), once each."""
-        words = [w for w in self.words if w not in _FORM and w not in _TENSES]
-        return words + sorted({_TENSES[w] for w in self.words if w in _TENSES})
+        spelt = [lexicon.spelling(w) for w in _words(text if not body else head)]
+        words = _genitive_first([_canonical(w) for w in spelt])
+        guessed = _genitive_first([_canonical(lexicon.correction(w)) for w in spelt])
+        return cls(tuple(words), body, tuple(guessed))
 
 
-def embedding_text(prompt: str) -> str:
-    """What the embedder is given for `prompt`: its normalised words, so that form (case,
-    punctuation, contractions: "?" alone moves MiniLM's cosine by 0.1) does not move the vector.
-    A multi-line prompt is given as it is (its layout is its meaning)."""
-    if Reading.of(prompt).body:
-        return prompt
-    return " ".join(_words(prompt)) or prompt
+def _content(words: Sequence[str]) -> list[str]:
+    """The content words in order, then the tenses the auxiliaries mark ("when did it open" /
+    "when will it open"), once each."""
+    content = [w for w in words if w not in _FORM and w not in _TENSES]
+    return content + sorted({_TENSES[w] for w in words if w in _TENSES})
 
 
-def same_question(asked: str, stored: str, similarity: float, threshold: float) -> bool:
-    """Whether `stored`'s answer answers `asked`: cosine at least `threshold`, and no
-    difference the embedding blurs (see the module docstring)."""
-    if similarity < threshold:
-        return False
-    if asked == stored:
-        return True
-    a, b = Reading.of(asked), Reading.of(stored)
-    if a.body != b.body or not a.words or not b.words:
-        return False  # nothing to compare but the bytes (emoji, symbols): those differ
-    content_a, content_b = a.content(), b.content()
-    if Counter(content_a) != Counter(content_b):
-        return False
-    if not _same_relations(a.words, b.words):
-        return False
-    # where "not" stands follows the auxiliary ("isn't the tap" / "is the tap not"): its count
-    # is compared above, its position is not
-    return _one_block_moved(_without(_NEGATIONS, content_a), _without(_NEGATIONS, content_b))
+class QuestionJudge:
+    """Reads prompts with a `Lexicon` (known words for typos, British spellings); remembers
+    the readings of the last prompts it saw (a stored prompt is judged again and again)."""
+
+    def __init__(self, lexicon: Lexicon | None = None, remembered: int = 4096) -> None:
+        self._lexicon = lexicon or Lexicon()
+        self._readings: dict[str, Reading] = {}
+        self._remembered = remembered
+
+    def embedding_text(self, prompt: str) -> str:
+        """What the embedder is given for `prompt`: the words the judge reads, a typo replaced
+        by the commonest word one edit away, so that form (case, punctuation, contractions,
+        greetings, spelling: "?" alone moves MiniLM's cosine by 0.1) does not move the vector.
+        A multi-line prompt is given as it is (its layout is its meaning)."""
+        reading = self._reading(prompt)
+        if reading.body:
+            return prompt
+        return " ".join(reading.guessed) or prompt
+
+    def same(self, asked: str, stored: str, similarity: float, threshold: float) -> bool:
+        """Whether `stored`'s answer answers `asked`: cosine at least `threshold`, and no
+        difference the embedding blurs (see the module docstring)."""
+        if similarity < threshold:
+            return False
+        if asked == stored:
+            return True
+        a, b = self._reading(asked), self._reading(stored)
+        if a.body != b.body or not a.words or not b.words:
+            return False  # nothing to compare but the bytes (emoji, symbols): those differ
+        words_a = self._typos_mended(a.words, b.words)
+        words_b = self._typos_mended(b.words, words_a)
+        content_a, content_b = _content(words_a), _content(words_b)
+        if Counter(content_a) != Counter(content_b):
+            return False
+        if not _same_relations(words_a, words_b):
+            return False
+        # where "not" stands follows the auxiliary ("isn't the tap" / "is the tap not"): its
+        # count is compared above, its position is not
+        return _one_block_moved(_without(_NEGATIONS, content_a), _without(_NEGATIONS, content_b))
+
+    def _reading(self, text: str) -> Reading:
+        reading = self._readings.get(text)
+        if reading is None:
+            if len(self._readings) >= self._remembered:
+                self._readings.clear()
+            reading = self._readings[text] = Reading.of(text, self._lexicon)
+        return reading
+
+    def _typos_mended(self, words: tuple[str, ...], other: tuple[str, ...]) -> tuple[str, ...]:
+        """`words` with each unknown word that is a typo of a word found only in `other`
+        replaced by it ("chnage" / "change", "perscription" / "prescription")."""
+        only_other = sorted(set(other).difference(words))
+        if not only_other:
+            return words
+        lexicon, present = self._lexicon, set(other)
+        mended = list(words)
+        for i, word in enumerate(words):
+            if word not in present and lexicon.may_be_typo(word):
+                mended[i] = next((w for w in only_other if lexicon.typo_of(word, w)), word)
+        return tuple(mended)
 
 
 _DETERMINERS = frozenset("the a an this that my your our their its".split())  # noqa: SIM905
@@ -260,7 +354,7 @@ def _without(words: frozenset[str], sequence: list[str]) -> list[str]:
 
 
 def _words(text: str) -> list[str]:
-    text = _ARROWS.sub(" to ", text.translate(_APOSTROPHES).lower())
+    text = _ARROWS.sub(" to ", _without_pleasantries(text.translate(_APOSTROPHES).lower()))
     text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)  # non-refundable, part-time, check-in
     words: list[str] = []
     for token in _TOKEN.findall(text):
@@ -308,7 +402,7 @@ def _singular(word: str) -> str:
     return word
 
 
-def _same_relations(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+def _same_relations(a: Sequence[str], b: Sequence[str]) -> bool:
     """Each ordering word found on both sides relates the same word ("to PDF")."""
     relations_a, relations_b = _relations(a), _relations(b)
     shared = {r for r, _ in relations_a} & {r for r, _ in relations_b}
@@ -319,7 +413,7 @@ def _same_relations(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
     )
 
 
-def _relations(words: tuple[str, ...]) -> Counter[tuple[str, str]]:
+def _relations(words: Sequence[str]) -> Counter[tuple[str, str]]:
     """(ordering word, its object): the next word that is neither a form word nor another
     ordering word ("time off in Workday" relates "in" to "workday", and "off" to nothing)."""
     found: Counter[tuple[str, str]] = Counter()

@@ -6,6 +6,7 @@ import pytest
 
 from application.calibration import LabelledPair, MemoEmbedder, parse_pairs, sweep
 from application.semantic_cache import CachePolicy, SemanticCache
+from domain.same_question import QuestionJudge
 from tests.fakes import (
     FakeClock,
     MemoryIndex,
@@ -33,10 +34,13 @@ async def test_pairs_go_through_the_cache_per_category_and_threshold() -> None:
 
     def cache_at(threshold: float) -> SemanticCache:
         policy = CachePolicy(threshold=threshold, ttl=60.0, timeout=5.0)
-        return SemanticCache(embedder, index, store, policy, clock, metrics, RecordingTracer())
+        return SemanticCache(
+            embedder, index, store, policy, judge, clock, metrics, RecordingTracer()
+        )
 
-    await embedder.prefill(PAIRS)
-    reports = await sweep(cache_at, embedder, PAIRS, [0.8, 0.99])
+    judge = QuestionJudge()
+    await embedder.prefill(PAIRS, judge)
+    reports = await sweep(cache_at, embedder, PAIRS, [0.8, 0.99], judge)
     low, high = (r.summary for r in reports)
     rates = {(c.category, c.should_hit): (c.rate.hits, c.rate.pairs) for c in low.categories}
     assert rates == {

@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from domain.same_question import embedding_text, same_question
+from adapters.outbound.lexicon import english_lexicon
+from domain.same_question import QuestionJudge
+
+JUDGE = QuestionJudge(english_lexicon())  # the word lists the proxy loads at startup
+same_question = JUDGE.same
+embedding_text = JUDGE.embedding_text
 
 
 def judged_same(a: str, b: str) -> bool:

@@ -14,6 +14,7 @@ from domain.model import (
     Role,
     Usage,
 )
+from domain.same_question import QuestionJudge
 from tests.fakes import (
     FakeClock,
     FakeSleeper,
@@ -37,6 +38,7 @@ class Cache:
             self.index,
             self.store,
             CachePolicy(threshold=threshold, ttl=ttl, timeout=timeout),
+            QuestionJudge(),
             self.clock,
             self.metrics,
             RecordingTracer(),
@@ -116,7 +118,7 @@ async def test_scope_is_a_hard_filter(c: Cache) -> None:
 async def test_below_the_threshold_is_a_miss() -> None:
     c = Cache(threshold=0.99)
     await c.put(ask("what is the capital of France"), answer())
-    assert await c.cache.lookup(ask("what is the capital of France please"), "openai") is None
+    assert await c.cache.lookup(ask("what is the capital of France exactly"), "openai") is None
 
 
 async def test_expired_entries_miss_and_the_sweep_removes_their_vectors(c: Cache) -> None:
@@ -261,7 +263,7 @@ def cache_with(**policy: float) -> Cache:
     c.cache = SemanticCache(
         c.embedder, c.index, c.store,
         CachePolicy(threshold=0.8, ttl=60.0, timeout=0.2, **policy),  # type: ignore[arg-type]
-        c.clock, c.metrics, RecordingTracer(),
+        QuestionJudge(), c.clock, c.metrics, RecordingTracer(),
     )  # fmt: skip
     return c
 
