@@ -46,16 +46,17 @@ class Lexicon:
         return abs(len(typo) - len(word)) <= limit and distance(typo, word, limit) <= limit
 
     def correction(self, word: str) -> str:
-        """The most common known word one edit from `word` (first letter kept), or `word`
-        itself when it is known or has no such neighbour."""
+        """The known word one edit from `word` (first letter kept) that a typist most likely
+        meant, or `word` itself when it is known or has no such neighbour: a letter left out or
+        two swapped (the commonest slips) before a letter wrong or one too many, then the
+        commonest word."""
         if not self.may_be_typo(word):
             return word
-        best, count = word, 0
-        for candidate in _one_edit(word):
-            found = self.frequencies.get(candidate, 0)
-            if found > count:
-                best, count = candidate, found
-        return best
+        for edits in _one_edit(word):
+            known = [c for c in edits if c in self.frequencies]
+            if known:
+                return max(known, key=lambda c: (self.frequencies[c], c))
+        return word
 
 
 def distance(a: str, b: str, limit: int) -> int:
@@ -76,14 +77,14 @@ def distance(a: str, b: str, limit: int) -> int:
     return previous[-1]
 
 
-def _one_edit(word: str) -> set[str]:
-    """Every string one deletion, transposition, replacement or insertion from `word` that
-    keeps its first letter."""
+def _one_edit(word: str) -> tuple[set[str], set[str]]:
+    """The strings one edit from `word` that keep its first letter: first those that undo a
+    letter left out or two letters swapped, then those that undo a wrong or an extra letter."""
     head, tail = word[0], word[1:]
     splits = [(tail[:i], tail[i:]) for i in range(len(tail) + 1)]
-    edits = {head + left + right[1:] for left, right in splits if right}
-    edits |= {head + left + right[1] + right[0] + right[2:] for left, right in splits
-              if len(right) > 1}  # fmt: skip
-    edits |= {head + left + c + right[1:] for left, right in splits if right for c in _LETTERS}
-    edits |= {head + left + c + right for left, right in splits for c in _LETTERS}
-    return edits
+    likely = {head + left + c + right for left, right in splits for c in _LETTERS}
+    likely |= {head + left + right[1] + right[0] + right[2:] for left, right in splits
+               if len(right) > 1}  # fmt: skip
+    other = {head + left + c + right[1:] for left, right in splits if right for c in _LETTERS}
+    other |= {head + left + right[1:] for left, right in splits if right}
+    return likely, other

@@ -60,8 +60,36 @@ _CONTRACTIONS = {
 }  # fmt: skip
 _SUFFIXES = {"n't": " not", "'re": " are", "'m": " am", "'ve": " have", "'ll": " will",
              "'d": " would", "'s": ""}  # fmt: skip
+
+
+def _literal(pattern: str) -> str:
+    """Text every match of `pattern` contains: its longest run of letters and spaces outside
+    any group or class ("" when the pattern is an alternation at its top level). Checking it
+    with `in` first spares most prompts most substitutions."""
+    depth, runs, run = 0, [], ""
+    for i, c in enumerate(pattern):
+        quantified = pattern[i + 1 : i + 2] in ("?", "*", "{")
+        if c in "([":
+            depth += 1
+        elif c in ")]":
+            depth -= 1
+        elif c == "|" and depth == 0:
+            return ""
+        if (
+            depth == 0
+            and (c.isalpha() or c == " ")
+            and pattern[i - 1 : i] != "\\"
+            and not quantified
+        ):
+            run += c
+            continue
+        runs.append(run)
+        run = ""
+    return max([*runs, run], key=len).strip()
+
+
 _PHRASES = [
-    (re.compile(p), r)
+    (_literal(p), re.compile(p), r)
     for p, r in (
         (r"\bwhat time\b", "when"),
         (r"\bwhich\b", "what"),
@@ -72,6 +100,9 @@ _PHRASES = [
         ),
         (r"\bhow come\b", "why"),
         (r"\bam i allowed to\b", "can i"),
+        (r"\bam i able to\b", "can i"),
+        (r"\b(?:is|are) (you|we|it|they) able to\b", r"can \1"),
+        (r"\bis there (?:a|any) way (?:to|i can)\b", "how do i"),
         (r"\bis it possible to\b", "can i"),
         (r"\bis it possible\b", "can"),
         (r"\bhow can i tell\b", "how do i know"),
@@ -187,9 +218,12 @@ _LEADING_PHRASES = [
     "(?:hi|hello|hey|hiya|howdy|greetings|dear)"
     "(?: there| team| all| everyone| folks| guys| again| support| sir| madam)?",
     "good (?:morning|afternoon|evening|day)(?: team| all| everyone| there)?",
-    "(?:morning|afternoon|evening|sorry)(?=[~]*[-,!.:;\u2013\u2014])",
+    "(?:(?:morning|afternoon|evening)(?: all| team| everyone)?|sorry|ok|okay|so|right|well|um"
+    "|uh|erm|hmm)(?=[~]*[-,!.:;\u2013\u2014])",
     "(?:a |one |just a )?(?:quick|small|simple|short|random|silly) (?:question|one|q)(?: for you)?",
-    "one more (?:question|thing)",
+    "one more (?:question|thing)|(?:i have|i've got|i've|got) a (?:quick )?question",
+    "(?:can|may) i ask(?: you)?(?: a (?:quick )?question)?",
+    "(?:i )?hope you can help(?: me)?|(?:can|could) you help(?: me)?(?: please)?",
     "(?:i was |i am |i'm |am )?(?:just )?(?:wondering|curious)(?: if| whether)?",
     "just (?:checking|asking)(?: if| whether)?",
     "sorry to (?:bother|trouble) you(?:[~]*but)?",
@@ -199,22 +233,24 @@ _LEADING_PHRASES = [
     "(?:thanks|thank you)(?: in advance)?(?:[~]*but)?",
     "please|pls|plz",
     "(?:do you|does anyone|any(?:one|body)) know(?: if| whether)?",
+    "(?:i would|i'd|i) (?:like|want|wanted) to (?:know|ask)(?: if| whether)?",
+    "(?:can|could) you (?:tell me|let me know)(?: if| whether)|please (?:tell me|let me know)"
+    "(?: if| whether)?",
     "any ?idea(?: if| whether)?",
 ]
 _TRAILING_PHRASES = [
     "(?:many |big |huge )?thanks(?: a lot| a million| so much| very much| again| in advance"
+    "| guys| team| all| everyone"
     "| for (?:your|the|any) help)?",
     "thank you(?: so much| very much| again| in advance| for (?:your|the|any) help)?",
-    "thx|cheers|ta|please|pls|plz",
+    "thx|thnx|thanx|tia|ty|cheers(?: mate)?|please|pls|plz|please advise",
     "(?:any help (?:is |would be )?)?(?:much |greatly )?appreciated|appreciate it",
     "(?:kind |best |warm )?regards|best wishes",
     "have a (?:good|nice|great|lovely) (?:day|one|evening|weekend)",
 ]
 _SEP = "-\\s,!.:;\u2013\u2014"
 _LEADING = re.compile(("^(?:" + "|".join(_LEADING_PHRASES) + ")[~]+").replace("~", _SEP))
-_TRAILING = re.compile(
-    ("[~]+(?:" + "|".join(_TRAILING_PHRASES) + ")[~?()]*$").replace("~", _SEP)
-)
+_TRAILING = re.compile(("[~]+(?:" + "|".join(_TRAILING_PHRASES) + ")[~?()]*$").replace("~", _SEP))
 
 
 def _without_pleasantries(text: str) -> str:
@@ -236,7 +272,7 @@ class Reading:
 
     words: tuple[str, ...]
     body: tuple[str, ...]
-    guessed: tuple[str, ...]  # the words, each typo replaced by the commonest word one edit away
+    spelt: tuple[str, ...]  # the words before synonyms were merged (a typo is of one of them)
 
     @classmethod
     def of(cls, text: str, lexicon: Lexicon) -> Reading:
@@ -244,8 +280,7 @@ class Reading:
         body = tuple(line.rstrip() for line in rest.split("\n") if line.strip())
         spelt = [lexicon.spelling(w) for w in _words(text if not body else head)]
         words = _genitive_first([_canonical(w) for w in spelt])
-        guessed = _genitive_first([_canonical(lexicon.correction(w)) for w in spelt])
-        return cls(tuple(words), body, tuple(guessed))
+        return cls(tuple(words), body, tuple(spelt))
 
 
 def _content(words: Sequence[str]) -> list[str]:
@@ -272,7 +307,8 @@ class QuestionJudge:
         reading = self._reading(prompt)
         if reading.body:
             return prompt
-        return " ".join(reading.guessed) or prompt
+        guessed = [_canonical(self._lexicon.correction(w)) for w in reading.spelt]
+        return " ".join(_genitive_first(guessed)) or prompt
 
     def same(self, asked: str, stored: str, similarity: float, threshold: float) -> bool:
         """Whether `stored`'s answer answers `asked`: cosine at least `threshold`, and no
@@ -284,8 +320,8 @@ class QuestionJudge:
         a, b = self._reading(asked), self._reading(stored)
         if a.body != b.body or not a.words or not b.words:
             return False  # nothing to compare but the bytes (emoji, symbols): those differ
-        words_a = self._typos_mended(a.words, b.words)
-        words_b = self._typos_mended(b.words, words_a)
+        words_a = self._typos_mended(a.words, b)
+        words_b = self._typos_mended(b.words, a)
         content_a, content_b = _content(words_a), _content(words_b)
         if Counter(content_a) != Counter(content_b):
             return False
@@ -303,17 +339,15 @@ class QuestionJudge:
             reading = self._readings[text] = Reading.of(text, self._lexicon)
         return reading
 
-    def _typos_mended(self, words: tuple[str, ...], other: tuple[str, ...]) -> tuple[str, ...]:
-        """`words` with each unknown word that is a typo of a word found only in `other`
+    def _typos_mended(self, words: tuple[str, ...], other: Reading) -> tuple[str, ...]:
+        """`words` with each unknown word that is a typo of a word written only in `other`
         replaced by it ("chnage" / "change", "perscription" / "prescription")."""
-        only_other = sorted(set(other).difference(words))
-        if not only_other:
-            return words
-        lexicon, present = self._lexicon, set(other)
-        mended = list(words)
+        only_other = sorted({_singular(w) for w in other.spelt}.difference(words))
+        lexicon, mended = self._lexicon, list(words)
         for i, word in enumerate(words):
-            if word not in present and lexicon.may_be_typo(word):
-                mended[i] = next((w for w in only_other if lexicon.typo_of(word, w)), word)
+            if word not in other.words and lexicon.may_be_typo(word):
+                typo_of = next((w for w in only_other if lexicon.typo_of(word, w)), None)
+                mended[i] = word if typo_of is None else _canonical(typo_of)
         return tuple(mended)
 
 
@@ -361,8 +395,9 @@ def _words(text: str) -> list[str]:
         token = _expand(token)
         words.extend(token.split())
     joined = " ".join(words)
-    for pattern, replacement in _PHRASES:
-        joined = pattern.sub(replacement, joined)
+    for literal, pattern, replacement in _PHRASES:
+        if literal in joined:
+            joined = pattern.sub(replacement, joined)
     out: list[str] = []
     for word in joined.split():
         number = _NUMBER_PART.match(word)
@@ -374,6 +409,10 @@ def _words(text: str) -> list[str]:
 
 
 def _expand(token: str) -> str:
+    if token in _CONTRACTIONS:
+        return _CONTRACTIONS[token]
+    if "'" not in token:
+        return token
     if token in _CONTRACTIONS:
         return _CONTRACTIONS[token]
     for suffix, replacement in _SUFFIXES.items():

@@ -9,7 +9,7 @@ import gzip
 import importlib.resources
 import json
 
-from breame.data.spelling_constants import BRITISH_ENGLISH_SPELLINGS
+from breame.data.spelling_constants import BRITISH_ENGLISH_SPELLINGS  # untyped: a dict[str, str]
 
 from domain.lexicon import Lexicon
 

@@ -281,7 +281,7 @@ async def test_a_failing_embedder_fails_open_and_semantic_hits_resume(tmp_path: 
         await s.stub.Infer(ask("what is the capital of France"))
         await stored(s)
         embedder.broken = True
-        answer = await s.stub.Infer(ask("what is the capital of France please"))
+        answer = await s.stub.Infer(ask("what is the capital of France really"))
         assert answer.cache.status == pb.CACHE_STATUS_MISS
         assert answer.content.startswith("sim-")
         assert cache_errors(await scrape(s), "embedder") >= 1

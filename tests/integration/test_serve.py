@@ -313,10 +313,13 @@ def test_calibrate_reports_rates_per_category_through_a_real_cache(
     assert main(["calibrate", str(pairs), "--thresholds", "0.90:0.95:0.05"]) == 0
     out = capsys.readouterr().out
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
-    assert rows["near_repeat"] == ["1", "yes", "1", "100.0%"]
-    assert rows["negation_antonym"] == ["1", "no", "0", "0.0%"]
-    assert rows["long_preamble"] == ["1", "no", "0", "0.0%"]
+    assert rows["category"][-2:] == ["tune", "check"]  # hits/pairs per half
+    assert rows["near_repeat"] == ["1", "yes", "1", "100.0%", "1/1", "-"]
+    assert rows["negation_antonym"] == ["1", "no", "0", "0.0%", "-", "0/1"]
+    assert rows["long_preamble"] == ["1", "no", "0", "0.0%", "-", "0/1"]
     assert "hit rate 100.0% (1/1 should-hit pairs); false-hit rate 0.0% (0/2" in out
+    assert "half tune: hit rate 100.0% (1/1 should-hit pairs)" in out
+    assert "half check: hit rate 0.0% (0/0 should-hit pairs); false-hit rate 0.0% (0/2" in out
     assert rows["0.90"] == ["100.0%", "0.0%", "100.0%"]  # cosine alone lets both through
     assert main(["calibrate", str(pairs), "--half", "tune"]) == 0
     assert "1 pairs from" in capsys.readouterr().out

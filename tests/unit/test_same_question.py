@@ -180,3 +180,161 @@ def test_every_prompt_is_the_same_question_as_itself(text: str) -> None:
 def test_the_judge_never_fails_on_any_text(a: str, b: str) -> None:
     same_question(a, b, 1.0, 0.95)
     embedding_text(a)
+
+
+# --- typos, greetings, spelling and light rephrasing (the everyday phrasing of real users) ---
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I change the email address on my account?",
+         "How do I chnage the email adress on my acount?"),  # transposition, letters left out
+        ("Are you open on Mondays?", "are you open on mondys"),
+        ("How do I renew my prescription?", "How do I renew my perscription?"),
+        ("How long does delivery take?", "How long does delivrey take?"),  # then a synonym
+        ("Where is the accommodation?", "Where is the acommodation?"),
+        ("Is the restaurant open?", "Is the restuarant open?"),
+        ("What is the procedure for a complaint?", "What is the proceedure for a complaint?"),
+        ("What is your return policy?", "What is yuor return policy?"),  # a form word's typo
+        ("Can I get a refund on my prescription?", "Can I get a refnud on my presrciption?"),
+    ],
+)  # fmt: skip
+def test_an_unknown_word_one_or_two_edits_from_a_known_word_is_a_typo(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
+    ("How do I pay off my debt?", "How do I pay off my debit?"),
+    ("Where do I get the form?", "Where do I get the from?"),
+    ("Is the hotel quiet?", "Is the hotel quite?"),
+    ("What happens if I lose my card?", "What happens if I loose my card?"),
+    ("How does caffeine affect sleep?", "How does caffeine effect sleep?"),
+    ("What is the best dessert in Cairo?", "What is the best desert in Cairo?"),
+    ("Do you accept cash?", "Do you except cash?"),
+    ("How do I close my account?", "How do I clone my account?"),
+    ("Is the meat cooked?", "Is the meal cooked?"),
+)
+def test_a_known_word_is_never_a_typo_of_another(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+@different(
+    ("How do I set up email on my phone?", "How do I set up Gmail on my phone?"),  # first letter
+    ("Where is the bank?", "Where is the bnka?"),  # 4-7 letters: one edit, here two
+    ("What is the fee?", "What is the fe?"),  # under 4 letters: never a typo
+    ("Is the cat ill?", "Is the cta ill?"),
+    ("What is the accommodation?", "What is the acomodasion?"),  # 3 edits
+    ("call getUserById", "call getUserByIdd"),  # neither side is a known word
+)
+def test_what_is_not_read_as_a_typo(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I reset my password?", "Hi, quick one: how do I reset my password?"),
+        ("Do you do takeaway?", "Just wondering, do you do takeaway?"),
+        ("Is parking free?", "Sorry to bother you, but is parking free?"),
+        ("How do I track my parcel?", "How do I track my parcel? Cheers"),
+        ("Can I change the date?", "Hello team, can I change the date? Thanks in advance"),
+        ("Are you open on Sunday?", "Good morning! Are you open on Sunday?"),
+        ("Where is the branch?", "Morning, where is the branch? Many thanks"),
+        ("Can I pay by card?", "I was wondering if I can pay by card"),
+        ("Is breakfast included?", "Hey there - is breakfast included? Kind regards"),
+        ("How do I cancel?", "Quick question: how do I cancel please?"),
+    ],
+)
+def test_greetings_thanks_and_filler_at_either_end_are_not_content(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
+    ("Thanks, I need a receipt.", "No thanks, I don't need a receipt."),
+    ("Hi, please cancel my booking.", "Hi, please don't cancel my booking."),
+    ("Sorry, can I log in from abroad?", "Sorry, I can't log in from abroad?"),
+    ("Cheers, the refund arrived.", "Cheers, the refund never arrived."),
+    ("Morning appointments?", "Appointments?"),  # "morning" is filler only before a comma
+    ("Is the hotel open?", "Is the hotel open? Thanks, not for me"),
+)
+def test_a_pleasantry_never_hides_a_negation_or_a_word_that_is_content(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+@different(
+    ("Can I pay the invoice by card?", "Can I pay just the invoice by card?"),
+    ("Can I return the shoes?", "Can I return only the shoes?"),
+    ("Do I pay VAT?", "Do I pay VAT too?"),
+    ("Is delivery free?", "Is delivery always free?"),
+)
+def test_a_filler_that_changes_the_scope_is_content(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Where is the city center?", "Where is the city centre?"),
+        ("What color is the logo?", "What colour is the logo?"),
+        ("How do I organize my files?", "How do I organise my files?"),
+        ("Can I renew my license online?", "Can I renew my licence online?"),
+        ("How do I check my tire pressure?", "How do I check my tyre pressure?"),
+        ("Can I pay in installments?", "Can I pay in instalments?"),
+        ("Was my order canceled?", "Was my order cancelled?"),
+    ],
+)
+def test_british_and_american_spellings_are_one_word(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+def test_a_british_word_that_is_not_the_same_thing_in_america_stays_apart() -> None:
+    assert not judged_same("How many pounds in a tonne?", "How many pounds in a ton?")
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Have you got gluten-free bread?", "Do you have gluten-free bread?"),
+        ("Has it got a dishwasher?", "Does it have a dishwasher?"),
+        ("I've got a question about my bill", "I have a question about my bill"),
+        ("What's the wait time?", "What is the waiting time?"),
+        ("How long is the waiting list?", "How long is the wait list?"),
+        ("What is the quickest way to the airport?", "What is the fastest way to the airport?"),
+        ("Which is the fastest train to Leeds?", "Which is the quickest train to Leeds?"),
+        ("How do I switch energy supplier?", "How do I change energy supplier?"),
+        ("Can I switch to the annual plan?", "Can I change to the annual plan?"),
+        ("Am I able to bring food in?", "Can I bring food in?"),
+        ("Are you able to deliver on Sunday?", "Can you deliver on Sunday?"),
+        ("Is there a way to recover deleted photos?", "How do I recover deleted photos?"),
+        ("Evening all, how do I book a table?", "How do I book a table?"),
+    ],
+)
+def test_light_rephrasings_that_ask_the_same_in_every_context(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
+    ("Have you got my email?", "Have you not got my email?"),
+    ("What is the waiting time?", "What is the waiting room?"),
+    ("How do I switch on the heating?", "How do I change the heating?"),
+    ("Where is the light switch?", "Where is the light change?"),
+    ("When did you get it?", "When have you got it?"),
+    ("Am I able to bring food in?", "Are you able to bring food in?"),
+    ("Is there a way to recover deleted photos?", "Is there a way to lose deleted photos?"),
+    ("Evening appointments?", "Appointments?"),
+)
+def test_light_rephrasings_keep_what_they_do_not_cover(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+def test_the_embedder_sees_a_typo_corrected_and_the_filler_gone() -> None:
+    assert embedding_text("Hi! How do I chnage my adress? Cheers") == embedding_text(
+        "how do i change my address"
+    )
+    assert embedding_text("Where is the city centre?") == embedding_text(
+        "Where is the city center?"
+    )
+    assert embedding_text("How do I renew my perscription?") == embedding_text(
+        "How do I renew my prescription?"
+    )
