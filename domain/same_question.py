@@ -109,6 +109,7 @@ _PHRASES = [
         (r"\bwhat is the meaning of\b", "what does mean"),
         (r"\bwhat are the signs\b", "what are the symptoms"),
         (r"\bin order to\b", "to"),
+        (r"\bfor (?:good|ever)\b|\bforever\b", "permanently"),
         (r"\b(?:have|has|had|need|needs|ought) to\b", "must"),
         (r"\b(?:am|is|are) (?:i |we |they |you |it )?required to\b", "must"),
         (r"\b(?:(?:can|could|would) you )?(?:tell|show) me how to\b", "how do i"),

@@ -267,6 +267,8 @@ def test_a_pleasantry_never_hides_a_negation_or_a_word_that_is_content(a: str, b
     ("Can I return the shoes?", "Can I return only the shoes?"),
     ("Do I pay VAT?", "Do I pay VAT too?"),
     ("Is delivery free?", "Is delivery always free?"),
+    ("How do I delete my account?", "How do I delete my account for good?"),
+    ("Is the offer for good customers?", "Is the offer for customers?"),
 )
 def test_a_filler_that_changes_the_scope_is_content(a: str, b: str) -> None:
     assert not judged_same(a, b)
