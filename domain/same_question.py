@@ -7,7 +7,11 @@ read as words, differ in nothing that can change the answer:
 
 1. Both are normalised first, so that form does not count: case, punctuation, contractions
    ("can't" = "cannot" = "can not"), plurals, number words, a few stock phrasings ("what time"
-   = "when", "how to" = "how do I", "the language of the app" = "the app language").
+   = "when", "how to" = "how do I", "the language of the app" = "the app language", "have you
+   got" = "do you have"), greetings, thanks and filler at either end ("Hi, quick one:", "…
+   Cheers"), British spellings (colour = color, from the `Lexicon`). A word the `Lexicon`
+   does not know may be a typo of a known word on the other side, one or two edits away
+   ("chnage" / "change"); a known word is never a typo of another (debt/debit, form/from).
 2. Words that only carry the form of a question (articles, auxiliaries, "you", "please",
    "tell", "explain") are set aside. What remains must be the same on both sides, up to a small
    set of synonyms (the only kind of substitution allowed). Any other content word present on
