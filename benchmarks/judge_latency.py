@@ -1,11 +1,10 @@
 """How long the same-question judge takes per candidate, for prompts under 64 words.
 
 Every labelled pair of `benchmarks/cache_pairs.jsonl` (single-line, under 64 words) is judged
-with a fresh judge each round, so nothing is remembered: both prompts are read from scratch, as
-for a new prompt against a candidate seen for the first time. Prints p50, p99 and the maximum
-of each pair's best time over --rounds rounds (what the judge costs; a busy shared host's
-preemptions are not its cost) and of every call; also the time to load the word lists once (at
-startup). Pin it to one core on a shared host:
+each round, both prompts read from scratch (the judge remembers nothing between calls). Prints
+p50, p99 and the maximum of each pair's best time over --rounds rounds (what the judge costs; a
+busy shared host's preemptions are not its cost) and of every call; also the time to load the
+word lists once (at startup). Pin it to one core on a shared host:
 
     taskset -c 1 .venv/bin/python benchmarks/judge_latency.py
 """
@@ -37,10 +36,10 @@ def main() -> None:
         for r in rows
         if "\n" not in r["a"] + r["b"] and max(len(r["a"].split()), len(r["b"].split())) < 64
     ]
-    QuestionJudge(lexicon).same(*pairs[0], 1.0, 0.95)  # compiles what Python compiles lazily
+    judge = QuestionJudge(lexicon)
+    judge.same(*pairs[0], 1.0, 0.95)  # compiles what Python compiles lazily
     rounds: list[list[float]] = []
     for _ in range(args.rounds):
-        judge = QuestionJudge(lexicon)
         timings = []
         for a, b in pairs:
             start = time.perf_counter()
@@ -50,7 +49,7 @@ def main() -> None:
     every = sorted(t for timings in rounds for t in timings)
     best = sorted(min(times) for times in zip(*rounds, strict=True))
     print(f"word lists loaded in {loaded:.2f} s ({len(lexicon.frequencies)} words)")
-    print(f"{len(pairs)} pairs under 64 words, judged cold (nothing remembered), in ms:")
+    print(f"{len(pairs)} pairs under 64 words, both prompts read each time, in ms:")
     print(f"  each pair's best of {args.rounds} rounds: {_percentiles(best)}")
     print(f"  every call (with the host's preemptions): {_percentiles(every)}")
 

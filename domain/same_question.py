@@ -296,20 +296,19 @@ def _content(words: Sequence[str]) -> list[str]:
 
 
 class QuestionJudge:
-    """Reads prompts with a `Lexicon` (known words for typos, British spellings); remembers
-    the readings of the last prompts it saw (a stored prompt is judged again and again)."""
+    """Reads prompts with a `Lexicon` (known words for typos, British spellings). It remembers
+    nothing between calls: a reading shared across tenants would make a prompt another tenant
+    sent faster to judge (the reason the embedding LRU is per tenant)."""
 
-    def __init__(self, lexicon: Lexicon | None = None, remembered: int = 4096) -> None:
+    def __init__(self, lexicon: Lexicon | None = None) -> None:
         self._lexicon = lexicon or Lexicon()
-        self._readings: dict[str, Reading] = {}
-        self._remembered = remembered
 
     def embedding_text(self, prompt: str) -> str:
         """What the embedder is given for `prompt`: the words the judge reads, a typo replaced
         by the commonest word one edit away, so that form (case, punctuation, contractions,
         greetings, spelling: "?" alone moves MiniLM's cosine by 0.1) does not move the vector.
         A multi-line prompt is given as it is (its layout is its meaning)."""
-        reading = self._reading(prompt)
+        reading = Reading.of(prompt, self._lexicon)
         if reading.body:
             return prompt
         guessed = [_canonical(self._lexicon.correction(w)) for w in reading.spelt]
@@ -322,7 +321,7 @@ class QuestionJudge:
             return False
         if asked == stored:
             return True
-        a, b = self._reading(asked), self._reading(stored)
+        a, b = Reading.of(asked, self._lexicon), Reading.of(stored, self._lexicon)
         if a.body != b.body or not a.words or not b.words:
             return False  # nothing to compare but the bytes (emoji, symbols): those differ
         words_a = self._typos_mended(a.words, b)
@@ -335,14 +334,6 @@ class QuestionJudge:
         # where "not" stands follows the auxiliary ("isn't the tap" / "is the tap not"): its
         # count is compared above, its position is not
         return _one_block_moved(_without(_NEGATIONS, content_a), _without(_NEGATIONS, content_b))
-
-    def _reading(self, text: str) -> Reading:
-        reading = self._readings.get(text)
-        if reading is None:
-            if len(self._readings) >= self._remembered:
-                self._readings.clear()
-            reading = self._readings[text] = Reading.of(text, self._lexicon)
-        return reading
 
     def _typos_mended(self, words: tuple[str, ...], other: Reading) -> tuple[str, ...]:
         """`words` with each unknown word that is a typo of a word written only in `other`
