@@ -27,6 +27,7 @@ from adapters.outbound.observability.prometheus import PrometheusMetrics
 from adapters.outbound.providers import HttpSettings, http_client
 from adapters.outbound.providers.gemini import GeminiProvider
 from adapters.outbound.providers.openai import OpenAIProvider, max_tokens_field_for
+from adapters.outbound.state import LocalCooldowns, LocalRateLimiter, State
 from adapters.process.lifecycle import (
     VECTORS,
     build_gate,
@@ -41,14 +42,18 @@ from adapters.process.lifecycle import (
     server_credentials,
     serving_grpc,
     serving_http,
+    state_dir,
+    using_state,
 )
-from adapters.process.settings import Settings
+from adapters.process.settings import Settings, redact_url
 from adapters.process.system import AsyncioSleeper, SystemClock, SystemRandom
 from application.inference import InferenceService
+from application.metering import Metering
 from application.models import ModelCatalog
 from application.ports import Embedder, Provider, ResponseCache, Tracer, VectorIndex
 from application.resilience import Upstream
 from application.semantic_cache import CachePolicy, SemanticCache
+from domain.admission import TenantRateLimit
 from domain.backoff import BackoffPolicy
 from domain.cache_policy import point_id
 from domain.circuit_breaker import CircuitBreaker
@@ -139,6 +144,38 @@ def redis_store(settings: Settings) -> Any:
     return RedisStore(redis_client(settings.redis_addr, settings.cache_timeout))
 
 
+def local_state(settings: Settings, clock: SystemClock) -> State:
+    from adapters.outbound.state.sqlite import SqliteLedger
+
+    directory = state_dir(settings)
+    rate, burst = settings.tenant_rate_limit, settings.tenant_burst
+    return State(
+        LocalCooldowns(),
+        SqliteLedger(directory),
+        LocalRateLimiter(TenantRateLimit(rate, burst), clock) if rate else None,
+        f"local: usage in {directory}" if directory else "local: usage in memory",
+    )
+
+
+def redis_state(settings: Settings, clock: SystemClock, metrics: PrometheusMetrics) -> State:
+    from adapters.outbound.state import redis as shared
+    from adapters.outbound.store.redis import redis_client
+
+    client = redis_client(settings.redis_addr, settings.state_timeout)
+    reach = shared.Reachability(settings.state_timeout, clock, metrics)
+    rate, burst = settings.tenant_rate_limit, settings.tenant_burst
+    limiter = None
+    if rate:
+        local = LocalRateLimiter(TenantRateLimit(rate, burst), clock)
+        limiter = shared.RedisRateLimiter(client, reach, rate, burst, local)
+    return State(
+        shared.RedisCooldowns(client, reach),
+        shared.RedisLedger(client, reach),
+        limiter,
+        f"redis at {redact_url(settings.redis_addr)} (key cooldowns, tenant rate limits, usage)",
+    )
+
+
 def build_tracer(provider: trace.TracerProvider, settings: Settings) -> Tracer:
     return tracing.build_tracer(provider, SecretRedactor(settings.secrets()).redact)
 
@@ -157,7 +194,7 @@ class Container(containers.DeclarativeContainer):
     random = providers.Singleton(SystemRandom)
     metrics = providers.Singleton(
         PrometheusMetrics, models=s.configured_models, fallback_models=s.configured_models,
-        multiprocess_dir=s.prometheus_multiproc_dir,
+        tenants=s.tenant_names, multiprocess_dir=s.prometheus_multiproc_dir,
     )  # fmt: skip
     tracer_provider = providers.Singleton(tracing.build_tracer_provider)
     tracer = providers.Singleton(build_tracer, tracer_provider, settings)
@@ -221,6 +258,13 @@ class Container(containers.DeclarativeContainer):
         kind, embedded=embedder, remote=embedder, off=providers.Object(None)
     )
 
+    state: providers.Provider[State] = providers.Selector(
+        s.state_backend,
+        local=providers.Singleton(local_state, settings, clock),
+        redis=providers.Singleton(redis_state, settings, clock, metrics),
+    )
+    metering = providers.Singleton(Metering, state.provided.ledger, s.budgets, clock, metrics)
+
     upstreams = providers.Singleton(build_upstreams, settings, provider_adapters)
     router = providers.Singleton(build_router, settings, providers.Callable(list, upstreams))
     backoff = providers.Singleton(
@@ -231,14 +275,16 @@ class Container(containers.DeclarativeContainer):
         InferenceService, router=router, upstreams=upstreams, cache=cache, backoff=backoff,
         request_timeout=s.request_timeout, upstream_timeout=s.attempt_timeout, clock=clock,
         sleeper=sleeper, random=random, metrics=metrics, tracer=tracer,
+        cooldowns=state.provided.cooldowns, metering=metering,
     )  # fmt: skip
     limits = providers.Singleton(
         RequestLimits, max_model_name=s.max_model_name_length, max_messages=s.max_messages
     )
-    gate = providers.Singleton(build_gate, settings, metrics, clock)
+    gate = providers.Singleton(build_gate, settings, metrics, clock, state.provided.rate)
     servicer = providers.Singleton(
         InferenceServicer, inference, metrics, clock,
-        auth=providers.Factory(ClientAuth, s.client_tokens.call()), limits=limits,
+        auth=providers.Factory(ClientAuth, s.named_tokens.call()), limits=limits,
+        metering=metering,
     )  # fmt: skip
     grpc_server = providers.Singleton(
         GrpcServer, servicer, host=s.host, port=s.grpc_port, max_message_bytes=s.max_request_bytes,
@@ -249,7 +295,7 @@ class Container(containers.DeclarativeContainer):
     )  # fmt: skip
     catalog = providers.Singleton(ModelCatalog, router, upstreams, clock)
     openai_api = providers.Singleton(
-        OpenAIApi, inference, catalog, gate, metrics, clock, limits=limits,
+        OpenAIApi, inference, catalog, gate, metrics, clock, limits=limits, metering=metering,
         max_request_bytes=s.max_request_bytes, tracer_provider=tracer_provider,
         body_timeout=s.body_timeout, max_buffered_bytes=s.max_buffered_bytes,
         allowed_origins=s.http_allowed_origins, check_host=s.checks_host,
@@ -264,8 +310,9 @@ class Container(containers.DeclarativeContainer):
         providers.Selector(s.embedder_kind, local=providers.Object(None), openai=embedding_http,
                            gemini=embedding_http),
     )  # fmt: skip
+    state_open = providers.Resource(using_state, clients, state)
     cache_running = providers.Resource(
-        running_cache, clients, settings, cache, cache_embedder, sleeper
+        running_cache, state_open, settings, cache, cache_embedder, sleeper
     )
     ops_running = providers.Resource(
         listening_ops, cache_running, ops_server, settings, metrics, sleeper

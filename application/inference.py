@@ -10,9 +10,11 @@ from contextlib import aclosing
 from dataclasses import replace
 from typing import Any, TypeVar
 
+from application.metering import Metering, tenant_name
 from application.ports import (
     AttributeValue,
     Clock,
+    KeyCooldowns,
     Metrics,
     RandomSource,
     ResponseCache,
@@ -50,7 +52,8 @@ REPLAY_CHUNK_CHARS = 64
 
 class InferenceService:
     """`upstream_timeout` (UPSTREAM_TIMEOUT; None: none) bounds each attempt: a unary call's
-    whole answer, a stream's first event. Expiring, it is the provider's fault and is retried."""
+    whole answer, a stream's first event. Expiring, it is the provider's fault and is retried.
+    `cooldowns`: key cooldowns shared with other processes; `metering`: usage and budgets."""
 
     def __init__(
         self,
@@ -65,6 +68,8 @@ class InferenceService:
         metrics: Metrics,
         tracer: Tracer,
         upstream_timeout: float | None = None,
+        cooldowns: KeyCooldowns | None = None,
+        metering: Metering | None = None,
     ) -> None:
         self._router = router
         self._upstreams = upstreams
@@ -77,6 +82,8 @@ class InferenceService:
         self._random = random
         self._metrics = metrics
         self._tracer = tracer
+        self._cooldowns = cooldowns
+        self._metering = metering
         self._inflight: dict[Hashable, _Shared] = {}
         self._background: set[asyncio.Task[None]] = set()
 
@@ -89,6 +96,7 @@ class InferenceService:
                 cached = await self._bounded(deadline, self._lookup(request, targets[0]))
                 if cached is not None:
                     return cached
+            await self._check_budget(request, deadline)
             shared = self._shared(request, targets, deadline, span)
             return await shared.join(deadline, self._clock.now())
 
@@ -100,7 +108,7 @@ class InferenceService:
         deadline = self._deadline(time_left)
         targets = self._router.targets(request.model)
         with self._tracer.span("inference", _request_attributes(request, targets[0])) as span:
-            failed, reason = request.model, NO_KEYS
+            failed, reason, checked = request.model, NO_KEYS, False
             for target in targets:
                 asked, fallback_from = _asked_as(request, target), None
                 if target.model != request.model:
@@ -112,6 +120,9 @@ class InferenceService:
                         yield Delta(piece)
                     yield replace(cached, fallback_from=fallback_from)
                     return
+                if not checked:
+                    await self._check_budget(request, deadline)
+                    checked = True
                 sent = False
                 try:
                     reserve = self._reserve(target, targets)
@@ -202,8 +213,7 @@ class InferenceService:
             upstream, upstream_request, span, lambda: shared.deadline.at - reserve
         )
         while True:
-            await self._sleep(attempts.key_wait())
-            key = attempts.start()
+            key = await self._key(attempts)
             try:
                 completion = await self._attempt(
                     attempts, upstream.name, upstream.provider.complete(upstream_request, key)
@@ -244,8 +254,7 @@ class InferenceService:
         upstream_request = _for_upstream(request, route)
         attempts = self._attempts(upstream, upstream_request, span, lambda: deadline.at - reserve)
         while True:
-            await self._sleep(attempts.key_wait())
-            key = attempts.start()
+            key = await self._key(attempts)
             parts: list[str] = []
             heard = -math.inf  # when the provider last sent an event
             try:
@@ -286,6 +295,30 @@ class InferenceService:
 
     # -- helpers ----------------------------------------------------------------------------
 
+    async def _key(self, attempts: Attempts) -> ApiKey:
+        """A key no process saw cooling: the shared view is read before it is lent, and again
+        after a wait for one."""
+        await attempts.refresh()
+        wait = attempts.key_wait()
+        if wait > 0:
+            await self._sleeper.sleep(wait)
+            await attempts.refresh()
+        return attempts.start()
+
+    async def _check_budget(self, request: InferenceRequest, deadline: Deadline) -> None:
+        if self._metering is not None:
+            await self._bounded(deadline, self._metering.check(request.tenant))
+
+    def _metered(self, request: InferenceRequest, completion: Completion, cached: bool) -> None:
+        if self._metering is not None:
+            usage = self._metering.record(request.tenant, request.model, completion.usage, cached)
+            self._background_task(usage)
+
+    def _background_task(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _reserve(self, target: Target, targets: tuple[Target, ...]) -> float:
         """What a model with fallbacks left keeps of the deadline for them: one UPSTREAM_TIMEOUT.
         It starts no retry, and waits for no key, that would leave less (a silent provider's
@@ -306,7 +339,7 @@ class InferenceService:
         span: SpanHandle,
         deadline: Callable[[], float],
     ) -> Attempts:
-        observers = Observers(self._metrics, self._tracer)
+        observers = Observers(self._metrics, self._tracer, self._cooldowns)
         return Attempts(
             upstream, request, self._backoff, self._clock, self._random, observers, span, deadline
         )
@@ -383,6 +416,7 @@ class InferenceService:
             self._metrics.cache_lookup(CacheStatus.MISS, None)
         else:
             self._metrics.cache_lookup(answer.cache.status, answer.cache.similarity)
+            self._metered(request, answer.completion, cached=True)
         return answer
 
     def _cacheable(self, request: InferenceRequest) -> bool:
@@ -397,15 +431,14 @@ class InferenceService:
 
     def _after_answer(self, request: InferenceRequest, completion: Completion) -> None:
         self._metrics.tokens(completion.provider, request.model, completion.usage)
+        self._metered(request, completion, cached=False)
         if (
             not self._cacheable(request)
             or request.cache.skip_store
             or completion.finish_reason is not FinishReason.STOP
         ):
             return
-        task = asyncio.create_task(self._store(request, completion))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._background_task(self._store(request, completion))
 
     async def _store(self, request: InferenceRequest, completion: Completion) -> None:
         assert self._cache is not None
@@ -473,6 +506,7 @@ def _request_attributes(request: InferenceRequest, first: Target) -> dict[str, A
         "gen_ai.system": GEN_AI_SYSTEM.get(provider, provider),
         "gen_ai.request.model": request.model,
         "llm_proxy.messages": len(request.messages),
+        "llm_proxy.tenant": tenant_name(request.tenant),
     }
 
 

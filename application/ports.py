@@ -129,6 +129,60 @@ class ResponseStore(Protocol):
     async def close(self) -> None: ...
 
 
+@dataclass(frozen=True, slots=True)
+class SharedKeys:
+    """What other processes saw of a provider's keys: `cooling` maps key fingerprints to the
+    seconds left in their cooldown; `disabled` names keys the provider rejected."""
+
+    cooling: Mapping[str, float]
+    disabled: frozenset[str] = frozenset()
+
+
+NOTHING_SHARED = SharedKeys({})
+
+
+class KeyCooldowns(Protocol):
+    """Key cooldowns shared by every process of the proxy (STATE_BACKEND=redis); the local
+    backend shares nothing (each KeyPool keeps its own). Never raises: a backend that is down
+    shares nothing until it is back."""
+
+    async def seen(self, provider: str) -> SharedKeys:
+        """Read before a key is lent, so no process uses a key another one saw cooling."""
+        ...
+
+    def cooled(self, provider: str, fingerprint: str, seconds: float) -> None:
+        """Tells the others, in the background, that the key rests `seconds` from now."""
+        ...
+
+    def rejected(self, provider: str, fingerprint: str) -> None:
+        """Tells the others, in the background, that the provider rejected the key."""
+        ...
+
+
+class RateLimiter(Protocol):
+    """TENANT_RATE_LIMIT: one token bucket per tenant, in this process or shared by all."""
+
+    async def take(self, tenant: str) -> float:
+        """0 when the tenant may call now (a token is taken), else seconds until it may."""
+        ...
+
+
+Counts = Mapping[tuple[str, str], int]  # (model, kind) -> count; kinds: domain.usage.KINDS
+
+
+class UsageLedger(Protocol):
+    """Usage counters per tenant and period (domain.usage.Window.period), kept across
+    restarts: in SQLite under CACHE_DIR, or in Redis shared by every replica."""
+
+    async def add(self, tenant: str, period: str, counts: Counts, expires_at: float) -> None:
+        """Adds `counts`; the period's counters may be forgotten after `expires_at` (wall)."""
+        ...
+
+    async def read(self, tenant: str, period: str) -> dict[tuple[str, str], int]: ...
+
+    async def close(self) -> None: ...
+
+
 class Clock(Protocol):
     def now(self) -> float:
         """Monotonic seconds."""
@@ -165,6 +219,11 @@ class Metrics(Protocol):
     def attempt(self, provider: str, outcome: str) -> None: ...
 
     def tokens(self, provider: str, model: str, usage: Usage) -> None: ...
+
+    def tenant_tokens(self, tenant: str, model: str, kind: str, count: int) -> None:
+        """Usage of a tenant (a configured name, or "anonymous"); kind "prompt", "completion"
+        or "saved" (answered from the cache)."""
+        ...
 
     def fallback(self, from_model: str, to_model: str) -> None:
         """A request moved down its MODEL_FALLBACKS chain: `from_model` could not answer,

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from application.ports import (
     AttributeValue,
     Clock,
+    KeyCooldowns,
     Metrics,
     Provider,
     RandomSource,
@@ -91,6 +92,7 @@ class Deadline:
 class Observers:
     metrics: Metrics
     tracer: Tracer
+    cooldowns: KeyCooldowns | None = None  # shared with the other processes (STATE_BACKEND)
 
 
 class Attempts:
@@ -119,6 +121,7 @@ class Attempts:
         self._random = random
         self._metrics = observers.metrics
         self._tracer = observers.tracer
+        self._shared = observers.cooldowns
         self._request_span = request_span
         self.deadline = deadline
         self.count = 0
@@ -129,6 +132,13 @@ class Attempts:
         self.progress = AttemptProgress()
         self._scope: AbstractContextManager[SpanHandle] | None = None
         self._span: SpanHandle | None = None
+
+    async def refresh(self) -> None:
+        """Merges what the other processes saw of the provider's keys into its pool (one round
+        trip, before a key is lent)."""
+        if self._shared is not None:
+            seen = await self._shared.seen(self._up.name)
+            self._up.keys.merge(seen.cooling, seen.disabled, self._clock.now())
 
     def start(self) -> ApiKey:
         now = self._clock.now()
@@ -192,10 +202,14 @@ class Attempts:
             self._span.error(failure)
         if isinstance(failure, RateLimited):
             self._end(Verdict.NEUTRAL, "rate_limited")
-            self._up.keys.cool_down(key, now, failure.retry_after)
+            until = self._up.keys.cool_down(key, now, failure.retry_after)
+            if self._shared is not None:
+                self._shared.cooled(self._up.name, key.fingerprint, until - now)
         elif isinstance(failure, KeyRejected):
             self._end(Verdict.NEUTRAL, "key_rejected")
             self._up.keys.disable(key)
+            if self._shared is not None:
+                self._shared.rejected(self._up.name, key.fingerprint)
             log.warning(
                 "%s rejected API key %s; disabled it",
                 self._up.name,

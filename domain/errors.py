@@ -141,3 +141,15 @@ class UpstreamRejected(ProviderFailure):
     def __init__(self, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.param = param
+
+
+class BudgetExhausted(ProxyError):
+    """A tenant used its token budget for the current window."""
+
+    def __init__(self, tenant: str, spent: int, budget: str, retry_after: float) -> None:
+        self.tenant = tenant
+        self.retry_after = retry_after
+        super().__init__(
+            f"tenant {tenant} has used {spent} tokens of its budget of {budget}; the budget "
+            f"resets in {retry_after:.0f}s (TENANT_TOKEN_BUDGET / TENANT_BUDGETS)"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from domain.errors import NoUsableKey
@@ -81,6 +82,17 @@ class KeyPool:
 
     def disable(self, key: ApiKey) -> None:
         self._disabled.add(key.fingerprint)
+
+    def merge(self, cooling: Mapping[str, float], disabled: Iterable[str], now: float) -> None:
+        """What other processes saw: `cooling` maps fingerprints to seconds left in their
+        cooldown, `disabled` names rejected keys. A key this pool does not hold is ignored; a
+        cooldown only ever gets longer here."""
+        by_fingerprint = {k.fingerprint: k for k in self._keys}
+        for fingerprint, seconds in cooling.items():
+            key = by_fingerprint.get(fingerprint)
+            if key is not None:
+                self.cool_down(key, now, seconds)
+        self._disabled.update(fp for fp in disabled if fp in by_fingerprint)
 
     def cooling_down(self, now: float) -> int:
         return sum(

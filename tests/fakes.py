@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import hashlib
 import math
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,16 +14,20 @@ from dataclasses import dataclass, field
 from application.ports import (
     AttributeValue,
     Clock,
+    Counts,
     Embedder,
+    KeyCooldowns,
     Metrics,
     ModelInfo,
     Provider,
     RandomSource,
     ResponseCache,
     ResponseStore,
+    SharedKeys,
     Sleeper,
     SpanHandle,
     Tracer,
+    UsageLedger,
     VectorIndex,
     VectorMatch,
     VectorPoint,
@@ -202,6 +206,7 @@ class RecordingMetrics(Metrics):
     fallbacks: list[tuple[str, str]] = field(default_factory=list)
     index_backlog: int = 0
     index_dropped: dict[str, int] = field(default_factory=dict)
+    tenant_tokens_counted: Counter[tuple[str, str, str]] = field(default_factory=Counter)
 
     def request_started(self) -> None:
         self.active += 1
@@ -217,6 +222,9 @@ class RecordingMetrics(Metrics):
 
     def tokens(self, provider: str, model: str, usage: Usage) -> None:
         self.token_counts.append((provider, model, usage))
+
+    def tenant_tokens(self, tenant: str, model: str, kind: str, count: int) -> None:
+        self.tenant_tokens_counted[(tenant, model, kind)] += count
 
     def fallback(self, from_model: str, to_model: str) -> None:
         self.fallbacks.append((from_model, to_model))
@@ -455,3 +463,48 @@ async def collected(events: AsyncIterator[Delta | Answer]) -> tuple[list[str], A
             answer = event
     assert answer is not None
     return deltas, answer
+
+
+class SharedCooldowns(KeyCooldowns):
+    """One board of key cooldowns several InferenceServices (as if processes) read and write;
+    `ended` is the board's clock (the fake clock the services share)."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self._clock = clock
+        self.until: dict[tuple[str, str], float] = {}
+        self.disabled: set[tuple[str, str]] = set()
+        self.reads = 0
+
+    async def seen(self, provider: str) -> SharedKeys:
+        self.reads += 1
+        now = self._clock.now()
+        cooling = {fp: u - now for (p, fp), u in self.until.items() if p == provider and u > now}
+        return SharedKeys(cooling, frozenset(fp for p, fp in self.disabled if p == provider))
+
+    def cooled(self, provider: str, fingerprint: str, seconds: float) -> None:
+        until = self._clock.now() + seconds
+        self.until[(provider, fingerprint)] = max(self.until.get((provider, fingerprint), 0), until)
+
+    def rejected(self, provider: str, fingerprint: str) -> None:
+        self.disabled.add((provider, fingerprint))
+
+
+class MemoryLedger(UsageLedger):
+    """Usage counters in a dict; `broken` makes every call raise."""
+
+    def __init__(self) -> None:
+        self.counts: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
+        self.broken = False
+
+    async def add(self, tenant: str, period: str, counts: Counts, expires_at: float) -> None:
+        if self.broken:
+            raise ConnectionError("ledger down")
+        self.counts.setdefault((tenant, period), Counter()).update(counts)
+
+    async def read(self, tenant: str, period: str) -> dict[tuple[str, str], int]:
+        if self.broken:
+            raise ConnectionError("ledger down")
+        return dict(self.counts.get((tenant, period), {}))
+
+    async def close(self) -> None:
+        pass

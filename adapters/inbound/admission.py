@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from adapters.inbound.failures import Failure, Kind
-from application.ports import Clock
-from domain.admission import TenantRateLimit
+from application.ports import Clock, RateLimiter
 
 log = logging.getLogger("llm_proxy.auth")
 
@@ -65,12 +64,15 @@ def fingerprint(token: bytes) -> str:
 
 
 class ClientAuth:
-    """The configured client tokens. With none, every caller is the one anonymous tenant (so
+    """The configured client tokens, each with its tenant's name (AUTH_TOKENS `name=token`, or
+    the token's fingerprint). With none, every caller is the one anonymous tenant (so
     per-tenant state cannot grow with whatever headers callers send)."""
 
-    def __init__(self, tokens: tuple[str, ...]) -> None:
+    def __init__(self, tokens: Iterable[tuple[str, str]]) -> None:
+        named = tuple(tokens)
         # digests, so the comparison does not even reveal a token's length
-        self._digests = tuple(hashlib.sha256(t.encode()).digest() for t in tokens)
+        self._digests = tuple(hashlib.sha256(t.encode()).digest() for _, t in named)
+        self._names = tuple(name for name, _ in named)
 
     @property
     def enabled(self) -> bool:
@@ -86,7 +88,7 @@ class ClientAuth:
         matched = [hmac.compare_digest(digest, known) for known in self._digests]
         if not any(matched):
             raise AuthFailure("invalid", "invalid token", token)
-        return "tenant-" + digest.hex()[:16]
+        return self._names[matched.index(True)]
 
 
 class AdmissionMetrics(Protocol):
@@ -98,7 +100,7 @@ class AdmissionMetrics(Protocol):
 @dataclass(frozen=True)
 class Limits:
     max_concurrent: int = 0  # 0: none
-    rate: TenantRateLimit | None = None
+    rate: RateLimiter | None = None
 
 
 class Gate:
@@ -118,7 +120,7 @@ class Gate:
         """Whether calls in flight are limited (and so must hold a `slot`)."""
         return bool(self._limits.max_concurrent)
 
-    def admit(self, metadata: Metadata | None, method: str) -> str:
+    async def admit(self, metadata: Metadata | None, method: str) -> str:
         """The caller's tenant, once its credential and its tenant's rate allow the call."""
         try:
             tenant = self._auth.tenant(metadata)
@@ -128,7 +130,7 @@ class Gate:
             raise Refused(Failure(Kind.UNAUTHENTICATED, str(failure))) from None
         rate = self._limits.rate
         if rate is not None:
-            wait = rate.take(tenant, self._clock.now())
+            wait = await rate.take(tenant)
             if wait > 0:
                 self._metrics.request_refused(Kind.RESOURCE_EXHAUSTED.value)
                 raise Refused(

@@ -10,6 +10,7 @@ import enum
 from dataclasses import dataclass
 
 from domain.errors import (
+    BudgetExhausted,
     CircuitOpen,
     ConnectionsExhausted,
     DeadlineExceeded,
@@ -43,6 +44,7 @@ class Failure:
     kind: Kind
     message: str
     retry_after: float | None = None  # seconds, when known
+    code: str | None = None  # OpenAI's error code, when not the kind's usual one
 
 
 def classify(error: ProxyError) -> Failure:
@@ -61,6 +63,8 @@ def classify(error: ProxyError) -> Failure:
             | ConnectionsExhausted(retry_after=seconds)
         ):
             return Failure(Kind.RESOURCE_EXHAUSTED, message, seconds)
+        case BudgetExhausted(retry_after=seconds):
+            return Failure(Kind.RESOURCE_EXHAUSTED, message, seconds, "insufficient_quota")
         case CircuitOpen(retry_after=seconds):
             return Failure(Kind.UNAVAILABLE, message, seconds)
         case UpstreamUnavailable() | UpstreamFault() | KeyRejected() | ShuttingDown():

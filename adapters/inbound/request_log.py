@@ -16,6 +16,7 @@ class Outcome:
     provider: str = ""
     cache_status: CacheStatus = CacheStatus.MISS
     fallback_to: str = ""  # the model that answered, when a MODEL_FALLBACKS model did
+    tenant: str = ""  # the caller's tenant name, once admitted
 
     def answered(self, answer: Answer) -> None:
         self.provider = answer.completion.provider
@@ -42,6 +43,7 @@ class Outcome:
                 "provider": self.provider,
                 "model": model,
                 "cache_status": self.cache_status.value,
+                **({"tenant": self.tenant} if self.tenant else {}),
                 **({"fallback_to": fallback} if fallback else {}),
                 **extra,
             },

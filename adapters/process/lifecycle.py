@@ -26,13 +26,13 @@ from adapters.inbound.http.app import OpenAIApi
 from adapters.inbound.http.server import ConnectionLimits, HttpServer
 from adapters.outbound.observability.http import OpsServer, Readiness
 from adapters.outbound.observability.prometheus import PrometheusMetrics
+from adapters.outbound.state import State
 from adapters.outbound.vector import IncompatibleIndex
 from adapters.process.settings import Settings, redact_url
 from adapters.process.system import AsyncioSleeper, SystemClock
 from application.inference import InferenceService
-from application.ports import Embedder, ResponseCache
+from application.ports import Embedder, RateLimiter, ResponseCache
 from application.semantic_cache import SemanticCache
-from domain.admission import TenantRateLimit
 from domain.routing import ModelRouter
 
 log = logging.getLogger("llm_proxy")
@@ -91,14 +91,31 @@ def http_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-def build_gate(settings: Settings, metrics: PrometheusMetrics, clock: SystemClock) -> Gate:
+def state_dir(settings: Settings) -> Path | None:
+    """Where the local usage ledger lives: CACHE_DIR/state, or None (in memory) when it cannot
+    be written (a read-only root filesystem), said once."""
+    directory = Path(settings.cache_dir) / "state"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        log.warning(
+            "CACHE_DIR=%s is not a writable directory (%s): usage is counted in memory and "
+            "forgotten at restart. Mount a volume there, or set STATE_BACKEND=redis",
+            settings.cache_dir,
+            error.strerror or type(error).__name__,
+        )
+        return None
+    return directory
+
+
+def build_gate(
+    settings: Settings, metrics: PrometheusMetrics, clock: SystemClock, rate: RateLimiter | None
+) -> Gate:
     """One per process: both protocols share the tenants' rates and MAX_CONCURRENT_REQUESTS."""
-    rate = settings.tenant_rate_limit
-    limits = Limits(
-        max_concurrent=settings.max_concurrent_requests,
-        rate=TenantRateLimit(rate, settings.tenant_burst) if rate else None,
-    )
-    return Gate(ClientAuth(settings.client_tokens()), limits, metrics, clock)
+    limits = Limits(max_concurrent=settings.max_concurrent_requests, rate=rate)
+    return Gate(ClientAuth(settings.named_tokens()), limits, metrics, clock)
 
 
 def build_http_server(
@@ -197,6 +214,14 @@ async def open_clients(
         await client.aclose()
     if isinstance(tracer_provider, TracerProvider):
         tracer_provider.shutdown()
+
+
+async def using_state(_clients: None, state: State) -> AsyncIterator[None]:
+    log.info("state: %s", state.where)
+    try:
+        yield
+    finally:
+        await state.ledger.close()
 
 
 async def running_cache(

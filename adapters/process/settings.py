@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
+import re
 import ssl
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -25,6 +27,7 @@ from adapters.process.config_error import ConfigError
 from adapters.process.durations import parse_duration
 from adapters.process.supervisor import cpu_quota
 from domain.routing import ModelRouter, Route
+from domain.usage import ANONYMOUS, Budget, Budgets
 
 PROVIDERS = ("openai", "gemini")
 
@@ -133,6 +136,38 @@ def _distinct(keys: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
     if len(set(values)) != len(values):
         raise ValueError("the same API key is listed twice")
     return keys
+
+
+TENANT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def named_token(entry: str) -> tuple[str, str]:
+    """An AUTH_TOKENS entry: `name=token`, or a plain token named by its fingerprint. An entry
+    is named only when what precedes its first `=` is a name (letters, digits, `_.-`, up to 64)
+    and what follows is more than `=` padding, so a base64 token stays one token."""
+    name, sep, token = entry.partition("=")
+    if sep and TENANT_NAME.fullmatch(name) and token.strip("="):
+        return name, token
+    return "tenant-" + hashlib.sha256(entry.encode()).hexdigest()[:16], entry
+
+
+def _parse_budget(value: object) -> object:
+    return Budget.parse(value) if isinstance(value, str) and value.strip() else None
+
+
+def _parse_budgets(value: object) -> object:
+    """TENANT_BUDGETS="team-a=1000000/day,team-b=50000/hour"."""
+    if not isinstance(value, str):
+        return value
+    budgets: dict[str, Budget] = {}
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        name, sep, budget = (part.strip() for part in item.partition("="))
+        if not sep or not name:
+            raise ValueError(f"{item!r} is not tenant=tokens/window (e.g. team-a=1000000/day)")
+        if name in budgets:
+            raise ValueError(f"{name} has two budgets; give one")
+        budgets[name] = Budget.parse(budget)
+    return budgets
 
 
 Duration = Annotated[float, BeforeValidator(_duration), Field(ge=0)]
@@ -252,6 +287,13 @@ class Settings(BaseSettings):
     max_concurrent_requests: Limit = 1000
     tenant_rate_limit: float = Field(0.0, ge=0)  # requests/s per tenant; 0: no limit
     tenant_rate_burst: Limit = 0  # 0: the rate, rounded up
+    # Where key cooldowns, tenant rate limits and usage live: this process, or Redis (shared).
+    state_backend: Literal["local", "redis"] = "local"
+    state_timeout: PositiveDuration = 0.05
+    tenant_token_budget: Annotated[Budget | None, BeforeValidator(_parse_budget)] = None
+    tenant_budgets: Annotated[dict[str, Budget], NoDecode, BeforeValidator(_parse_budgets)] = Field(
+        default_factory=dict
+    )
     shutdown_grace: Duration = 10.0
     # Slow and hostile clients (docs/security.md): a body must arrive within HTTP_BODY_TIMEOUT
     # (never past the request's deadline), all bodies being read at once hold at most
@@ -282,9 +324,10 @@ class Settings(BaseSettings):
         """Every configured secret, for the filters that blank them in logs and spans should one
         leak: keys, client tokens, and credentials inside REDIS_ADDR and QDRANT_URL."""
         extra = (self.embedding_api_key,) if self.embedding_api_key else ()
-        keys = (*self.openai_api_keys, *self.gemini_api_keys, *self.auth_tokens, *extra)
+        keys = (*self.openai_api_keys, *self.gemini_api_keys, *extra)
         in_urls = (url_secret(getattr(self, name)) for name in _URL_SECRETS)
-        return (*(k.get_secret_value() for k in keys), *filter(None, in_urls))
+        tokens = (token for _, token in self.named_tokens())
+        return (*(k.get_secret_value() for k in keys), *tokens, *filter(None, in_urls))
 
     @property
     def host(self) -> str:
@@ -364,8 +407,37 @@ class Settings(BaseSettings):
                 ) from None
         return self
 
-    def client_tokens(self) -> tuple[str, ...]:
-        return tuple(t.get_secret_value() for t in self.auth_tokens)
+    def named_tokens(self) -> tuple[tuple[str, str], ...]:
+        """(tenant name, token) of every AUTH_TOKENS entry."""
+        return tuple(named_token(t.get_secret_value()) for t in self.auth_tokens)
+
+    @property
+    def tenant_names(self) -> tuple[str, ...]:
+        """Every tenant a request can belong to: the label values of `tenant`."""
+        return tuple(name for name, _ in self.named_tokens()) or (ANONYMOUS,)
+
+    @property
+    def budgets(self) -> Budgets:
+        return Budgets(self.tenant_token_budget, self.tenant_budgets)
+
+    @model_validator(mode="after")
+    def _tenants_are_distinct_and_known(self) -> Settings:
+        names = [name for name, _ in self.named_tokens()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"AUTH_TOKENS: the tenant name(s) {', '.join(twice)} are given twice")
+        tokens = [token for _, token in self.named_tokens()]
+        if len(set(tokens)) != len(tokens):
+            raise ValueError("AUTH_TOKENS: the same token is given to two tenants")
+        if ANONYMOUS in names:
+            raise ValueError(f"AUTH_TOKENS: {ANONYMOUS} is the name of the tenant without tokens")
+        unknown = sorted(set(self.tenant_budgets) - set(self.tenant_names))
+        if unknown:
+            raise ValueError(
+                f"TENANT_BUDGETS: {', '.join(unknown)} not a tenant of AUTH_TOKENS "
+                f"(tenants: {', '.join(self.tenant_names)}); name one as name=token"
+            )
+        return self
 
     def api_keys(self, provider: str) -> tuple[str, ...]:
         keys = {"openai": self.openai_api_keys, "gemini": self.gemini_api_keys}[provider]

@@ -176,6 +176,7 @@ def test_the_configmap_is_valid_configuration_and_holds_no_secret(
         monkeypatch.setenv(key, value)
     settings = Settings()
     assert settings.cache_mode == "remote"  # replicas share one cache
+    assert settings.state_backend == "redis"  # and one set of key cooldowns, limits, budgets
     assert settings.grpc_host == "0.0.0.0"
 
 

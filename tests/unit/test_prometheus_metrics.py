@@ -83,6 +83,27 @@ def test_tokens_by_direction() -> None:
     assert value(m, "token_usage_total", **labels, direction="output") == 30
 
 
+def test_tenant_tokens_have_the_configured_tenants_as_labels_and_nothing_else() -> None:
+    m = PrometheusMetrics(process_metrics=False, tenants=("team-a",))
+    m.tokens("openai", "gpt-4o", Usage(1, 1))  # routed: the model has its label
+    m.tenant_tokens("team-a", "gpt-4o", "prompt", 12)
+    m.tenant_tokens("team-a", "gpt-4o", "saved", 30)
+    m.tenant_tokens("invented", "gpt-4o", "prompt", 1)
+    m.tenant_tokens("also-invented", "never-routed", "prompt", 1)
+    assert value(m, "tenant_tokens_total", tenant="team-a", model="gpt-4o", kind="prompt") == 12
+    assert value(m, "tenant_tokens_total", tenant="team-a", model="gpt-4o", kind="saved") == 30
+    assert value(m, "tenant_tokens_total", tenant="other", model="gpt-4o", kind="prompt") == 1
+    assert label_values(m, "tenant_tokens_total", "tenant") == {"team-a", "other"}
+    assert label_values(m, "tenant_tokens_total", "model") == {"gpt-4o", "other"}
+
+
+def test_state_backend_up_until_it_is_not() -> None:
+    m = PrometheusMetrics(process_metrics=False)
+    assert value(m, "state_backend_up") == 1
+    m.state_backend(False)
+    assert value(m, "state_backend_up") == 0
+
+
 def test_cache_hits_lookups_ratio_and_similarity() -> None:
     m = exercised()
     assert value(m, "cache_lookups_total") == 3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import pytest
@@ -138,3 +139,39 @@ def test_with_the_simulator_embeddings_go_to_the_simulator_too() -> None:
             cache_mode="remote", embedder=embedder, embedding_api_key="emb-key-123456"
         )
         assert simulated(settings, simulator).embedding_url == f"http://127.0.0.1:8787{path}"
+
+
+def test_auth_tokens_may_name_their_tenants() -> None:
+    settings = load_settings(auth_tokens="team-a=tok-a, plain-token ,padded==,a+b/c=d")
+    names = dict(settings.named_tokens())
+    assert names["team-a"] == "tok-a"
+    assert names["tenant-" + hashlib.sha256(b"plain-token").hexdigest()[:16]] == "plain-token"
+    assert "padded==" in names.values()  # base64 padding is not a name
+    assert "a+b/c=d" in names.values()  # neither is what precedes an = that is no name
+    assert set(settings.secrets()) >= {"tok-a", "plain-token"}
+    assert "team-a=tok-a" not in settings.secrets()
+
+
+@pytest.mark.parametrize(
+    ("tokens", "problem"),
+    [
+        ("team-a=x,team-a=y", "team-a are given twice"),
+        ("team-a=x,team-b=x", "same token"),
+        ("anonymous=x", "anonymous"),
+    ],
+)
+def test_tenant_names_are_distinct(tokens: str, problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(auth_tokens=tokens)
+
+
+def test_budgets_name_configured_tenants() -> None:
+    settings = load_settings(
+        auth_tokens="team-a=x,team-b=y",
+        tenant_token_budget="1000/day",
+        tenant_budgets="team-a=10/hour",
+    )
+    assert str(settings.budgets.of("team-a")) == "10/hour"
+    assert str(settings.budgets.of("team-b")) == "1000/day"
+    with pytest.raises(ConfigError, match="TENANT_BUDGETS: team-c not a tenant"):
+        load_settings(auth_tokens="team-a=x", tenant_budgets="team-c=10/day")

@@ -452,7 +452,8 @@ async def test_admission_refuses_a_stream_cleanly_under_the_grpc_instrumentation
 ) -> None:
     """Admission's refusal and in-flight count wrap streams as streams (the instrumentation
     iterates a streaming handler: a coroutine there was an UNKNOWN error, not the refusal)."""
-    gate = Gate(ClientAuth(("a-client-token",)), Limits(max_concurrent), _Refusals(), FakeClock())
+    auth = ClientAuth([("a-tenant", "a-client-token")])
+    gate = Gate(auth, Limits(max_concurrent), _Refusals(), FakeClock())
     admission = Admission(gate)
     seen = Seen()
     server = grpc.aio.server(

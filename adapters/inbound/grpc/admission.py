@@ -38,7 +38,7 @@ class Admission(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(PROTECTED_PREFIX):
             return handler
         try:
-            self._gate.admit(details.invocation_metadata, details.method)
+            await self._gate.admit(details.invocation_metadata, details.method)
         except Refused as refused:
             return _refuse(handler, _status(refused))
         return wrap(handler, self._counted) if self._gate.counts else handler

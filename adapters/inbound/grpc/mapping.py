@@ -21,6 +21,7 @@ from domain.model import (
     Role,
     Usage,
 )
+from domain.usage import Budget, Spent
 
 _ROLES = {pb.ROLE_SYSTEM: Role.SYSTEM, pb.ROLE_USER: Role.USER, pb.ROLE_ASSISTANT: Role.ASSISTANT}
 _FINISH = {
@@ -122,3 +123,23 @@ def status_of(error: ProxyError) -> Status:
     after its status code."""
     failure = classify(error)
     return Status(grpc.StatusCode[failure.kind.name], failure.message, failure.retry_after)
+
+
+def usage_report(spent: Spent, budget: Budget | None) -> pb.UsageResponse:
+    return pb.UsageResponse(
+        tenant=spent.tenant,
+        window=spent.window.value,
+        tokens=spent.tokens,
+        budget=budget.tokens if budget is not None else None,
+        resets_at=spent.resets_at.isoformat().replace("+00:00", "Z"),
+        models=[
+            pb.ModelUsage(
+                model=model,
+                prompt_tokens=kinds["prompt"],
+                completion_tokens=kinds["completion"],
+                saved_tokens=kinds["saved"],
+                requests=kinds["requests"],
+            )
+            for model, kinds in spent.by_model().items()
+        ],
+    )

@@ -13,6 +13,7 @@ from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
 from adapters.inbound.request_log import Outcome
 from application.inference import InferenceService
+from application.metering import Metering, tenant_name
 from application.ports import Clock, Metrics
 from domain.errors import ProxyError
 from domain.model import Answer, InferenceRequest, RequestLimits
@@ -32,17 +33,19 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         clock: Clock,
         auth: ClientAuth | None = None,
         limits: RequestLimits | None = None,
+        metering: Metering | None = None,
     ) -> None:
         self._service = service
         self._metrics = metrics
         self._clock = clock
         self._auth = auth or ClientAuth(())
         self._limits = limits or RequestLimits()
+        self._metering = metering
 
     async def Infer(self, request: pb.InferenceRequest, context: Context) -> pb.InferenceResponse:
         async with self._observed(request, context) as outcome:
             answer = await self._service.infer(
-                self._domain(request, context), context.time_remaining()
+                self._domain(request, context, outcome), context.time_remaining()
             )
             outcome.answered(answer)
             return mapping.response(answer)
@@ -51,7 +54,8 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
         self, request: pb.InferenceRequest, context: Context
     ) -> AsyncIterator[pb.StreamChunk]:
         async with self._observed(request, context) as outcome:
-            events = self._service.stream(self._domain(request, context), context.time_remaining())
+            domain = self._domain(request, context, outcome)
+            events = self._service.stream(domain, context.time_remaining())
             async for event in events:
                 if isinstance(event, Answer):
                     outcome.answered(event)
@@ -59,8 +63,20 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
                 else:
                     yield pb.StreamChunk(content=event.content)
 
-    def _domain(self, request: pb.InferenceRequest, context: Context) -> InferenceRequest:
+    async def Usage(self, request: pb.UsageRequest, context: Context) -> pb.UsageResponse:
+        if self._metering is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "usage is not metered here")
+        assert self._metering is not None
         tenant = self._auth.tenant(context.invocation_metadata())
+        return mapping.usage_report(
+            await self._metering.spent(tenant), self._metering.budget(tenant)
+        )
+
+    def _domain(
+        self, request: pb.InferenceRequest, context: Context, outcome: Outcome
+    ) -> InferenceRequest:
+        tenant = self._auth.tenant(context.invocation_metadata())
+        outcome.tenant = tenant_name(tenant)
         return mapping.to_domain(request, self._limits, tenant=tenant)
 
     @asynccontextmanager

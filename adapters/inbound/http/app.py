@@ -25,6 +25,7 @@ from adapters.inbound.http import protocol
 from adapters.inbound.request_log import Outcome
 from adapters.outbound.observability.tracing import http_server_span
 from application.inference import InferenceService
+from application.metering import Metering, tenant_name
 from application.models import ListedModel, ModelCatalog
 from application.ports import Clock, Metrics
 from domain.errors import InvalidRequest, ProxyError, UnknownModel
@@ -41,6 +42,7 @@ log = logging.getLogger("llm_proxy.requests")
 
 CHAT = "/v1/chat/completions"
 MODELS = "/v1/models"
+USAGE = "/v1/usage"
 CACHE_HEADER = "x-llm-proxy-cache"
 SIMILARITY_HEADER = "x-llm-proxy-cache-similarity"
 FALLBACK_HEADER = "x-llm-proxy-fallback-from"
@@ -76,7 +78,9 @@ class HttpMetrics(Metrics, Protocol):
 def error_response(failure: Failure, param: str | None = None) -> web.Response:
     status, kind, code = _HTTP[failure.kind]
     body = protocol.ErrorBody(
-        error=protocol.ErrorDetail(message=failure.message, type=kind, param=param, code=code)
+        error=protocol.ErrorDetail(
+            message=failure.message, type=kind, param=param, code=failure.code or code
+        )
     )
     headers = {}
     if failure.retry_after is not None:  # whole seconds, rounded up: what the SDKs parse
@@ -182,6 +186,7 @@ class OpenAIApi:
         metrics: HttpMetrics,
         clock: Clock,
         limits: RequestLimits | None = None,
+        metering: Metering | None = None,
         max_request_bytes: int = 4 * 1024 * 1024,
         tracer_provider: trace.TracerProvider | None = None,
         now: Callable[[], float] = time.time,
@@ -197,6 +202,7 @@ class OpenAIApi:
         self._service, self._catalog, self._gate = service, catalog, gate
         self._metrics, self._clock, self._now = metrics, clock, now
         self._limits = limits or RequestLimits()
+        self._metering = metering
         self._max_bytes = max_request_bytes
         self._tracer_provider = tracer_provider or trace.NoOpTracerProvider()
         self._started = int(now())  # `created` of a model its provider gives no date for
@@ -214,18 +220,20 @@ class OpenAIApi:
         app.router.add_get(MODELS, self.models)
         app.router.add_get(MODELS + "/{model:.+}", self.model)
         app.on_response_prepare.append(_cors_headers)
+        if self._metering is not None:
+            app.router.add_get(USAGE, self.usage)
         return app
 
     # -- handlers ------------------------------------------------------------------------
 
     async def models(self, request: web.Request) -> web.Response:
-        self._gate.admit(_metadata(request), f"GET {MODELS}")
+        await self._gate.admit(_metadata(request), f"GET {MODELS}")
         cards = [self._card(m) for m in await self._catalog.models()]
         return _json(protocol.ModelList(data=cards))
 
     async def model(self, request: web.Request) -> web.Response:
         """`client.models.retrieve(id)`: 404 model_not_found unless a client may ask for it."""
-        self._gate.admit(_metadata(request), f"GET {MODELS}/{{model}}")
+        await self._gate.admit(_metadata(request), f"GET {MODELS}/{{model}}")
         name = request.match_info["model"]
         found = await self._catalog.find(name)
         if found is None:
@@ -240,8 +248,14 @@ class OpenAIApi:
         created = model.created if model.created is not None else self._started
         return protocol.ModelCard(id=model.id, created=created, owned_by=model.provider)
 
+    async def usage(self, request: web.Request) -> web.Response:
+        tenant = await self._gate.admit(_metadata(request), f"GET {USAGE}")
+        assert self._metering is not None
+        spent = await self._metering.spent(tenant)
+        return _json(protocol.UsageReport.of(spent, self._metering.budget(tenant)))
+
     async def chat(self, request: web.Request) -> web.StreamResponse:
-        tenant = self._gate.admit(_metadata(request), f"POST {CHAT}")
+        tenant = await self._gate.admit(_metadata(request), f"POST {CHAT}")
         if request.content_type != "application/json" and not request.content_type.endswith(
             "+json"
         ):
@@ -260,6 +274,7 @@ class OpenAIApi:
             deadline = max(0.0, deadline - (self._clock.now() - started))
         with self._gate.slot(), self.drain.call():
             async with self._observed() as outcome:
+                outcome.tenant = tenant_name(tenant)
                 parsed = protocol.parse(body, self._limits)
                 outcome.model = self._limits.shown(parsed.model)
                 domain = parsed.to_domain(self._limits, tenant, cache_control(request))
@@ -460,7 +475,7 @@ async def _answer(
         if error.status == 404:
             message = (
                 f"no route {request.method} {request.path[:80]}: this proxy serves "
-                f"POST {CHAT}, GET {MODELS} and GET {MODELS}/{{model}}"
+                f"POST {CHAT}, GET {MODELS}, GET {MODELS}/{{model}} and GET {USAGE}"
             )
         else:
             message = f"{error.status} {error.reason}"
@@ -507,7 +522,7 @@ def _event(body: BaseModel) -> bytes:
 def _error_body(failure: Failure) -> protocol.ErrorBody:
     _, kind, code = _HTTP[failure.kind]
     return protocol.ErrorBody(
-        error=protocol.ErrorDetail(message=failure.message, type=kind, code=code)
+        error=protocol.ErrorDetail(message=failure.message, type=kind, code=failure.code or code)
     )
 
 

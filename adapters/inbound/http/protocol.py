@@ -30,6 +30,7 @@ from domain.model import (
     Role,
     Usage,
 )
+from domain.usage import Budget, Spent
 
 _ROLES = {
     "system": Role.SYSTEM,
@@ -313,6 +314,47 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ModelUsage(BaseModel):
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    saved_tokens: int  # answered from the cache: free, counted against no budget
+    requests: int
+
+
+class UsageReport(BaseModel):
+    """GET /v1/usage: the calling tenant's usage in its budget window (ours, not OpenAI's)."""
+
+    object: Literal["usage"] = "usage"
+    tenant: str
+    window: str
+    tokens: int
+    budget: int | None
+    resets_at: str
+
+    models: list[ModelUsage]
+
+    @classmethod
+    def of(cls, spent: Spent, budget: Budget | None) -> UsageReport:
+        return cls(
+            tenant=spent.tenant,
+            window=spent.window.value,
+            tokens=spent.tokens,
+            budget=budget.tokens if budget is not None else None,
+            resets_at=spent.resets_at.isoformat().replace("+00:00", "Z"),
+            models=[
+                ModelUsage(
+                    model=model,
+                    prompt_tokens=kinds["prompt"],
+                    completion_tokens=kinds["completion"],
+                    saved_tokens=kinds["saved"],
+                    requests=kinds["requests"],
+                )
+                for model, kinds in spent.by_model().items()
+            ],
+        )
 
 
 class ErrorDetail(BaseModel):

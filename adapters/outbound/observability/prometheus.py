@@ -65,7 +65,7 @@ INDEX_DROP_REASONS: Final = ("full", "failed", "shutdown")
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
 KNOWN_PROVIDERS: Final = ("openai", "gemini")
-HTTP_ROUTES: Final = ("/v1/chat/completions", "/v1/models")
+HTTP_ROUTES: Final = ("/v1/chat/completions", "/v1/models", "/v1/usage")
 HTTP_CODES: Final = ("200", "400", "401", "404", "405", "413", "429", "499", "500", "503", "504")
 
 M = TypeVar("M", Counter, Gauge, Histogram)
@@ -126,6 +126,7 @@ class PrometheusMetrics(Metrics):
         providers: Iterable[str] = KNOWN_PROVIDERS,
         models: Iterable[str] = (),
         fallback_models: Iterable[str] = (),
+        tenants: Iterable[str] = (),
         max_models: int = 64,
         latency_buckets: Sequence[float] = LATENCY_BUCKETS,
         process_metrics: bool = True,
@@ -137,6 +138,7 @@ class PrometheusMetrics(Metrics):
         self._provider = BoundedLabel((*providers, NO_PROVIDER), capacity=4)
         self._model = BoundedLabel(models, capacity=max_models)
         self._fallback_model = BoundedLabel(fallback_models)  # MODEL_FALLBACKS' names only
+        self._tenant = BoundedLabel(tenants)  # the configured tenants' names only
         self._status = BoundedLabel(GRPC_STATUSES)
         self._outcome = BoundedLabel(ATTEMPT_OUTCOMES, capacity=8)
         self._backend = BoundedLabel(CACHE_BACKENDS, capacity=4)
@@ -263,7 +265,23 @@ class PrometheusMetrics(Metrics):
             ("route", "code"),
             registry=r,
         )
+        self.tenant_tokens_total = Counter(
+            "tenant_tokens",
+            "Tokens per tenant and model: prompt and completion as the provider reported them, "
+            "saved when answered from the cache",
+            ("tenant", "model", "kind"),
+            registry=r,
+        )
+        self.state_backend_up = Gauge(
+            "state_backend_up",
+            "1 when the shared state backend (STATE_BACKEND=redis) answers, 0 when the proxy "
+            "is using local state instead",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.state_backend_up.set(1)  # local state is always there
         self._latency = _Children(self.request_latency)
+        self._tenant_tokens = _Children(self.tenant_tokens_total)
         self._tokens = _Children(self.token_usage)
         self._requests = _Children(self.requests)
         self._attempts = _Children(self.upstream_attempts)
@@ -309,6 +327,13 @@ class PrometheusMetrics(Metrics):
             self._tokens(provider_label, model_label, "input").inc(usage.input_tokens)
         if usage.output_tokens > 0:
             self._tokens(provider_label, model_label, "output").inc(usage.output_tokens)
+
+    def tenant_tokens(self, tenant: str, model: str, kind: str, count: int) -> None:
+        label = self._model(model, admit=False)
+        self._tenant_tokens(self._tenant(tenant), label, kind).inc(count)
+
+    def state_backend(self, up: bool) -> None:
+        self.state_backend_up.set(1 if up else 0)
 
     def fallback(self, from_model: str, to_model: str) -> None:
         self._fallbacks(self._fallback_model(from_model), self._fallback_model(to_model)).inc()

@@ -24,19 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bproxy.proto\x12\x0einferenceproxy\"\xc7\x01\n\x10InferenceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12)\n\x08messages\x18\x05 \x03(\x0b\x32\x17.inferenceproxy.Message\x12+\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x1c.inferenceproxy.CacheControlB\x0e\n\x0c_temperature\">\n\x07Message\x12\"\n\x04role\x18\x01 \x01(\x0e\x32\x14.inferenceproxy.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"7\n\x0c\x43\x61\x63heControl\x12\x13\n\x0bskip_lookup\x18\x01 \x01(\x08\x12\x12\n\nskip_store\x18\x02 \x01(\x08\"\xe1\x01\n\x11InferenceResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x33\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1c.inferenceproxy.FinishReason\x12$\n\x05usage\x18\x05 \x01(\x0b\x32\x15.inferenceproxy.Usage\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.inferenceproxy.CacheInfo\x12\x15\n\rfallback_from\x18\x07 \x01(\t\"\xe9\x01\n\x0bStreamChunk\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x33\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1c.inferenceproxy.FinishReason\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.inferenceproxy.Usage\x12(\n\x05\x63\x61\x63he\x18\x05 \x01(\x0b\x32\x19.inferenceproxy.CacheInfo\x12\r\n\x05model\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x15\n\rfallback_from\x18\x08 \x01(\t\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\x12\x15\n\routput_tokens\x18\x02 \x01(\x05\"L\n\tCacheInfo\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.inferenceproxy.CacheStatus\x12\x12\n\nsimilarity\x18\x02 \x01(\x02*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x04*\x8e\x01\n\x0b\x43\x61\x63heStatus\x12\x1c\n\x18\x43\x41\x43HE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41\x43HE_STATUS_MISS\x10\x01\x12\x16\n\x12\x43\x41\x43HE_STATUS_EXACT\x10\x02\x12\x19\n\x15\x43\x41\x43HE_STATUS_SEMANTIC\x10\x03\x12\x17\n\x13\x43\x41\x43HE_STATUS_BYPASS\x10\x04\x32\xb0\x01\n\x10InferenceService\x12L\n\x05Infer\x12 .inferenceproxy.InferenceRequest\x1a!.inferenceproxy.InferenceResponse\x12N\n\x0bInferStream\x12 .inferenceproxy.InferenceRequest\x1a\x1b.inferenceproxy.StreamChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x0bproxy.proto\x12\x0einferenceproxy\"\xc7\x01\n\x10InferenceRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x18\n\x0btemperature\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nmax_tokens\x18\x04 \x01(\x05\x12)\n\x08messages\x18\x05 \x03(\x0b\x32\x17.inferenceproxy.Message\x12+\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x1c.inferenceproxy.CacheControlB\x0e\n\x0c_temperature\">\n\x07Message\x12\"\n\x04role\x18\x01 \x01(\x0e\x32\x14.inferenceproxy.Role\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"7\n\x0c\x43\x61\x63heControl\x12\x13\n\x0bskip_lookup\x18\x01 \x01(\x08\x12\x12\n\nskip_store\x18\x02 \x01(\x08\"\xe1\x01\n\x11InferenceResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x33\n\rfinish_reason\x18\x04 \x01(\x0e\x32\x1c.inferenceproxy.FinishReason\x12$\n\x05usage\x18\x05 \x01(\x0b\x32\x15.inferenceproxy.Usage\x12(\n\x05\x63\x61\x63he\x18\x06 \x01(\x0b\x32\x19.inferenceproxy.CacheInfo\x12\x15\n\rfallback_from\x18\x07 \x01(\t\"\xe9\x01\n\x0bStreamChunk\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\x12\x33\n\rfinish_reason\x18\x03 \x01(\x0e\x32\x1c.inferenceproxy.FinishReason\x12$\n\x05usage\x18\x04 \x01(\x0b\x32\x15.inferenceproxy.Usage\x12(\n\x05\x63\x61\x63he\x18\x05 \x01(\x0b\x32\x19.inferenceproxy.CacheInfo\x12\r\n\x05model\x18\x06 \x01(\t\x12\x10\n\x08provider\x18\x07 \x01(\t\x12\x15\n\rfallback_from\x18\x08 \x01(\t\"4\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x05\x12\x15\n\routput_tokens\x18\x02 \x01(\x05\"L\n\tCacheInfo\x12+\n\x06status\x18\x01 \x01(\x0e\x32\x1b.inferenceproxy.CacheStatus\x12\x12\n\nsimilarity\x18\x02 \x01(\x02\"\x0e\n\x0cUsageRequest\"\x9e\x01\n\rUsageResponse\x12\x0e\n\x06tenant\x18\x01 \x01(\t\x12\x0e\n\x06window\x18\x02 \x01(\t\x12\x0e\n\x06tokens\x18\x03 \x01(\x03\x12\x13\n\x06\x62udget\x18\x04 \x01(\x03H\x00\x88\x01\x01\x12\x11\n\tresets_at\x18\x05 \x01(\t\x12*\n\x06models\x18\x06 \x03(\x0b\x32\x1a.inferenceproxy.ModelUsageB\t\n\x07_budget\"u\n\nModelUsage\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\x03\x12\x14\n\x0csaved_tokens\x18\x04 \x01(\x03\x12\x10\n\x08requests\x18\x05 \x01(\x03*P\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SYSTEM\x10\x01\x12\r\n\tROLE_USER\x10\x02\x12\x12\n\x0eROLE_ASSISTANT\x10\x03*\x9a\x01\n\x0c\x46inishReason\x12\x1d\n\x19\x46INISH_REASON_UNSPECIFIED\x10\x00\x12\x16\n\x12\x46INISH_REASON_STOP\x10\x01\x12\x18\n\x14\x46INISH_REASON_LENGTH\x10\x02\x12 \n\x1c\x46INISH_REASON_CONTENT_FILTER\x10\x03\x12\x17\n\x13\x46INISH_REASON_OTHER\x10\x04*\x8e\x01\n\x0b\x43\x61\x63heStatus\x12\x1c\n\x18\x43\x41\x43HE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43\x41\x43HE_STATUS_MISS\x10\x01\x12\x16\n\x12\x43\x41\x43HE_STATUS_EXACT\x10\x02\x12\x19\n\x15\x43\x41\x43HE_STATUS_SEMANTIC\x10\x03\x12\x17\n\x13\x43\x41\x43HE_STATUS_BYPASS\x10\x04\x32\xf6\x01\n\x10InferenceService\x12L\n\x05Infer\x12 .inferenceproxy.InferenceRequest\x1a!.inferenceproxy.InferenceResponse\x12N\n\x0bInferStream\x12 .inferenceproxy.InferenceRequest\x1a\x1b.inferenceproxy.StreamChunk0\x01\x12\x44\n\x05Usage\x12\x1c.inferenceproxy.UsageRequest\x1a\x1d.inferenceproxy.UsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'proxy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ROLE']._serialized_start=950
-  _globals['_ROLE']._serialized_end=1030
-  _globals['_FINISHREASON']._serialized_start=1033
-  _globals['_FINISHREASON']._serialized_end=1187
-  _globals['_CACHESTATUS']._serialized_start=1190
-  _globals['_CACHESTATUS']._serialized_end=1332
+  _globals['_ROLE']._serialized_start=1246
+  _globals['_ROLE']._serialized_end=1326
+  _globals['_FINISHREASON']._serialized_start=1329
+  _globals['_FINISHREASON']._serialized_end=1483
+  _globals['_CACHESTATUS']._serialized_start=1486
+  _globals['_CACHESTATUS']._serialized_end=1628
   _globals['_INFERENCEREQUEST']._serialized_start=32
   _globals['_INFERENCEREQUEST']._serialized_end=231
   _globals['_MESSAGE']._serialized_start=233
@@ -51,6 +51,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_USAGE']._serialized_end=870
   _globals['_CACHEINFO']._serialized_start=872
   _globals['_CACHEINFO']._serialized_end=948
-  _globals['_INFERENCESERVICE']._serialized_start=1335
-  _globals['_INFERENCESERVICE']._serialized_end=1511
+  _globals['_USAGEREQUEST']._serialized_start=950
+  _globals['_USAGEREQUEST']._serialized_end=964
+  _globals['_USAGERESPONSE']._serialized_start=967
+  _globals['_USAGERESPONSE']._serialized_end=1125
+  _globals['_MODELUSAGE']._serialized_start=1127
+  _globals['_MODELUSAGE']._serialized_end=1244
+  _globals['_INFERENCESERVICE']._serialized_start=1631
+  _globals['_INFERENCESERVICE']._serialized_end=1877
 # @@protoc_insertion_point(module_scope)

@@ -44,6 +44,11 @@ class InferenceServiceStub:
                 request_serializer=proxy__pb2.InferenceRequest.SerializeToString,
                 response_deserializer=proxy__pb2.StreamChunk.FromString,
                 _registered_method=True)
+        self.Usage = channel.unary_unary(
+                '/inferenceproxy.InferenceService/Usage',
+                request_serializer=proxy__pb2.UsageRequest.SerializeToString,
+                response_deserializer=proxy__pb2.UsageResponse.FromString,
+                _registered_method=True)
 
 
 class InferenceServiceServicer:
@@ -63,6 +68,13 @@ class InferenceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Usage(self, request, context):
+        """The calling tenant's usage in its budget window (a day when it has no budget).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_InferenceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -75,6 +87,11 @@ def add_InferenceServiceServicer_to_server(servicer, server):
                     servicer.InferStream,
                     request_deserializer=proxy__pb2.InferenceRequest.FromString,
                     response_serializer=proxy__pb2.StreamChunk.SerializeToString,
+            ),
+            'Usage': grpc.unary_unary_rpc_method_handler(
+                    servicer.Usage,
+                    request_deserializer=proxy__pb2.UsageRequest.FromString,
+                    response_serializer=proxy__pb2.UsageResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -131,6 +148,33 @@ class InferenceService:
             '/inferenceproxy.InferenceService/InferStream',
             proxy__pb2.InferenceRequest.SerializeToString,
             proxy__pb2.StreamChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Usage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/inferenceproxy.InferenceService/Usage',
+            proxy__pb2.UsageRequest.SerializeToString,
+            proxy__pb2.UsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,8 @@ class InferenceServiceStub:
     """One complete answer."""
     InferStream: _grpc.UnaryStreamMultiCallable[_proxy_pb2.InferenceRequest, _proxy_pb2.StreamChunk]
     """The answer as content deltas; the last chunk carries finish reason, usage and cache status."""
+    Usage: _grpc.UnaryUnaryMultiCallable[_proxy_pb2.UsageRequest, _proxy_pb2.UsageResponse]
+    """The calling tenant's usage in its budget window (a day when it has no budget)."""
 
 @_typing.type_check_only
 class InferenceServiceAsyncStub(InferenceServiceStub):
@@ -45,6 +47,8 @@ class InferenceServiceAsyncStub(InferenceServiceStub):
     """One complete answer."""
     InferStream: _aio.UnaryStreamMultiCallable[_proxy_pb2.InferenceRequest, _proxy_pb2.StreamChunk]  # type: ignore[assignment]
     """The answer as content deltas; the last chunk carries finish reason, usage and cache status."""
+    Usage: _aio.UnaryUnaryMultiCallable[_proxy_pb2.UsageRequest, _proxy_pb2.UsageResponse]  # type: ignore[assignment]
+    """The calling tenant's usage in its budget window (a day when it has no budget)."""
 
 class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -62,5 +66,13 @@ class InferenceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_proxy_pb2.StreamChunk], _abc.AsyncIterator[_proxy_pb2.StreamChunk]]:
         """The answer as content deltas; the last chunk carries finish reason, usage and cache status."""
+
+    @_abc_1.abstractmethod
+    def Usage(
+        self,
+        request: _proxy_pb2.UsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_proxy_pb2.UsageResponse, _abc.Awaitable[_proxy_pb2.UsageResponse]]:
+        """The calling tenant's usage in its budget window (a day when it has no budget)."""
 
 def add_InferenceServiceServicer_to_server(servicer: InferenceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
