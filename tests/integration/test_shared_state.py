@@ -153,3 +153,16 @@ async def test_the_local_ledger_survives_a_reopen(tmp_path: Path) -> None:
     await reopened.add("team-b", "day:x", {("m", "saved"): 1}, 4e9)
     assert await reopened.read("team-a", "day:old") == {}
     await reopened.close()
+
+
+async def test_concurrent_additions_to_the_local_ledger_all_count(tmp_path: Path) -> None:
+    ledger = SqliteLedger(tmp_path)
+    await asyncio.gather(
+        *(ledger.add("team-a", "day:x", {("m", "prompt"): 1}, 4e9) for _ in range(200)),
+        *(ledger.add("team-b", "day:x", {("m", "saved"): 2}, 4e9) for _ in range(100)),
+    )
+    assert await ledger.read("team-a", "day:x") == {("m", "prompt"): 200}
+    await ledger.close()
+    reopened = SqliteLedger(tmp_path)
+    assert await reopened.read("team-b", "day:x") == {("m", "saved"): 200}
+    await reopened.close()
