@@ -208,7 +208,8 @@ async def test_an_answer_stored_by_one_worker_is_found_by_every_worker(tmp_path:
             assert all(count >= 1 for count in spread.values()), spread  # both workers asked
             assert [a.cache.status for a in answers] == [pb.CACHE_STATUS_SEMANTIC] * 12
             assert {a.content for a in answers} == {stored.content}
-            assert sorted(os.listdir(tmp_path)) == ["responses", "vectors"]  # one shard for all
+            # one vector shard for all (and the usage ledger, STATE_BACKEND=local)
+            assert sorted(os.listdir(tmp_path)) == ["responses", "state", "vectors"]
 
             # the index process killed: lookups miss (fail open), then it is started again
             index_pid = re.search(r"started the vector index process \(pid (\d+)\)", log)
