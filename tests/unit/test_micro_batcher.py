@@ -161,3 +161,25 @@ async def test_past_its_cpu_share_it_pauses_and_says_so_in_the_expected_wait(
     started = time.monotonic()
     await batcher.embed(["b"])
     assert time.monotonic() - started > 0.5
+
+
+async def test_background_texts_keep_to_half_the_share_and_a_lookup_goes_first(
+    worker: WorkerThread,
+) -> None:
+    passes: list[list[str]] = []
+
+    def slow(texts: list[str]) -> list[list[float]]:
+        passes.append(list(texts))
+        deadline = time.thread_time() + 0.07
+        while time.thread_time() < deadline:
+            pass
+        return [[1.0] for _ in texts]
+
+    batcher = MicroBatcher(slow, worker, max_busy=0.1)
+    await batcher.embed(["a"])  # 0.07 s of CPU: past half the share, within the share
+    stored = asyncio.ensure_future(batcher.embed(["stored"], background=True))
+    await asyncio.sleep(0.05)
+    assert not stored.done()  # it rests until the share is half used
+    await batcher.embed(["looked up"])  # a lookup wakes the worker and needs no rest
+    await stored
+    assert passes == [["a"], ["looked up"], ["stored"]]

@@ -6,7 +6,8 @@ the next one. Nothing lingers on a timer: an idle worker starts at once (texts s
 same event-loop turn still share the pass), a busy one collects while it works. Lookups come
 first: background texts (the cache's index backlog) run only when no lookup waits, in passes
 sized to take about `background_pass` seconds, so that a lookup arriving meanwhile waits at most
-that long behind them. Nothing is refused: the caller bounds how long it waits.
+that long behind them, and within half the CPU share below, so that they never make a lookup
+wait for a pause. Nothing is refused: the caller bounds how long it waits.
 
 With `max_busy` < 1 the worker's passes take at most that share of a core (their CPU time,
 averaged over about a second): past it the worker pauses before its next pass, so the embedder
@@ -26,6 +27,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from adapters.process.worker import WorkerThread
@@ -58,6 +60,7 @@ class MicroBatcher:
         self._lookups: deque[_Pending] = deque()
         self._background: deque[_Pending] = deque()
         self._running: asyncio.Task[None] | None = None
+        self._lookup_came = asyncio.Event()
         self._pass_ends: float | None = None  # expected end of the pass running now
         self._busy = 0.0  # CPU seconds of passes, decaying with BUSY_WINDOW
         self._busy_at = time.monotonic()
@@ -72,6 +75,8 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         pending = [_Pending(text, loop.create_future()) for text in texts]
         (self._background if background else self._lookups).extend(pending)
+        if not background:
+            self._lookup_came.set()
         self._kick()
         try:
             return [await p.future for p in pending]
@@ -98,9 +103,10 @@ class MicroBatcher:
         """The share of a core the passes used recently (about BUSY_WINDOW)."""
         return self._decayed(time.monotonic()) / BUSY_WINDOW
 
-    def _pause(self, now: float) -> float:
-        """How long the worker must rest before its next pass to stay within its share."""
-        allowed = self._max_busy * BUSY_WINDOW
+    def _pause(self, now: float, share: float | None = None) -> float:
+        """How long the worker must rest before its next pass to stay within `share` (its
+        share for lookups, by default)."""
+        allowed = (self._max_busy if share is None else share) * BUSY_WINDOW
         busy = self._decayed(now)
         return BUSY_WINDOW * math.log(busy / allowed) if busy > allowed else 0.0
 
@@ -123,23 +129,35 @@ class MicroBatcher:
     async def _run(self) -> None:
         try:
             await asyncio.sleep(0)  # texts submitted in this loop turn join the pass
-            while True:
-                pause = self._pause(time.monotonic())
-                if pause > 0:
-                    await asyncio.sleep(pause)
-                batch = self._next_batch()
-                if not batch:
-                    break
+            while batch := await self._next_batch():
                 await self._pass(batch)
         finally:
             self._running = None
         self._kick()  # in case the loop above ended by an exception while texts wait
 
-    def _next_batch(self) -> list[_Pending]:
-        if lookups := _take(self._lookups, self._max_batch):
-            return lookups
-        fit = int((self._background_pass - self.per_pass) / max(self.per_text, 1e-6))
-        return _take(self._background, min(self._max_batch, max(1, fit)))
+    async def _next_batch(self) -> list[_Pending]:
+        """The next pass's texts, once the share allows it: lookups within the whole share;
+        background texts within half of it, so that they never make a lookup wait for a pause
+        (a background pass is short), and only while no lookup waits."""
+        while True:
+            now = time.monotonic()
+            if any(not p.future.done() for p in self._lookups):
+                if (pause := self._pause(now)) > 0:
+                    await asyncio.sleep(pause)
+                    continue
+                return _take(self._lookups, self._max_batch)
+            self._lookups.clear()  # all cancelled
+            if not any(not p.future.done() for p in self._background):
+                self._background.clear()
+                return []
+            if (pause := self._pause(now, self._max_busy / 2)) > 0:
+                self._lookup_came.clear()
+                with suppress(TimeoutError):  # a lookup wakes the worker early
+                    async with asyncio.timeout(pause):
+                        await self._lookup_came.wait()
+                continue
+            fit = int((self._background_pass - self.per_pass) / max(self.per_text, 1e-6))
+            return _take(self._background, min(self._max_batch, max(1, fit)))
 
     async def _pass(self, batch: list[_Pending]) -> None:
         started = time.monotonic()
