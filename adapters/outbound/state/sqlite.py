@@ -1,10 +1,10 @@
 """The local usage ledger: SQLite (WAL) under CACHE_DIR, so a restart forgets nothing; workers of
 one replica (WORKERS > 1) share the file. All SQLite work runs on one thread of its own.
 
-Additions are batched: while one transaction is being written, the counts that arrive wait in
-memory (reads include them) and go in the next one, so under load the file sees one write per
-transaction time, not one per request. `synchronous=NORMAL` (WAL): a commit is not flushed to
-disk on its own, so a power cut (not a process crash) can lose the last moments' counts."""
+Additions wait in memory (reads include them) and are written together every FLUSH_EVERY, and
+at close: a request costs a dict update, not a transaction. A process killed without its
+shutdown loses at most that last second of counts; `synchronous=NORMAL` (WAL) leaves the last
+commits to the OS on a power cut."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from application.ports import Counts, UsageLedger
 
 FILE_NAME = "usage.sqlite3"
 BUSY_TIMEOUT = 1.0  # seconds to wait for another worker holding the write lock
+FLUSH_EVERY = 1.0  # seconds between two writes of what was added
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS usage (
@@ -44,6 +45,7 @@ class SqliteLedger(UsageLedger):
         self._db = self._thread.call(self._open, directory)
         self._pending: Batch = {}
         self._writing = asyncio.Lock()
+        self._flusher: asyncio.Task[None] | None = None
 
     @staticmethod
     def _open(directory: Path | None) -> sqlite3.Connection:
@@ -64,7 +66,16 @@ class SqliteLedger(UsageLedger):
         pending, _ = self._pending.get((tenant, period), (Counter(), expires_at))
         pending.update(counts)
         self._pending[(tenant, period)] = (pending, expires_at)
-        async with self._writing:  # a writer before us may have taken our counts already
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush_every())
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_EVERY)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        async with self._writing:
             batch, self._pending = self._pending, {}
             if batch:
                 await self._thread.run(self._write, batch)
@@ -98,4 +109,7 @@ class SqliteLedger(UsageLedger):
         return {(model, kind): count for model, kind, count in rows}
 
     async def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+        await self._flush()
         await self._thread.close(self._db.close)
