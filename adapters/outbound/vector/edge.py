@@ -24,6 +24,7 @@ while serving is noticed on the next call (IndexLost) and created again on the o
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -70,6 +71,7 @@ log = logging.getLogger(__name__)
 
 
 CONFIG_FILE = "edge_config.json"
+LOCK_FILE = "llm-proxy.lock"  # the engine locks only a WAL, and new shards have none
 MIB = 1024 * 1024
 # Room for the files the engine adds as it grows (a WAL segment, a vector chunk, a payload page:
 # up to 32 MiB each), on top of the holes in the files it has.
@@ -111,6 +113,7 @@ class EdgeIndex(VectorIndex):
         # still leaves them consistent for the next one.
         self._shard: EdgeShard | None = None
         self._dimension = 0
+        self._lock: int | None = None  # the descriptor holding LOCK_FILE's flock
         self._holes = NEW_SHARD  # bytes the shard's files may still take without growing
         self._writes = 0
         self._deleted = 0  # points deleted since the last vacuum
@@ -153,23 +156,19 @@ class EdgeIndex(VectorIndex):
             if dimension != self._dimension:
                 raise self._mismatch(self._dimension, dimension)
             return
-        config = EdgeConfig(
-            vectors=EdgeVectorParams(size=dimension, distance=Distance.Cosine),
-            optimizers=EdgeOptimizersConfig(indexing_threshold=0),
-        )
         if _holds_shard(self._directory):
             stored = _stored_dimension(self._directory)
             if stored is not None and stored != dimension:
                 raise self._mismatch(stored, dimension)
             self._holes = _holes(self._directory)
             self._check_disk()
-            shard = self._load(config)
+            self._take_lock()
+            shard = self._load(dimension)
         else:
             self._holes = NEW_SHARD
             self._check_disk()
-            self._directory.mkdir(parents=True, exist_ok=True)
-            shard = EdgeShard.create(str(self._directory), config)
-            log.info("created Qdrant Edge shard at %s (%d dimensions)", self._directory, dimension)
+            self._take_lock()
+            shard = self._create(dimension)
         try:
             indexed = shard.info().payload_schema
             for field, schema in PAYLOAD_INDEXES.items():
@@ -177,19 +176,50 @@ class EdgeIndex(VectorIndex):
                     shard.update(UpdateOperation.create_field_index(field, schema))
         except BaseException:
             shard.close()
+            self._release_lock()
             raise
         self._shard, self._dimension = shard, dimension
         self._holes, self._writes = _holes(self._directory), 0
 
-    def _load(self, config: EdgeConfig) -> EdgeShard:
+    def _create(self, dimension: int) -> EdgeShard:
+        try:
+            shard = EdgeShard.create(str(self._directory), _config(dimension, wal=False))
+        except BaseException:
+            self._release_lock()
+            raise
+        log.info("created Qdrant Edge shard at %s (%d dimensions)", self._directory, dimension)
+        return shard
+
+    def _take_lock(self) -> None:
+        """Holds LOCK_FILE in the directory (created) while the shard is open: a second process
+        opening it would corrupt it."""
+        self._directory.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self._directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise self._in_use() from None
+        self._lock = descriptor
+
+    def _release_lock(self) -> None:
+        descriptor, self._lock = self._lock, None
+        if descriptor is not None:
+            os.close(descriptor)
+
+    def _in_use(self) -> RuntimeError:
+        where = self._directory
+        return RuntimeError(f"the Qdrant Edge shard at {where} is open in another process")
+
+    def _load(self, dimension: int) -> EdgeShard:
         """Loads the shard; one the engine cannot read is moved aside and a new one created."""
         try:
-            return EdgeShard.load(str(self._directory), config)
+            return EdgeShard.load(str(self._directory), _config(dimension))
         except Exception as error:
             if "WouldBlock" in str(error):  # its WAL is locked: another process has it open
-                raise RuntimeError(
-                    f"the Qdrant Edge shard at {self._directory} is open in another process"
-                ) from None
+                self._release_lock()
+                raise self._in_use() from None
+            self._release_lock()
             aside = self._directory.with_name(f"{self._directory.name}.corrupt-{time.time_ns()}")
             log.warning(
                 "the Qdrant Edge shard at %s cannot be loaded (%s): moved to %s, starting empty",
@@ -198,7 +228,8 @@ class EdgeIndex(VectorIndex):
             self._directory.rename(aside)
             self._holes = NEW_SHARD
             self._check_disk()
-            return EdgeShard.create(str(self._directory), config)
+            self._take_lock()
+            return self._create(dimension)
 
     def _search(self, vector: list[float], scope: str, now: float, limit: int) -> list[VectorMatch]:
         request = QueryRequest(
@@ -268,11 +299,14 @@ class EdgeIndex(VectorIndex):
 
     def _close(self) -> None:
         shard, self._shard = self._shard, None
-        if shard is not None:
-            try:
-                shard.flush()
-            finally:
-                shard.close()
+        try:
+            if shard is not None:
+                try:
+                    shard.flush()
+                finally:
+                    shard.close()
+        finally:
+            self._release_lock()
 
     def _ready(self) -> EdgeShard:
         if self._shard is None:
@@ -320,6 +354,7 @@ class EdgeIndex(VectorIndex):
                 shard.close()
             except Exception as error:
                 log.info("closing the deleted shard at %s: %s", self._directory, error)
+        self._release_lock()
         raise IndexLost(f"the vector index directory {self._directory} was deleted")
 
     def _mismatch(self, stored: int, wanted: int) -> IncompatibleIndex:
@@ -328,6 +363,19 @@ class EdgeIndex(VectorIndex):
             f"embedder makes vectors of size {wanted}: point the cache at another directory, or "
             "delete this one so it is created again (its cached entries are lost)"
         )
+
+
+def _config(dimension: int, wal: bool | None = None) -> EdgeConfig:
+    """`wal=False` for a new shard: no write-ahead log. It is a cache: the writes since the last
+    flush (an upkeep, every 4,096 writes, or close) are lost in a crash, and the WAL's two 32 MiB
+    memory-mapped segments (their pages resident until a flush, their holes a SIGBUS risk) are
+    saved. None when loading: a shard created with a WAL keeps it (the engine fixes the choice at
+    creation and refuses another)."""
+    return EdgeConfig(
+        vectors=EdgeVectorParams(size=dimension, distance=Distance.Cosine),
+        optimizers=EdgeOptimizersConfig(indexing_threshold=0),
+        wal_enabled=wal,
+    )
 
 
 def _live_in(scope: str, now: float) -> Filter:
