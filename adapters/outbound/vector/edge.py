@@ -1,10 +1,12 @@
 """The embedded vector index: a Qdrant Edge shard in a local directory, for the no-server mode.
 
-The shard lives in one directory (`edge_config.json`, `wal/`, `segments/`) that only one open
-shard may use at a time, so one process owns it. Writes go to the shard's write-ahead log and
-survive a restart; `close()` flushes them into the segments. `delete_expired()` (the periodic
-sweep) also queues the upkeep the engine never does by itself: vacuuming deleted points out of
-the segments and flushing, so neither the segments nor the WAL grow without bound.
+The shard lives in one directory (`edge_config.json`, `segments/`, and `wal/` for shards created
+before the WAL was turned off) that only one open shard may use at a time, so one process owns it
+(LOCK_FILE). A new shard has no write-ahead log: writes reach the disk at the next flush (an
+upkeep, or `close()`), and a crash loses those since the last one (it is a cache).
+`delete_expired()` (the periodic sweep), and every UPKEEP_EVERY writes, also queue the upkeep the
+engine never does by itself: vacuuming deleted points out of the segments and flushing, so the
+segments do not grow without bound.
 
 All engine calls run in order on one worker thread of the index's own. Note that qdrant-edge
 0.9 keeps the GIL while it works, so the event loop still pauses for the length of each call:
@@ -13,7 +15,7 @@ milliseconds for a flush or a large sweep, a few hundred for a vacuum of ~20k po
 indexing is turned off (`indexing_threshold=0`) because building it would hold the GIL for
 seconds, and every search is narrowed to one scope by the keyword index anyway.
 
-The engine's files are memory-mapped and sparse (a new shard's WAL segments and vector chunks are
+The engine's files are memory-mapped and sparse (vector chunks and a WAL's segments are
 32 MiB holes filled as points arrive), so a full disk would end the process with SIGBUS on the
 next write into a hole. Every call therefore first checks that the disk has room for all the
 holes plus the next files the engine adds (`MARGIN`); when it has not, the call raises DiskFull
