@@ -163,8 +163,8 @@ async def test_a_corrupted_vectors_directory_is_moved_aside_and_recreated(tmp_pa
         await p.stub.Infer(ask(QUESTION), timeout=10)
         await p.until(VARIANT, pb.CACHE_STATUS_SEMANTIC)
     (cache / "vectors" / "edge_config.json").write_text("{ not json")
-    for wal in (cache / "vectors" / "wal").iterdir():
-        wal.write_bytes(os.urandom(4096))
+    for segment in (cache / "vectors" / "segments").iterdir():
+        (segment / "segment.json").write_bytes(os.urandom(64))
 
     async with proxy(tmp_path, cache) as p:
         await p.stub.Infer(ask("What is the capital of Spain?"), timeout=10)
