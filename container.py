@@ -47,6 +47,7 @@ from adapters.process.lifecycle import (
 )
 from adapters.process.settings import Settings, redact_url
 from adapters.process.system import AsyncioSleeper, SystemClock, SystemRandom
+from application.embeddings import EmbeddingService
 from application.inference import InferenceService
 from application.metering import Metering
 from application.models import ModelCatalog
@@ -293,9 +294,15 @@ class Container(containers.DeclarativeContainer):
         credentials=providers.Callable(server_credentials, settings), reuse_port=reuse_port,
         limits=providers.Callable(grpc_connection_limits, settings), grace=s.shutdown_grace,
     )  # fmt: skip
+    embeddings = providers.Singleton(
+        EmbeddingService, router=router, upstreams=upstreams, backoff=backoff,
+        request_timeout=s.request_timeout, upstream_timeout=s.attempt_timeout, clock=clock,
+        sleeper=sleeper, random=random, metrics=metrics, tracer=tracer,
+    )  # fmt: skip
     catalog = providers.Singleton(ModelCatalog, router, upstreams, clock)
     openai_api = providers.Singleton(
-        OpenAIApi, inference, catalog, gate, metrics, clock, limits=limits, metering=metering,
+        OpenAIApi, inference, catalog, embeddings, gate, metrics, clock, limits=limits,
+        metering=metering,
         max_request_bytes=s.max_request_bytes, tracer_provider=tracer_provider,
         body_timeout=s.body_timeout, max_buffered_bytes=s.max_buffered_bytes,
         allowed_origins=s.http_allowed_origins, check_host=s.checks_host,

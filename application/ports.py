@@ -8,7 +8,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from domain.key_pool import ApiKey
-from domain.model import Answer, CacheStatus, Completion, InferenceRequest, StreamEvent, Usage
+from domain.model import (
+    Answer,
+    CacheStatus,
+    Completion,
+    EmbeddingRequest,
+    Embeddings,
+    InferenceRequest,
+    StreamEvent,
+    Usage,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +46,12 @@ class Provider(Protocol):
         ...
 
     async def models(self, key: ApiKey) -> Sequence[ModelInfo]:
-        """The chat models the provider lists for `key`."""
+        """The models the provider lists for `key`."""
+        ...
+
+    async def embed(self, request: EmbeddingRequest, key: ApiKey) -> Embeddings:
+        """`request.model` is already the upstream model name. A provider without an
+        embeddings API raises UpstreamRejected."""
         ...
 
 

@@ -32,12 +32,12 @@ from domain.errors import (
     UpstreamUnavailable,
 )
 from domain.key_pool import ApiKey, KeyPool
-from domain.model import InferenceRequest, StreamEnd
+from domain.model import EmbeddingRequest, InferenceRequest, StreamEnd
 
 log = logging.getLogger(__name__)
 
 # OpenTelemetry GenAI semantic conventions name providers this way.
-GEN_AI_SYSTEM = {"openai": "openai", "gemini": "gcp.gemini"}
+GEN_AI_SYSTEM = {"openai": "openai", "gemini": "gcp.gemini", "anthropic": "anthropic"}
 
 
 POOL_FULL = "the proxy's own connections to {provider} stayed busy (UPSTREAM_MAX_CONNECTIONS)"
@@ -106,7 +106,7 @@ class Attempts:
     def __init__(
         self,
         upstream: Upstream,
-        request: InferenceRequest,
+        request: InferenceRequest | EmbeddingRequest,
         backoff: BackoffPolicy,
         clock: Clock,
         random: RandomSource,
@@ -280,18 +280,19 @@ class Attempts:
 
     def _open_span(self, key: ApiKey) -> None:
         request = self._request
+        operation = "embeddings" if isinstance(request, EmbeddingRequest) else "chat"
         attributes: dict[str, AttributeValue] = {
             "gen_ai.system": GEN_AI_SYSTEM.get(self._up.name, self._up.name),
-            "gen_ai.operation.name": "chat",
+            "gen_ai.operation.name": operation,
             "gen_ai.request.model": request.model,
             "llm_proxy.attempt": self.count,
             "llm_proxy.key": key.fingerprint,
         }
-        if request.temperature is not None:
+        if isinstance(request, InferenceRequest) and request.temperature is not None:
             attributes["gen_ai.request.temperature"] = request.temperature
-        if request.max_tokens is not None:
+        if isinstance(request, InferenceRequest) and request.max_tokens is not None:
             attributes["gen_ai.request.max_tokens"] = request.max_tokens
-        self._scope = self._tracer.span(f"chat {request.model}", attributes)
+        self._scope = self._tracer.span(f"{operation} {request.model}", attributes)
         self._span = self._scope.__enter__()
 
     def _end(self, verdict: Verdict, outcome: str) -> None:

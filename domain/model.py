@@ -177,3 +177,48 @@ class StreamEnd:
 
 
 StreamEvent = Delta | StreamEnd
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's own limit per request
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingRequest:
+    """Texts to turn into vectors with `model`. `dimensions`: a shorter vector, for the models
+    that can cut theirs (None: the model's own size)."""
+
+    model: str
+    inputs: tuple[str, ...]
+    dimensions: int | None = None
+    tenant: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.model.strip():
+            raise InvalidRequest('model is required, e.g. "text-embedding-3-small"', "model")
+        if not self.inputs:
+            raise InvalidRequest("input is empty: give a string or a list of strings", "input")
+        if len(self.inputs) > MAX_EMBEDDING_INPUTS:
+            raise InvalidRequest(
+                f"input has {len(self.inputs)} texts; the limit is {MAX_EMBEDDING_INPUTS}",
+                "input",
+            )
+        for i, text in enumerate(self.inputs):
+            if not text:
+                raise InvalidRequest(f"input[{i}] is an empty string", "input")
+        size = sum(len(text) for text in self.inputs)
+        if size > MAX_INPUT_CHARS:
+            raise InvalidRequest(f"input is {size} characters; the limit is {MAX_INPUT_CHARS}")
+        if self.dimensions is not None and self.dimensions < 1:
+            raise InvalidRequest(
+                f"dimensions must be at least 1, got {self.dimensions}", "dimensions"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Embeddings:
+    """One vector per input, in input order; `model` and `provider` say who made them."""
+
+    vectors: tuple[tuple[float, ...], ...]
+    model: str
+    provider: str
+    input_tokens: int = 0

@@ -14,6 +14,10 @@ DEFAULT_PREFIXES: tuple[tuple[str, str], ...] = (
     ("o4", "openai"),
     ("chatgpt-", "openai"),
     ("gemini-", "gemini"),
+    # embedding models (POST /v1/embeddings); Gemini's text-embedding-004 before OpenAI's prefix
+    ("text-embedding-004", "gemini"),
+    ("text-embedding-", "openai"),
+    ("embedding-", "gemini"),
 )
 
 # The provider cannot answer now (breaker open; retries used up, or no time left for the next

@@ -40,6 +40,8 @@ from domain.model import (
     CacheStatus,
     Completion,
     Delta,
+    EmbeddingRequest,
+    Embeddings,
     FinishReason,
     InferenceRequest,
     StreamEnd,
@@ -93,6 +95,7 @@ class FakeProvider(Provider):
         # what `models` answers: a list, or an error to raise (ProviderFailure)
         self.listed: list[ModelInfo] | Exception = []
         self.listings = 0
+        self.embedded: list[tuple[str, EmbeddingRequest]] = []
 
     def then(self, *behaviours: Behaviour) -> FakeProvider:
         self.script.extend(behaviours)
@@ -125,6 +128,15 @@ class FakeProvider(Provider):
         if isinstance(self.listed, Exception):
             raise self.listed
         return self.listed
+
+    async def embed(self, request: EmbeddingRequest, key: ApiKey) -> Embeddings:
+        """Follows the script's failures; answers vectors made from each text's length."""
+        self.embedded.append((key.fingerprint, request))
+        behaviour = self.script.popleft() if self.script else Reply("")
+        await self._resolve(behaviour)
+        size = request.dimensions or 3
+        vectors = tuple(tuple(float(len(t) + i) for i in range(size)) for t in request.inputs)
+        return Embeddings(vectors, request.model, self.name, sum(map(len, request.inputs)))
 
     async def _begin(self, request: InferenceRequest, key: ApiKey, streamed: bool) -> Behaviour:
         self.calls.append(Call(key.fingerprint, request, streamed))

@@ -131,14 +131,17 @@ async def test_models_lists_aliases_and_the_providers_own_chat_models_never_patt
         again = await client(s).models.list()
         asked = s.sim.stats.by_endpoint
     owners = {m.id: m.owned_by for m in models.data}
-    # the simulator's lists (DEFAULT_MODELS), less its embedding models (no chat route)
+    # the simulator's lists (DEFAULT_MODELS), embedding models included (POST /v1/embeddings)
     assert owners == {
         "fast": "gemini",
         "gpt-4.1": "openai",
         "gpt-4o": "openai",
         "gpt-4o-mini": "openai",
+        "text-embedding-3-small": "openai",
+        "text-embedding-3-large": "openai",
         "gemini-2.0-flash": "gemini",
         "gemini-2.5-flash": "gemini",
+        "text-embedding-004": "gemini",
     }
     assert all(m.created > 0 for m in models.data)
     assert [m.id for m in again.data] == [m.id for m in models.data]

@@ -24,6 +24,7 @@ from domain.key_pool import ApiKey
 from domain.model import (
     Completion,
     Delta,
+    EmbeddingRequest,
     FinishReason,
     InferenceRequest,
     Message,
@@ -502,7 +503,7 @@ async def test_a_system_message_after_the_user_joins_the_system_instruction(
     assert upstream.sent["contents"][-1]["role"] == "user"
 
 
-async def test_the_model_list_is_the_generating_models_by_their_short_name(
+async def test_the_model_list_is_the_generating_and_embedding_models_by_their_short_name(
     provider: GeminiProvider, upstream: Upstream
 ) -> None:
     upstream.reply(
@@ -519,7 +520,29 @@ async def test_the_model_list_is_the_generating_models_by_their_short_name(
             ]
         }
     )
-    assert [m.id for m in await provider.models(KEY)] == ["gemini-2.0-flash"]
+    assert [m.id for m in await provider.models(KEY)] == ["gemini-2.0-flash", "text-embedding-004"]
     sent = upstream.requests[-1]
     assert (sent.method, sent.url.path) == ("GET", "/v1beta/models")
     assert sent.headers["x-goog-api-key"] == KEY.value
+
+
+async def test_embeddings_are_batched_by_a_hundred_without_a_task_type(
+    provider: GeminiProvider, upstream: Upstream
+) -> None:
+    def answer(count: int) -> dict[str, Any]:
+        return {"embeddings": [{"values": [float(i), 1.0]} for i in range(count)]}
+
+    upstream.reply(json_body=answer(100))
+    upstream.reply(json_body=answer(5))
+    texts = tuple(f"text {i}" for i in range(105))
+    request = EmbeddingRequest("models/text-embedding-004", texts, dimensions=2)
+    embedded = await provider.embed(request, KEY)
+    assert len(embedded.vectors) == 105
+    assert embedded.vectors[100] == (0.0, 1.0)
+    assert upstream.requests[0].url.path == "/v1beta/models/text-embedding-004:batchEmbedContents"
+    first = upstream.sent["requests"][0]
+    assert first == {
+        "model": "models/text-embedding-004",
+        "content": {"parts": [{"text": "text 100"}]},
+        "outputDimensionality": 2,
+    }

@@ -27,13 +27,13 @@ def catalog(
 
 async def test_configured_names_then_each_providers_routable_models() -> None:
     openai, gemini, clock = FakeProvider("openai"), FakeProvider("gemini"), FakeClock()
-    openai.listed = [ModelInfo("gpt-4o", 1700), ModelInfo("text-embedding-3-small", 1600)]
+    openai.listed = [ModelInfo("gpt-4o", 1700), ModelInfo("dall-e-3", 1600)]
     gemini.listed = [ModelInfo("gemini-2.0-flash")]
     models = await catalog(openai, gemini, clock, fast=Route("gemini", "gemini-2.0-flash")).models()
     assert models == [
         ListedModel("fast", "gemini"),
         ListedModel("gemini-2.0-flash", "gemini"),
-        ListedModel("gpt-4o", "openai", 1700),  # the embedding model routes no chat: not listed
+        ListedModel("gpt-4o", "openai", 1700),  # dall-e-3 routes nowhere here: not listed
     ]
 
 

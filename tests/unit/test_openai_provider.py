@@ -26,6 +26,7 @@ from domain.key_pool import ApiKey
 from domain.model import (
     Completion,
     Delta,
+    EmbeddingRequest,
     FinishReason,
     InferenceRequest,
     Message,
@@ -672,3 +673,40 @@ async def test_a_model_list_without_data_is_malformed(
     upstream.reply(json_body={"error": "nope"})
     with pytest.raises(MalformedAnswer):
         await provider.models(KEY)
+
+
+async def test_embeddings_come_back_in_input_order_as_sent(
+    provider: OpenAIProvider, upstream: Upstream
+) -> None:
+    upstream.reply(
+        json_body={
+            "data": [{"index": 1, "embedding": [0.0, 2.0]}, {"index": 0, "embedding": [3, 4]}],
+            "model": "text-embedding-3-small",
+            "usage": {"prompt_tokens": 4, "total_tokens": 4},
+        }
+    )
+    request = EmbeddingRequest("text-embedding-3-small", ("a", "b"), dimensions=2)
+    embedded = await provider.embed(request, KEY)
+    assert embedded.vectors == ((3.0, 4.0), (0.0, 2.0))  # not rescaled: passed on as sent
+    assert embedded.input_tokens == 4
+    assert upstream.sent == {
+        "model": "text-embedding-3-small", "input": ["a", "b"], "encoding_format": "float",
+        "dimensions": 2,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [{"index": 0, "embedding": [1.0]}],
+        [{"index": 0, "embedding": [1.0]}, {"index": 0, "embedding": [2.0]}],
+        [{"index": 0, "embedding": [1.0]}, {"index": 1, "embedding": [1.0, 2.0]}],
+        [{"index": 0, "embedding": ["x"]}, {"index": 1, "embedding": [1.0]}],
+    ],
+)
+async def test_malformed_embeddings_are_a_malformed_answer(
+    provider: OpenAIProvider, upstream: Upstream, data: list[object]
+) -> None:
+    upstream.reply(json_body={"data": data})
+    with pytest.raises(MalformedAnswer):
+        await provider.embed(EmbeddingRequest("text-embedding-3-small", ("a", "b")), KEY)

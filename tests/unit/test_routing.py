@@ -85,7 +85,7 @@ def test_a_provider_without_keys_is_not_routable() -> None:
     message = str(caught.value)
     assert "openai" in message
     assert "no API keys" in message
-    assert caught.value.routable == ("gemini-*",)
+    assert caught.value.routable == ("gemini-*", "text-embedding-004*", "embedding-*")
     assert "routable models: gemini-*" in message
 
 

@@ -24,6 +24,7 @@ from adapters.inbound.failures import Failure, Kind, classify
 from adapters.inbound.http import protocol
 from adapters.inbound.request_log import Outcome
 from adapters.outbound.observability.tracing import http_server_span
+from application.embeddings import EmbeddingService
 from application.inference import InferenceService
 from application.metering import Metering, tenant_name
 from application.models import ListedModel, ModelCatalog
@@ -41,6 +42,7 @@ from domain.model import (
 log = logging.getLogger("llm_proxy.requests")
 
 CHAT = "/v1/chat/completions"
+EMBEDDINGS = "/v1/embeddings"
 MODELS = "/v1/models"
 USAGE = "/v1/usage"
 CACHE_HEADER = "x-llm-proxy-cache"
@@ -182,6 +184,7 @@ class OpenAIApi:
         self,
         service: InferenceService,
         catalog: ModelCatalog,
+        embeddings: EmbeddingService,
         gate: Gate,
         metrics: HttpMetrics,
         clock: Clock,
@@ -200,6 +203,7 @@ class OpenAIApi:
         `allowed_origins`: HTTP_ALLOWED_ORIGINS; `check_host`: answer only a loopback Host
         (no client authentication: Settings.checks_host)."""
         self._service, self._catalog, self._gate = service, catalog, gate
+        self._embeddings = embeddings
         self._metrics, self._clock, self._now = metrics, clock, now
         self._limits = limits or RequestLimits()
         self._metering = metering
@@ -217,6 +221,7 @@ class OpenAIApi:
             client_max_size=self._max_bytes, middlewares=[self._boundary, self._browsers]
         )
         app.router.add_post(CHAT, self.chat)
+        app.router.add_post(EMBEDDINGS, self.embeddings)
         app.router.add_get(MODELS, self.models)
         app.router.add_get(MODELS + "/{model:.+}", self.model)
         app.on_response_prepare.append(_cors_headers)
@@ -256,22 +261,7 @@ class OpenAIApi:
 
     async def chat(self, request: web.Request) -> web.StreamResponse:
         tenant = await self._gate.admit(_metadata(request), f"POST {CHAT}")
-        if request.content_type != "application/json" and not request.content_type.endswith(
-            "+json"
-        ):
-            # a browser sends text/plain and form types cross-site without asking first
-            raise Rejected(
-                415,
-                f"Content-Type must be application/json, got {request.content_type[:64]!r}",
-                "unsupported_media_type",
-                close=True,
-            )
-        deadline = time_left(request)
-        started = self._clock.now()
-        # the whole body first, under its own deadline: a slow client holds no slot meanwhile
-        body = await self._body(request, deadline)
-        if deadline is not None:
-            deadline = max(0.0, deadline - (self._clock.now() - started))
+        body, deadline = await self._json_body(request)
         with self._gate.slot(), self.drain.call():
             async with self._observed() as outcome:
                 outcome.tenant = tenant_name(tenant)
@@ -289,6 +279,43 @@ class OpenAIApi:
                 return _json(
                     protocol.ChatCompletion.of(answer, id, created), headers=cache_headers(answer)
                 )
+
+    async def embeddings(self, request: web.Request) -> web.Response:
+        """Admitted, limited, observed and retried as a chat completion; never cached."""
+        tenant = await self._gate.admit(_metadata(request), f"POST {EMBEDDINGS}")
+        body, deadline = await self._json_body(request)
+        with self._gate.slot(), self.drain.call():
+            async with self._observed() as outcome:
+                outcome.tenant = tenant_name(tenant)
+                outcome.cache_status = CacheStatus.BYPASS
+                parsed = protocol.parse_embeddings(body)
+                outcome.model = self._limits.shown(parsed.model)
+                domain = parsed.to_domain(self._limits, tenant)
+                async with self.drain.scope():
+                    result = await self._embeddings.embed(domain, deadline)
+                outcome.provider = result.provider
+                answer = protocol.EmbeddingsList.of(result, parsed.encoding_format == "base64")
+                return _json(answer, headers={PROVIDER_HEADER: result.provider})
+
+    async def _json_body(self, request: web.Request) -> tuple[bytes, float | None]:
+        """The JSON body, and what is left of the request's deadline once it is read."""
+        if request.content_type != "application/json" and not request.content_type.endswith(
+            "+json"
+        ):
+            # a browser sends text/plain and form types cross-site without asking first
+            raise Rejected(
+                415,
+                f"Content-Type must be application/json, got {request.content_type[:64]!r}",
+                "unsupported_media_type",
+                close=True,
+            )
+        deadline = time_left(request)
+        started = self._clock.now()
+        # the whole body first, under its own deadline: a slow client holds no slot meanwhile
+        body = await self._body(request, deadline)
+        if deadline is not None:
+            deadline = max(0.0, deadline - (self._clock.now() - started))
+        return body, deadline
 
     async def _body(self, request: web.Request, deadline: float | None) -> bytes:
         """The body, within HTTP_BODY_TIMEOUT (and the request's deadline), its size (or, not
@@ -475,7 +502,8 @@ async def _answer(
         if error.status == 404:
             message = (
                 f"no route {request.method} {request.path[:80]}: this proxy serves "
-                f"POST {CHAT}, GET {MODELS}, GET {MODELS}/{{model}} and GET {USAGE}"
+                f"POST {CHAT}, POST {EMBEDDINGS}, GET {MODELS}, GET {MODELS}/{{model}} and "
+                f"GET {USAGE}"
             )
         else:
             message = f"{error.status} {error.reason}"

@@ -1,5 +1,6 @@
 """OpenAI's chat-completions wire format as pydantic models, and its mapping to and from the
-domain. Only what we serve: chat completions (plain and streamed), the model list, errors.
+domain. Only what we serve: chat completions (plain and streamed), embeddings, the model list,
+errors.
 
 Unknown request fields are ignored (as vLLM and most OpenAI-compatible servers do), except the
 OpenAI parameters in UNSUPPORTED: set to anything but their neutral value they would change the
@@ -7,7 +8,9 @@ answer, so they are refused with a 400 naming them rather than silently dropped.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import base64
+import struct
+from typing import Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -23,6 +26,8 @@ from domain.model import (
     MAX_OUTPUT_TOKENS,
     Answer,
     CacheControl,
+    EmbeddingRequest,
+    Embeddings,
     FinishReason,
     InferenceRequest,
     Message,
@@ -148,10 +153,21 @@ def parse(body: bytes, limits: RequestLimits | None = None) -> ChatCompletionReq
     except ValueError as error:
         raise InvalidRequest(f"the body is not valid JSON: {str(error)[:120]}") from None
     _bounded(raw, limits or RequestLimits())
-    try:  # from the JSON again: pydantic validates JSON several times faster than dicts
-        return ChatCompletionRequest.model_validate_json(body)
+    # from the JSON again: pydantic validates JSON several times faster than dicts
+    return _validated(ChatCompletionRequest, body)
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _validated(kind: type[_Body], body: bytes) -> _Body:
+    """The request body as `kind`, or InvalidRequest naming the first field at fault."""
+    try:
+        return kind.model_validate_json(body)
     except ValidationError as error:
         first = error.errors(include_url=False, include_input=False)[0]
+        if first["type"] == "json_invalid":
+            raise InvalidRequest(f"the body is not valid JSON: {first['msg']}") from None
         where = param_path(first["loc"])
         raise InvalidRequest(f"{where or 'body'}: {first['msg']}", where) from None
 
@@ -366,3 +382,66 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+# -- embeddings -----------------------------------------------------------------------------
+
+
+class EmbeddingsRequest(_Loose):
+    model: str
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = None
+
+    def to_domain(self, limits: RequestLimits, tenant: str) -> EmbeddingRequest:
+        limits.check(self.model, 0)
+        inputs = [self.input] if isinstance(self.input, str) else self.input
+        if any(not isinstance(text, str) for text in inputs):
+            raise InvalidRequest(
+                "input as token arrays is not supported: send a string or a list of strings",
+                "input",
+            )
+        return EmbeddingRequest(
+            self.model, tuple(str(text) for text in inputs), self.dimensions, tenant
+        )
+
+
+def parse_embeddings(body: bytes) -> EmbeddingsRequest:
+    return _validated(EmbeddingsRequest, body)
+
+
+class EmbeddingItem(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingItem]
+    model: str
+    usage: EmbeddingsUsage
+
+    @classmethod
+    def of(cls, embeddings: Embeddings, base64: bool) -> EmbeddingsList:
+        """`base64`: each vector as little-endian float32 bytes in base64, as OpenAI sends it
+        (what the openai SDK asks for by default, and decodes)."""
+        data = [
+            EmbeddingItem(index=i, embedding=_b64(vector) if base64 else list(vector))
+            for i, vector in enumerate(embeddings.vectors)
+        ]
+        tokens = embeddings.input_tokens
+        return cls(
+            data=data,
+            model=embeddings.model,
+            usage=EmbeddingsUsage(prompt_tokens=tokens, total_tokens=tokens),
+        )
+
+
+def _b64(vector: tuple[float, ...]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()

@@ -65,7 +65,13 @@ INDEX_DROP_REASONS: Final = ("full", "failed", "shutdown")
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
 KNOWN_PROVIDERS: Final = ("openai", "gemini")
-HTTP_ROUTES: Final = ("/v1/chat/completions", "/v1/models", "/v1/usage")
+HTTP_ROUTES: Final = (
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/models",
+    "/v1/models/{model}",
+    "/v1/usage",
+)
 HTTP_CODES: Final = ("200", "400", "401", "404", "405", "413", "429", "499", "500", "503", "504")
 
 M = TypeVar("M", Counter, Gauge, Histogram)

@@ -363,3 +363,23 @@ _TRANSPORT_WORDS: tuple[tuple[type[Exception], str], ...] = (
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def vectors_of(items: list[Any], provider: str) -> tuple[tuple[float, ...], ...]:
+    """Embedding vectors as the provider sent them (never rescaled: a gateway passes them on),
+    each a list of finite numbers, all of one length."""
+    vectors: list[tuple[float, ...]] = []
+    for item in items:
+        if (
+            not isinstance(item, list)
+            or not item
+            or not all(isinstance(x, int | float) and not isinstance(x, bool) for x in item)
+        ):
+            raise malformed(provider, "an embedding is not a list of numbers")
+        vector = tuple(float(x) for x in item)
+        if not all(math.isfinite(x) for x in vector):
+            raise malformed(provider, "an embedding has a number that is not finite")
+        vectors.append(vector)
+    if len({len(v) for v in vectors}) > 1:
+        raise malformed(provider, "the embeddings have different lengths")
+    return tuple(vectors)

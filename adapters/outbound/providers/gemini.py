@@ -24,6 +24,7 @@ from adapters.outbound.providers.errors import (
     malformed,
     token_count,
     utcnow,
+    vectors_of,
 )
 from adapters.outbound.providers.exchange import post_json, post_sse
 from application.ports import ModelInfo, Provider
@@ -32,6 +33,8 @@ from domain.key_pool import ApiKey
 from domain.model import (
     Completion,
     Delta,
+    EmbeddingRequest,
+    Embeddings,
     FinishReason,
     InferenceRequest,
     Role,
@@ -41,6 +44,7 @@ from domain.model import (
 )
 
 DEFAULT_BASE_URL = "https://generativelanguage.googleapis.com"
+MAX_EMBED_BATCH = 100  # texts batchEmbedContents takes in one call
 
 _FINISH = {
     "STOP": FinishReason.STOP,
@@ -203,7 +207,8 @@ class GeminiProvider(Provider):
         yield StreamEnd(progress.model, progress.finish, progress.usage)
 
     async def models(self, key: ApiKey) -> list[ModelInfo]:
-        """The models that generate content (`models/gemini-2.0-flash` -> `gemini-2.0-flash`)."""
+        """The models that generate content or embed (`models/gemini-2.0-flash` ->
+        `gemini-2.0-flash`)."""
         payload = await post_json(
             self._client, self._base.rstrip("/") + "?pageSize=1000", None, self._headers(key),
             provider=self.name, key=key, now=self._now(), max_bytes=self._max_bytes,
@@ -217,8 +222,37 @@ class GeminiProvider(Provider):
             for m in models
             if isinstance(m, dict)
             and isinstance(m.get("name"), str)
-            and "generateContent" in (m.get("supportedGenerationMethods") or ())
+            and {"generateContent", "embedContent"} & set(m.get("supportedGenerationMethods") or ())
         ]
+
+    async def embed(self, request: EmbeddingRequest, key: ApiKey) -> Embeddings:
+        """`batchEmbedContents`, at most MAX_EMBED_BATCH texts a call. Gemini reports no
+        token usage for embeddings: 0 input tokens."""
+        model = request.model.removeprefix("models/")
+        url = self._base + quote(model, safe="") + ":batchEmbedContents"
+
+        def one(text: str) -> dict[str, Any]:
+            item: dict[str, Any] = {
+                "model": f"models/{model}",
+                "content": {"parts": [{"text": text}]},
+            }
+            if request.dimensions is not None:
+                item["outputDimensionality"] = request.dimensions
+            return item
+
+        values: list[Any] = []
+        for start in range(0, len(request.inputs), MAX_EMBED_BATCH):
+            batch = request.inputs[start : start + MAX_EMBED_BATCH]
+            payload = await post_json(
+                self._client, url, {"requests": [one(text) for text in batch]},
+                self._headers(key), provider=self.name, key=key, now=self._now(),
+                max_bytes=self._max_bytes,
+            )  # fmt: skip
+            embeddings = payload.get("embeddings") if isinstance(payload, dict) else None
+            if not isinstance(embeddings, list) or len(embeddings) != len(batch):
+                raise malformed(self.name, f"expected a list of {len(batch)} embeddings")
+            values += [e.get("values") if isinstance(e, dict) else None for e in embeddings]
+        return Embeddings(vectors_of(values, self.name), model, self.name)
 
     def _read(self, payload: Any, key: ApiKey) -> _Chunk:
         if isinstance(payload, dict) and "error" in payload:

@@ -17,6 +17,7 @@ from adapters.outbound.providers.errors import (
     malformed,
     token_count,
     utcnow,
+    vectors_of,
 )
 from adapters.outbound.providers.exchange import post_json, post_sse
 from application.ports import ModelInfo, Provider
@@ -25,6 +26,8 @@ from domain.key_pool import ApiKey
 from domain.model import (
     Completion,
     Delta,
+    EmbeddingRequest,
+    Embeddings,
     FinishReason,
     InferenceRequest,
     StreamEnd,
@@ -102,6 +105,7 @@ class OpenAIProvider(Provider):
         self._client = client
         self._url = base_url.rstrip("/") + "/chat/completions"
         self._models_url = base_url.rstrip("/") + "/models"
+        self._embeddings_url = base_url.rstrip("/") + "/embeddings"
         self._idle = stream_idle_timeout
         self._max_bytes = max_response_bytes
         self._max_tokens_field = max_tokens_field
@@ -148,6 +152,37 @@ class OpenAIProvider(Provider):
             for m in data
             if isinstance(m, dict) and isinstance(m.get("id"), str)
         ]
+
+    async def embed(self, request: EmbeddingRequest, key: ApiKey) -> Embeddings:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "input": list(request.inputs),
+            "encoding_format": "float",
+        }
+        if request.dimensions is not None:
+            body["dimensions"] = request.dimensions
+        payload = await post_json(
+            self._client, self._embeddings_url, body, self._headers(key), provider=self.name,
+            key=key, now=self._now(), max_bytes=self._max_bytes,
+        )  # fmt: skip
+        data = payload.get("data") if isinstance(payload, dict) else None
+        count = len(request.inputs)
+        if not isinstance(data, list) or len(data) != count:
+            raise malformed(self.name, f"expected a list of {count} embeddings")
+        by_index: dict[int, Any] = {}
+        for item in data:
+            index = item.get("index") if isinstance(item, dict) else None
+            if not isinstance(index, int) or not 0 <= index < count or index in by_index:
+                raise malformed(self.name, f"the embeddings' indexes are not 0..{count - 1}")
+            by_index[index] = item.get("embedding")
+        usage = payload.get("usage")
+        tokens = usage.get("prompt_tokens") if isinstance(usage, dict) else None
+        return Embeddings(
+            vectors=vectors_of([by_index[i] for i in range(count)], self.name),
+            model=_model_of(payload, request.model),
+            provider=self.name,
+            input_tokens=token_count(tokens, self.name, "prompt_tokens"),
+        )
 
     def _completion(self, payload: Any, requested_model: str) -> Completion:
         if not isinstance(payload, dict):
