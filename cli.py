@@ -120,6 +120,7 @@ def describe_security(settings: Settings) -> str:
 SIMULATED_KEYS = {
     "openai_api_keys": "sim-openai-key-1,sim-openai-key-2",
     "gemini_api_keys": "sim-gemini-key-1,sim-gemini-key-2",
+    "anthropic_api_keys": "sim-anthropic-key-1,sim-anthropic-key-2",
 }
 
 
@@ -127,10 +128,11 @@ def simulated(settings: Settings, simulator: RunningSimulator) -> Settings:
     """The settings pointed at a local upstream simulator, with its demo keys (never real ones)."""
     return load_settings(
         **{
-            **settings.model_dump(exclude={"openai_api_keys", "gemini_api_keys"}),
+            **settings.model_dump(exclude=set(SIMULATED_KEYS)),
             **SIMULATED_KEYS,
             "openai_base_url": simulator.openai_base_url,
             "gemini_base_url": simulator.gemini_base_url,
+            "anthropic_base_url": simulator.anthropic_base_url,
             "embedding_base_url": (
                 simulator.gemini_base_url
                 if settings.embedder_kind == "gemini"
@@ -156,8 +158,8 @@ async def _run(
             simulator = await stack.enter_async_context(running_simulator(demo))
             settings = simulated(settings, simulator)
             log.warning(
-                "UPSTREAM SIMULATOR ENABLED (--simulator): answers are synthetic, from %s; "
-                "OpenAI and Gemini are not contacted and configured API keys are not used",
+                "UPSTREAM SIMULATOR ENABLED (--simulator): answers are synthetic, from %s; OpenAI, "
+                "Gemini and Anthropic are not contacted and configured API keys are not used",
                 simulator.base_url,
             )
         container = Container(settings=settings)
@@ -230,8 +232,8 @@ def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="llm-proxy",
-        description="gRPC inference proxy for OpenAI and Gemini. Configured by environment "
-        "variables (see the README's settings table).",
+        description="gRPC inference proxy for OpenAI, Gemini and Anthropic. Configured by "
+        "environment variables (see the README's settings table).",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser(

@@ -25,6 +25,7 @@ from adapters.outbound.observability import tracing
 from adapters.outbound.observability.logs import SecretRedactor
 from adapters.outbound.observability.prometheus import PrometheusMetrics
 from adapters.outbound.providers import HttpSettings, http_client
+from adapters.outbound.providers.anthropic import AnthropicProvider
 from adapters.outbound.providers.gemini import GeminiProvider
 from adapters.outbound.providers.openai import OpenAIProvider, max_tokens_field_for
 from adapters.outbound.state import LocalCooldowns, LocalRateLimiter, State
@@ -212,6 +213,13 @@ class Container(containers.DeclarativeContainer):
                           read=s.gemini_read_timeout, max_connections=s.upstream_max_connections),
         tracer_provider,
     )  # fmt: skip
+    anthropic_http = providers.Singleton(
+        http_client, s.anthropic_base_url,
+        providers.Factory(HttpSettings, connect=s.anthropic_connect_timeout,
+                          read=s.anthropic_read_timeout,
+                          max_connections=s.upstream_max_connections),
+        tracer_provider,
+    )  # fmt: skip
     openai = providers.Singleton(
         OpenAIProvider, openai_http, base_url=s.openai_base_url,
         stream_idle_timeout=s.openai_stream_idle_timeout, max_response_bytes=s.max_response_bytes,
@@ -221,8 +229,14 @@ class Container(containers.DeclarativeContainer):
         GeminiProvider, gemini_http, base_url=s.gemini_base_url,
         stream_idle_timeout=s.gemini_stream_idle_timeout, max_response_bytes=s.max_response_bytes,
     )  # fmt: skip
+    anthropic = providers.Singleton(
+        AnthropicProvider, anthropic_http, base_url=s.anthropic_base_url,
+        default_max_tokens=s.anthropic_max_tokens,
+        stream_idle_timeout=s.anthropic_stream_idle_timeout,
+        max_response_bytes=s.max_response_bytes,
+    )  # fmt: skip
     provider_adapters: providers.Provider[dict[str, Provider]] = providers.Dict(
-        openai=openai, gemini=gemini
+        openai=openai, gemini=gemini, anthropic=anthropic
     )
 
     embedding_http = providers.Singleton(
@@ -313,7 +327,7 @@ class Container(containers.DeclarativeContainer):
     )
 
     clients = providers.Resource(
-        open_clients, tracer_provider, openai_http, gemini_http,
+        open_clients, tracer_provider, openai_http, gemini_http, anthropic_http,
         providers.Selector(s.embedder_kind, local=providers.Object(None), openai=embedding_http,
                            gemini=embedding_http),
     )  # fmt: skip

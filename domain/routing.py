@@ -14,6 +14,7 @@ DEFAULT_PREFIXES: tuple[tuple[str, str], ...] = (
     ("o4", "openai"),
     ("chatgpt-", "openai"),
     ("gemini-", "gemini"),
+    ("claude-", "anthropic"),
     # embedding models (POST /v1/embeddings); Gemini's text-embedding-004 before OpenAI's prefix
     ("text-embedding-004", "gemini"),
     ("text-embedding-", "openai"),

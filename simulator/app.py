@@ -1,4 +1,4 @@
-"""The upstream simulator: an aiohttp app imitating the OpenAI and Gemini HTTP APIs.
+"""The upstream simulator: an aiohttp app imitating the OpenAI, Gemini and Anthropic HTTP APIs.
 
 Entry points: :func:`build_app`, :func:`serve` (runs until cancelled) and
 :func:`running_simulator` (tests: an ephemeral port on 127.0.0.1).
@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from simulator import gemini_api, openai_api
+from simulator import anthropic_api, gemini_api, openai_api
 from simulator.config import SimulatorConfig
 from simulator.content import (
     Answer,
@@ -44,6 +44,9 @@ from simulator.faults import (
     parse_fault_spec,
 )
 from simulator.stats import (
+    ANTHROPIC_MESSAGES,
+    ANTHROPIC_MODELS,
+    ANTHROPIC_STREAM,
     GEMINI_BATCH_EMBED,
     GEMINI_EMBED,
     GEMINI_GENERATE,
@@ -123,6 +126,7 @@ class Simulator:
         self._windows: dict[str, _Window] = {}
         self._closing = False
         self.openai = openai_api.OpenAIDialect()
+        self.anthropic = anthropic_api.AnthropicDialect()
         self.gemini = gemini_api.GeminiDialect(
             invalid_key_status=config.gemini_invalid_key_status, crlf=config.gemini_sse_crlf
         )
@@ -140,6 +144,7 @@ class Simulator:
         r.add_post("/v1/chat/completions", self.openai_chat)
         r.add_post("/v1/embeddings", self.openai_embeddings)
         r.add_get("/v1/models", self.openai_models)
+        r.add_post("/v1/messages", self.anthropic_messages)
         r.add_post("/v1beta/models/{model_action}", self.gemini_action)
         r.add_post("/v1/models/{model_action}", self.gemini_action)
         r.add_get("/v1beta/models", self.gemini_models)
@@ -175,13 +180,31 @@ class Simulator:
             request, self.openai, OPENAI_EMBEDDINGS, lambda ex: self._openai_embed(ex, raw)
         )
 
+    async def anthropic_messages(self, request: web.Request) -> web.StreamResponse:
+        raw = await self._peek_json(request)
+        streaming = isinstance(raw, dict) and raw.get("stream") is True
+        endpoint = ANTHROPIC_STREAM if streaming else ANTHROPIC_MESSAGES
+        return await self._run(
+            request, self.anthropic, endpoint, lambda ex: self._anthropic(ex, raw)
+        )
+
     async def openai_models(self, request: web.Request) -> web.StreamResponse:
+        if "x-api-key" in request.headers:  # Anthropic lists its models at the same path
+            return await self._anthropic_models(request)
         models = sorted(self.config.models) or list(openai_api.DEFAULT_MODELS)
 
         async def work(ex: _Exchange) -> web.StreamResponse:
             return json_response(openai_api.models_response(models))
 
         return await self._run(request, self.openai, OPENAI_MODELS, work)
+
+    async def _anthropic_models(self, request: web.Request) -> web.StreamResponse:
+        models = sorted(self.config.models) or list(anthropic_api.DEFAULT_MODELS)
+
+        async def work(ex: _Exchange) -> web.StreamResponse:
+            return json_response(anthropic_api.models_response(models))
+
+        return await self._run(request, self.anthropic, ANTHROPIC_MODELS, work)
 
     async def gemini_models(self, request: web.Request) -> web.StreamResponse:
         models = sorted(self.config.models) or list(gemini_api.DEFAULT_MODELS)
@@ -409,6 +432,30 @@ class Simulator:
             include_usage=req.include_usage,
         )
         return await self._send_stream(ex, events, openai_api.STREAM_STYLE, plan, headers)
+
+    async def _anthropic(self, ex: _Exchange, raw: Any) -> web.StreamResponse:
+        if raw is _INVALID:
+            raise ex.dialect.invalid_json()
+        req = anthropic_api.parse_messages(raw)
+        self._check_model(ex, req.model, "messages")
+        scope = conversation_digest(req.model, req.turns).hex()
+        plan = self._plan(ex, req.marker_texts, scope)
+        early = await self._prelude(ex, plan, req.model)
+        if early is not None:
+            return early
+        answer = self._answer(req, plan)
+        message_id = anthropic_api.new_message_id()
+        headers = ex.dialect.success_headers(ex.rate)
+        if not req.stream:
+            payload = anthropic_api.message(message_id=message_id, model=req.model, answer=answer)
+            return await self._send_json(ex, payload, plan, headers)
+        events = anthropic_api.stream_events(
+            message_id=message_id,
+            model=req.model,
+            answer=answer,
+            words_per_chunk=self.config.openai_chunk_words,
+        )
+        return await self._send_stream(ex, events, anthropic_api.STREAM_STYLE, plan, headers)
 
     async def _gemini_generate(self, ex: _Exchange, model: str, raw: Any) -> web.StreamResponse:
         streaming = ex.endpoint == GEMINI_STREAM
@@ -694,7 +741,7 @@ class RedactingAccessLogger(AbstractAccessLogger):
 
 
 SIMULATOR_KEY = web.AppKey("simulator", Simulator)
-_STREAM_ENDPOINTS = frozenset({OPENAI_CHAT_STREAM, GEMINI_STREAM})
+_STREAM_ENDPOINTS = frozenset({OPENAI_CHAT_STREAM, GEMINI_STREAM, ANTHROPIC_STREAM})
 
 
 def build_app(config: SimulatorConfig | None = None) -> web.Application:
@@ -751,6 +798,10 @@ class RunningSimulator:
 
     @property
     def gemini_base_url(self) -> str:
+        return self.base_url
+
+    @property
+    def anthropic_base_url(self) -> str:
         return self.base_url
 
     @property

@@ -33,7 +33,7 @@ _ITEM_RE = re.compile(
 )
 
 #: Endpoint families an item can be restricted to with ``@target``.
-TARGETS = frozenset({"chat", "embed", "openai", "gemini"})
+TARGETS = frozenset({"chat", "embed", "openai", "gemini", "anthropic"})
 
 #: Terminal faults besides plain status codes.
 TERMINAL_NAMES = frozenset(

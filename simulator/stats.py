@@ -19,6 +19,9 @@ GEMINI_STREAM = "gemini.stream"
 GEMINI_EMBED = "gemini.embed"
 GEMINI_BATCH_EMBED = "gemini.batch_embed"
 GEMINI_MODELS = "gemini.models"
+ANTHROPIC_MESSAGES = "anthropic.messages"
+ANTHROPIC_STREAM = "anthropic.messages.stream"
+ANTHROPIC_MODELS = "anthropic.models"
 
 
 @dataclass

@@ -78,10 +78,17 @@ class StreamStyle:
     json_array: bool = False
     separator: bytes = b"\n\n"
     done_marker: bytes | None = None
+    named_events: bool = False  # an `event: <type>` line before each `data:` (Anthropic)
 
     def frame(self, payload: bytes, index: int) -> bytes:
         if self.json_array:
             return (b"[" if index == 0 else b",\r\n") + payload
+        if self.named_events:
+            try:
+                kind = str(json.loads(payload).get("type", "message")).encode()
+            except (ValueError, AttributeError):
+                kind = b"message"  # a malformed (cut) event: its name is lost as well
+            return b"event: " + kind + b"\n" + b"data: " + payload + self.separator
         return b"data: " + payload + self.separator
 
     def end(self, sent: int, *, after_error: bool = False) -> bytes:

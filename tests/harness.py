@@ -105,6 +105,7 @@ async def running_proxy(
 
 OPENAI_KEYS = ("sk-e2e-openai-one", "sk-e2e-openai-two")
 GEMINI_KEYS = ("AIza-e2e-gemini-one", "AIza-e2e-gemini-two")
+ANTHROPIC_KEYS = ("sk-ant-e2e-one", "sk-ant-e2e-two")
 
 
 @dataclass
@@ -129,6 +130,8 @@ async def stack(
             "gemini_base_url": simulator.gemini_base_url,
             "openai_api_keys": ",".join(OPENAI_KEYS),
             "gemini_api_keys": ",".join(GEMINI_KEYS),
+            "anthropic_base_url": simulator.anthropic_base_url,
+            "anthropic_api_keys": ",".join(ANTHROPIC_KEYS),
         }
         async with running_proxy(overrides=overrides, **{**upstream, **settings}) as proxy:
             yield Stack(proxy, simulator)

@@ -26,10 +26,11 @@ from adapters.outbound.embedders.openai import NATIVE_DIMENSIONS as OPENAI_DIMEN
 from adapters.process.config_error import ConfigError
 from adapters.process.durations import parse_duration
 from adapters.process.supervisor import cpu_quota
+from domain.model import MAX_OUTPUT_TOKENS
 from domain.routing import ModelRouter, Route
 from domain.usage import ANONYMOUS, Budget, Budgets
 
-PROVIDERS = ("openai", "gemini")
+PROVIDERS = ("openai", "gemini", "anthropic")
 
 
 def _duration(value: object) -> object:
@@ -256,14 +257,21 @@ class Settings(BaseSettings):
     cache_sweep_interval: PositiveDuration = 300.0
     openai_api_keys: Keys = ()
     gemini_api_keys: Keys = ()
+    anthropic_api_keys: Keys = ()
     openai_base_url: ProviderUrl = "https://api.openai.com/v1"
     gemini_base_url: ProviderUrl = "https://generativelanguage.googleapis.com"
+    anthropic_base_url: ProviderUrl = "https://api.anthropic.com"
     openai_connect_timeout: PositiveDuration = 5.0
     openai_read_timeout: PositiveDuration = 300.0
     openai_stream_idle_timeout: PositiveDuration = 30.0
     gemini_connect_timeout: PositiveDuration = 5.0
     gemini_read_timeout: PositiveDuration = 300.0
     gemini_stream_idle_timeout: PositiveDuration = 30.0
+    anthropic_connect_timeout: PositiveDuration = 5.0
+    anthropic_read_timeout: PositiveDuration = 300.0
+    anthropic_stream_idle_timeout: PositiveDuration = 30.0
+    # max_tokens sent to Anthropic (which requires it) when a request gives none
+    anthropic_max_tokens: int = Field(4096, ge=1, le=MAX_OUTPUT_TOKENS)
     upstream_max_connections: int = Field(100, ge=1)
     # 0: no per-attempt limit (an attempt may use the whole REQUEST_TIMEOUT)
     upstream_timeout: Duration = 0.0
@@ -324,7 +332,7 @@ class Settings(BaseSettings):
         """Every configured secret, for the filters that blank them in logs and spans should one
         leak: keys, client tokens, and credentials inside REDIS_ADDR and QDRANT_URL."""
         extra = (self.embedding_api_key,) if self.embedding_api_key else ()
-        keys = (*self.openai_api_keys, *self.gemini_api_keys, *extra)
+        keys = (*self.openai_api_keys, *self.gemini_api_keys, *self.anthropic_api_keys, *extra)
         in_urls = (url_secret(getattr(self, name)) for name in _URL_SECRETS)
         tokens = (token for _, token in self.named_tokens())
         return (*(k.get_secret_value() for k in keys), *tokens, *filter(None, in_urls))
@@ -440,7 +448,11 @@ class Settings(BaseSettings):
         return self
 
     def api_keys(self, provider: str) -> tuple[str, ...]:
-        keys = {"openai": self.openai_api_keys, "gemini": self.gemini_api_keys}[provider]
+        keys = {
+            "openai": self.openai_api_keys,
+            "gemini": self.gemini_api_keys,
+            "anthropic": self.anthropic_api_keys,
+        }[provider]
         return tuple(k.get_secret_value() for k in keys)
 
     @property

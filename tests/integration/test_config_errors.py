@@ -58,6 +58,12 @@ BAD: dict[str, dict[str, str]] = {
     "gemini_connect_timeout": {"GEMINI_CONNECT_TIMEOUT": "0"},
     "gemini_read_timeout": {"GEMINI_READ_TIMEOUT": "-5s"},
     "gemini_stream_idle_timeout": {"GEMINI_STREAM_IDLE_TIMEOUT": "0"},
+    "anthropic_api_keys": {"ANTHROPIC_API_KEYS": "a-a,a-a"},
+    "anthropic_base_url": {"ANTHROPIC_BASE_URL": "api.anthropic.com"},
+    "anthropic_connect_timeout": {"ANTHROPIC_CONNECT_TIMEOUT": "0"},
+    "anthropic_read_timeout": {"ANTHROPIC_READ_TIMEOUT": "soon"},
+    "anthropic_stream_idle_timeout": {"ANTHROPIC_STREAM_IDLE_TIMEOUT": "-1s"},
+    "anthropic_max_tokens": {"ANTHROPIC_MAX_TOKENS": "0"},
     "upstream_max_connections": {"UPSTREAM_MAX_CONNECTIONS": "0"},
     "upstream_timeout": {"UPSTREAM_TIMEOUT": "-1s"},
     "max_response_bytes": {"MAX_RESPONSE_BYTES": "10"},
@@ -70,7 +76,7 @@ BAD: dict[str, dict[str, str]] = {
     "cache_embed_max_cpu": {"CACHE_EMBED_MAX_CPU": "1.5"},
     "workers": {"WORKERS": "0"},
     "model_routes": {"MODEL_ROUTES": "fast=bedrock"},
-    "model_fallbacks": {"MODEL_FALLBACKS": "gpt-4o=claude-3"},  # claude-3 routes nowhere
+    "model_fallbacks": {"MODEL_FALLBACKS": "gpt-4o=llama-3"},  # llama-3 routes nowhere
     "max_request_bytes": {"MAX_REQUEST_BYTES": "1"},
     "max_messages": {"MAX_MESSAGES": "0"},
     "max_model_name_length": {"MAX_MODEL_NAME_LENGTH": "0"},

@@ -142,10 +142,13 @@ async def test_models_lists_aliases_and_the_providers_own_chat_models_never_patt
         "gemini-2.0-flash": "gemini",
         "gemini-2.5-flash": "gemini",
         "text-embedding-004": "gemini",
+        "claude-haiku-4-5": "anthropic",
+        "claude-opus-4-1": "anthropic",
+        "claude-sonnet-4-5": "anthropic",
     }
     assert all(m.created > 0 for m in models.data)
     assert [m.id for m in again.data] == [m.id for m in models.data]
-    assert asked["openai.models"] == asked["gemini.models"] == 1  # kept, not asked again
+    assert asked["openai.models"] == asked["gemini.models"] == asked["anthropic.models"] == 1
 
 
 async def test_models_retrieve_answers_a_listed_model_and_404s_an_unknown_one(s: Stack) -> None:

@@ -104,6 +104,10 @@ async def test_serve_with_the_simulator_answers_with_no_keys_and_no_servers() ->
             assert response.provider == "openai"
             chunks = [c async for c in stub.InferStream(request, timeout=10)]
             assert chunks[-1].done
+            for model, provider in (("claude-sonnet-4-5", "anthropic"), ("gemini-pro", "gemini")):
+                request = pb.InferenceRequest(model=model, prompt="Write a haiku.", max_tokens=64)
+                response = await stub.Infer(request, timeout=10)
+                assert (response.provider, response.content[:4]) == (provider, "sim-")
         process.send_signal(signal.SIGTERM)
         async with asyncio.timeout(15):
             assert await process.wait() == 0

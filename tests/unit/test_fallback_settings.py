@@ -39,8 +39,8 @@ def test_a_chain_may_name_a_model_routes_alias() -> None:
         ("=gemini-1.5-flash", "is not model=fallback"),
         ("gpt-4o=gemini-1.5-flash,gpt-4o=gpt-4o-mini", "two chains"),
         ("gpt-4o=gemini-1.5-flash|gpt-4o", "names gpt-4o itself"),
-        ("gpt-4o=claude-3", "claude-3 .in gpt-4o's chain. routes nowhere"),
-        ("claude-3=gpt-4o", "claude-3 .in claude-3's chain. routes nowhere"),
+        ("gpt-4o=llama-3", "llama-3 .in gpt-4o's chain. routes nowhere"),
+        ("llama-3=gpt-4o", "llama-3 .in llama-3's chain. routes nowhere"),
     ],
 )
 def test_a_bad_chain_is_a_config_error_naming_model_fallbacks(value: str, problem: str) -> None:

@@ -64,7 +64,7 @@ SEMANTIC_SKIP_REASONS: Final = ("beyond_window", "different_question", "embedder
 INDEX_DROP_REASONS: Final = ("full", "failed", "shutdown")
 CACHE_BACKENDS: Final = ("cache", "embedder", "vector_index", "response_store")
 CACHE_OPERATIONS: Final = ("lookup", "store", "embed", "search", "upsert", "delete", "get", "put")
-KNOWN_PROVIDERS: Final = ("openai", "gemini")
+KNOWN_PROVIDERS: Final = ("openai", "gemini", "anthropic")
 HTTP_ROUTES: Final = (
     "/v1/chat/completions",
     "/v1/embeddings",

@@ -47,6 +47,7 @@ _CONTROL = re.compile(r"\s+|[\x00-\x1f\x7f]")
 _PROTO_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)s\s*")
 _MIN_EXACT_KEY_CHARS = 4
 _KEY_INVALID_REASONS = frozenset({"API_KEY_INVALID", "API_KEY_EXPIRED"})
+_REASONS = {529: "Overloaded"}  # Anthropic's: a provider fault like 503
 
 
 # --- redaction -------------------------------------------------------------------------------
@@ -224,12 +225,41 @@ def ratelimit_reset(headers: Mapping[str, str]) -> float | None:
     return max(exhausted or resets.values())
 
 
+def anthropic_ratelimit_reset(headers: Mapping[str, str], now: datetime) -> float | None:
+    """Anthropic's `anthropic-ratelimit-{requests,tokens,input-tokens,output-tokens}-reset`
+    (RFC 3339 instants): the exhausted limit's reset (`...-remaining: 0`), else the latest."""
+    h = _lower(headers)
+    resets: dict[str, float] = {}
+    for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
+        raw = h.get(f"anthropic-ratelimit-{kind}-reset")
+        if raw is None:
+            continue
+        try:
+            when = datetime.fromisoformat(raw.strip().replace("Z", "+00:00"))
+        except ValueError:
+            continue
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        wait = _bounded(max(0.0, (when - now).total_seconds()))
+        if wait is not None:
+            resets[kind] = wait
+    if not resets:
+        return None
+    exhausted = [
+        reset
+        for kind, reset in resets.items()
+        if h.get(f"anthropic-ratelimit-{kind}-remaining") == "0"
+    ]
+    return max(exhausted or resets.values())
+
+
 def rate_limit_wait(headers: Mapping[str, str], payload: Any, now: datetime) -> float | None:
     """When a 429'd key may be used again: the explicit hint first, then the limits' resets."""
     for wait in (
         retry_after_header(headers, now),
         gemini_retry_delay(payload),
         ratelimit_reset(headers),
+        anthropic_ratelimit_reset(headers, now),
     ):
         if wait is not None:
             return wait
@@ -249,18 +279,19 @@ def classify_status(
     now: datetime,
 ) -> ProviderFailure:
     """The failure an unsuccessful HTTP response stands for (status is not 2xx)."""
-    reason = httpx.codes.get_reason_phrase(status) or "unknown status"
+    reason = httpx.codes.get_reason_phrase(status) or _REASONS.get(status, "unknown status")
     return _classify(
         status, f"HTTP {status} {reason}", headers, json_or_none(body), provider, key, now
     )
 
 
 def classify_stream_error(
-    payload: Any, *, provider: str, key: ApiKey, now: datetime
+    payload: Any, *, provider: str, key: ApiKey, now: datetime, status: int | None = None
 ) -> ProviderFailure:
-    """An error object sent inside a 200 event stream: its `code`, when an HTTP status, decides
-    the class; without one it is the provider's fault."""
-    code = _error_object(payload).get("code")
+    """An error object sent inside a 200 event stream: `status` when the adapter knows the HTTP
+    status it stands for, else its `code` when an HTTP status; without one it is the
+    provider's fault."""
+    code = status if status is not None else _error_object(payload).get("code")
     status = code if isinstance(code, int) and 400 <= code <= 599 else 500
     label = f"error event (code {code})" if status == code else "error event"
     return _classify(status, label, {}, payload, provider, key, now)
