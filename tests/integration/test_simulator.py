@@ -975,3 +975,92 @@ def test_cli_flags_build_the_config() -> None:
     assert parse_duration("1.5s") == 1.5
     with pytest.raises(argparse.ArgumentTypeError):
         parse_duration("soon")
+
+
+# --------------------------------------------------------------------------- Anthropic
+
+AN_AUTH = {"x-api-key": "sk-ant-sim-test-0123456789", "anthropic-version": "2023-06-01"}
+
+
+def messages_body(prompt: str = "What is the capital of France?", **extra: Any) -> dict[str, Any]:
+    return {
+        "model": "claude-sonnet-4-5",
+        "max_tokens": 64,
+        "system": "Answer briefly.",
+        "messages": [{"role": "user", "content": prompt}],
+        **extra,
+    }
+
+
+async def test_anthropic_message_and_its_named_stream_events(client: httpx.AsyncClient) -> None:
+    unary = await client.post("/v1/messages", json=messages_body(), headers=AN_AUTH)
+    assert unary.status_code == 200
+    message = unary.json()
+    assert (message["type"], message["role"], message["stop_reason"]) == (
+        "message", "assistant", "end_turn",
+    )  # fmt: skip
+    assert message["usage"]["output_tokens"] > 0
+    assert unary.headers["anthropic-ratelimit-requests-reset"].endswith("Z")
+    streamed = await client.post("/v1/messages", json=messages_body(stream=True), headers=AN_AUTH)
+    frames = [f.split("\n") for f in streamed.text.split("\n\n") if f]
+    names = [f[0].removeprefix("event: ") for f in frames]
+    assert names[:3] == ["message_start", "content_block_start", "ping"]
+    assert names[-3:] == ["content_block_stop", "message_delta", "message_stop"]
+    assert all(
+        json.loads(f[1].removeprefix("data: "))["type"] == n
+        for f, n in zip(frames, names, strict=True)
+    )
+    text = "".join(
+        json.loads(f[1].removeprefix("data: "))["delta"]["text"]
+        for f, n in zip(frames, names, strict=True)
+        if n == "content_block_delta"
+    )
+    assert text == message["content"][0]["text"]
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        ({"max_tokens": None}, "max_tokens: Field required"),
+        ({"temperature": 1.5}, "temperature"),
+        ({"messages": [{"role": "system", "content": "x"}]}, "role"),
+        (
+            {
+                "messages": [
+                    {"role": "user", "content": "x"},
+                    {"role": "assistant", "content": "a "},
+                ]
+            },
+            "trailing whitespace",
+        ),
+    ],
+)
+async def test_anthropic_refuses_what_the_real_api_refuses(
+    client: httpx.AsyncClient, body: dict[str, Any], says: str
+) -> None:
+    r = await client.post("/v1/messages", json=messages_body(**body), headers=AN_AUTH)
+    assert r.status_code == 400
+    error = r.json()
+    assert error["type"] == "error"
+    assert error["error"]["type"] == "invalid_request_error"
+    assert says in error["error"]["message"]
+
+
+async def test_anthropic_faults_overloaded_rate_limit_and_a_missing_key(
+    client: httpx.AsyncClient,
+) -> None:
+    overloaded = await client.post(
+        "/v1/messages", json=messages_body("x [[sim:529]]"), headers=AN_AUTH
+    )
+    limited = await client.post(
+        "/v1/messages", json=messages_body("y [[sim:429:7]]"), headers=AN_AUTH
+    )
+    anonymous = await client.post("/v1/messages", json=messages_body())
+    assert overloaded.status_code == 529
+    assert overloaded.json()["error"]["type"] == "overloaded_error"
+    assert limited.status_code == 429
+    assert limited.headers["retry-after"] == "7"
+    assert limited.headers["anthropic-ratelimit-requests-remaining"] == "0"
+    assert anonymous.status_code == 401
+    listed = await client.get("/v1/models", headers=AN_AUTH)
+    assert {m["id"] for m in listed.json()["data"]} >= {"claude-sonnet-4-5"}
