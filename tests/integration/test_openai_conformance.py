@@ -22,7 +22,7 @@ from tests.harness import Stack, stack
 
 pytestmark = pytest.mark.integration
 
-OPENAI, GEMINI = "gpt-4o-mini", "gemini-2.0-flash"
+OPENAI, GEMINI, CLAUDE = "gpt-4o-mini", "gemini-2.0-flash", "claude-sonnet-4-5"
 EXTENSION = {"llm_proxy"}  # the last chunk's provider and cache status (README)
 
 
@@ -63,7 +63,7 @@ def events(response: httpx.Response) -> list[dict[str, Any]]:
     return [json.loads(f) for f in frames[:-1]]
 
 
-@pytest.mark.parametrize("model", [OPENAI, GEMINI])
+@pytest.mark.parametrize("model", [OPENAI, GEMINI, CLAUDE])
 async def test_a_completion_conforms(s: Stack, model: str) -> None:
     response = await post(s, ask("Explain goroutines.", model))
     assert response.status_code == 200
@@ -74,7 +74,7 @@ async def test_a_completion_conforms(s: Stack, model: str) -> None:
     assert message["refusal"] is None
 
 
-@pytest.mark.parametrize("model", [OPENAI, GEMINI])
+@pytest.mark.parametrize("model", [OPENAI, GEMINI, CLAUDE])
 async def test_each_chunk_kind_conforms(s: Stack, model: str) -> None:
     body = ask("Explain channels.", model, stream=True, stream_options={"include_usage": True})
     chunks = events(await post(s, body))
