@@ -18,7 +18,13 @@ from adapters.process.durations import parse_duration
 from adapters.process.settings import Settings
 
 K8S = Path(__file__).parents[2] / "k8s"
-SECRET_SETTINGS = {"OPENAI_API_KEYS", "GEMINI_API_KEYS", "EMBEDDING_API_KEY", "AUTH_TOKENS"}
+SECRET_SETTINGS = {
+    "OPENAI_API_KEYS",
+    "GEMINI_API_KEYS",
+    "ANTHROPIC_API_KEYS",
+    "EMBEDDING_API_KEY",
+    "AUTH_TOKENS",
+}
 PLACEHOLDERS = re.compile(r"<[a-z0-9-]+>(,<[a-z0-9-]+>)*")
 
 Doc = dict[str, Any]
