@@ -8,7 +8,7 @@ import logging
 import signal
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
@@ -28,7 +28,15 @@ from adapters.process.supervisor import (
     die_with_supervisor,
 )
 from adapters.process.system import raise_file_limit
-from application.calibration import MemoEmbedder, ThresholdReport, parse_pairs, render, sweep
+from application.calibration import (
+    LabelledPair,
+    MemoEmbedder,
+    ThresholdReport,
+    parse_pairs,
+    render,
+    sweep,
+)
+from application.ports import Embedder
 from application.semantic_cache import CachePolicy, SemanticCache
 from container import Container
 
@@ -188,45 +196,60 @@ def calibrate(path: Path, thresholds: str, half: str | None = None) -> int:
     except (ConfigError, OSError, ValueError, KeyError) as error:
         print(f"llm-proxy calibrate: {error}", file=sys.stderr)
         return 2
-    default = settings.similarity_threshold
     levels = [round(start + i * step, 4) for i in range(round((stop - start) / step) + 1)]
-    with tempfile.TemporaryDirectory() as directory:
-        container = Container(settings=settings.model_copy(update={"cache_dir": directory}))
-        caches: list[SemanticCache] = []
-
-        def cache_at(threshold: float) -> SemanticCache:
-            policy = CachePolicy(threshold=threshold, ttl=3600.0, timeout=120.0)
-            caches.append(SemanticCache(
-                embedder, container.vector_index(), container.response_store(), policy, judge,
-                container.clock(), container.metrics(), container.tracer(),
-            ))  # fmt: skip
-            return caches[-1]
-
-        embedder = MemoEmbedder(container.embedder())
-        judge = container.judge()
-
-        async def run() -> list[ThresholdReport]:
-            try:
-                await embedder.prefill(pairs, judge)
-                return await sweep(cache_at, embedder, pairs, [default, *levels], judge)
-            finally:
-                await container.embedding_http().aclose()
-                if caches:
-                    await caches[0].close()  # they share the index and the store
-
-        try:
-            rows = asyncio.run(run())
-        except Exception as error:  # the embedder (an API) failed: say so, no traceback
-            print(f"llm-proxy calibrate: embedding failed: {error}", file=sys.stderr)
-            return 1
-    if any(state == "down" for cache in caches for state in cache.states.values()):
-        print("llm-proxy calibrate: a cache backend failed; the figures would be wrong",
-              file=sys.stderr)  # fmt: skip
+    try:
+        rows = calibration(settings, pairs, [settings.similarity_threshold, *levels])
+    except BackendFailed as error:
+        print(f"llm-proxy calibrate: {error}", file=sys.stderr)
+        return 1
+    except Exception as error:  # the embedder (an API) failed: say so, no traceback
+        print(f"llm-proxy calibrate: embedding failed: {error}", file=sys.stderr)
         return 1
     print(f"embedder {settings.embedder_kind}; {len(pairs)} pairs from {path}"
           + (f" (half {half})" if half else ""))  # fmt: skip
     print(render(rows[0], rows[1:]))
     return 0
+
+
+class BackendFailed(Exception):
+    """A cache backend failed during a calibration: its figures would be wrong."""
+
+
+def calibration(
+    settings: Settings,
+    pairs: Sequence[LabelledPair],
+    thresholds: Sequence[float],
+    embedder: Embedder | None = None,
+) -> list[ThresholdReport]:
+    """A report per threshold: the pairs through a real cache with embedded backends in a
+    temporary directory, and `embedder` (default: the configured one)."""
+    with tempfile.TemporaryDirectory() as directory:
+        container = Container(settings=settings.model_copy(update={"cache_dir": directory}))
+        caches: list[SemanticCache] = []
+        memo = MemoEmbedder(embedder or container.embedder())
+        judge = container.judge()
+
+        def cache_at(threshold: float) -> SemanticCache:
+            policy = CachePolicy(threshold=threshold, ttl=3600.0, timeout=120.0)
+            caches.append(SemanticCache(
+                memo, container.vector_index(), container.response_store(), policy, judge,
+                container.clock(), container.metrics(), container.tracer(),
+            ))  # fmt: skip
+            return caches[-1]
+
+        async def run() -> list[ThresholdReport]:
+            try:
+                await memo.prefill(pairs, judge)
+                return await sweep(cache_at, memo, pairs, thresholds, judge)
+            finally:
+                await container.embedding_http().aclose()
+                if caches:
+                    await caches[0].close()  # they share the index and the store
+
+        rows = asyncio.run(run())
+    if any(state == "down" for cache in caches for state in cache.states.values()):
+        raise BackendFailed("a cache backend failed; the figures would be wrong")
+    return rows
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -36,7 +36,16 @@ async def main():
 asyncio.run(main())
 print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})))
 """
-HEAVY = {"numpy", "tokenizers", "safetensors", "qdrant_client", "qdrant_edge", "redis"}
+HEAVY = {
+    "numpy",
+    "tokenizers",
+    "safetensors",
+    "onnx",
+    "onnxruntime",
+    "qdrant_client",
+    "qdrant_edge",
+    "redis",
+}
 
 
 def imported(settings: dict[str, str], tmp_path: Path) -> set[str]:
@@ -58,7 +67,7 @@ def test_cache_off_imports_no_cache_dependency(tmp_path: Path) -> None:
 
 def test_embedded_cache_imports_neither_qdrant_client_nor_redis(tmp_path: Path) -> None:
     modules = imported({"cache_mode": "embedded", "embedder": "local"}, tmp_path)
-    assert {"qdrant_edge", "tokenizers", "numpy"} <= modules
+    assert {"qdrant_edge", "tokenizers", "numpy", "onnxruntime"} <= modules
     assert modules & {"qdrant_client", "redis"} == set()
 
 
@@ -73,4 +82,4 @@ def test_remote_cache_with_an_api_embedder_imports_no_local_engine(tmp_path: Pat
     }
     modules = imported(settings, tmp_path)
     assert {"qdrant_client", "redis"} <= modules
-    assert modules & {"qdrant_edge", "tokenizers", "safetensors"} == set()
+    assert modules & {"qdrant_edge", "tokenizers", "safetensors", "onnxruntime"} == set()
