@@ -11,7 +11,7 @@ hold is not counted; their cache and memory traffic still is: compare the ratios
 
 - single: one 20-token text ([CLS] and [SEP] included), embedded alone, `--repeats` times;
 - batch32: the distinct prompts of benchmarks/cache_pairs.jsonl as the cache embeds them
-  (domain.same_question.embedding_text), shuffled, in batches of 32 (as the micro-batcher hands
+  (the judge's embedding_text), shuffled, in batches of 32 (as the micro-batcher hands
   them over: the model sorts each batch by length and pads little); int8 runs one text per pass
   (its activation scales are per pass: a batch would change a text's vector).
 
@@ -41,7 +41,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 from numpy_minilm import NumpyMiniLM  # noqa: E402
 
 from adapters.outbound.embedders.local import MiniLM, bundled_model_dir  # noqa: E402
-from domain.same_question import embedding_text  # noqa: E402
+from container import question_judge  # noqa: E402
 
 SINGLE = "Please explain, in two short sentences, how a semantic cache decides that prompts match."
 PAIRS = ROOT / "benchmarks" / "cache_pairs.jsonl"
@@ -49,7 +49,8 @@ PAIRS = ROOT / "benchmarks" / "cache_pairs.jsonl"
 
 def prompts() -> list[str]:
     lines = [json.loads(line) for line in PAIRS.read_text().splitlines() if line.strip()]
-    texts = sorted({embedding_text(pair[side]) for pair in lines for side in ("a", "b")})
+    judge = question_judge()
+    texts = sorted({judge.embedding_text(pair[side]) for pair in lines for side in ("a", "b")})
     random.Random(0).shuffle(texts)
     return texts[: len(texts) // 32 * 32]
 

@@ -29,7 +29,7 @@ from adapters.process.settings import load_settings  # noqa: E402
 from application.calibration import ThresholdReport, parse_pairs  # noqa: E402
 from application.ports import Embedder  # noqa: E402
 from cli import calibration  # noqa: E402
-from domain.same_question import embedding_text  # noqa: E402
+from container import question_judge  # noqa: E402
 
 
 class ModelEmbedder(Embedder):
@@ -94,7 +94,8 @@ def main() -> None:
     for identity, rows in reports.items():
         for row, base_row in zip(rows, base, strict=True):
             print(line(identity.removeprefix("local:"), row, base_row))
-    texts = sorted({embedding_text(t) for p in pairs for t in (p.a, p.b)})
+    judge = question_judge()
+    texts = sorted({judge.embedding_text(t) for p in pairs for t in (p.a, p.b)})
     old = embedders[0].model.encode(texts)
     for e in embedders[1:]:
         cosines = np.sum(old * e.model.encode(texts, e.batch_size), axis=1)
