@@ -312,6 +312,7 @@ class Container(containers.DeclarativeContainer):
         EmbeddingService, router=router, upstreams=upstreams, backoff=backoff,
         request_timeout=s.request_timeout, upstream_timeout=s.attempt_timeout, clock=clock,
         sleeper=sleeper, random=random, metrics=metrics, tracer=tracer,
+        cooldowns=state.provided.cooldowns, metering=metering,
     )  # fmt: skip
     catalog = providers.Singleton(ModelCatalog, router, upstreams, clock)
     openai_api = providers.Singleton(

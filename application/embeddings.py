@@ -1,6 +1,7 @@
-"""The embeddings use case: routing, breaker, key pool and retries as for chat; no cache (a
-vector is cheap and exact, and clients that embed want their own model's), no fallback (another
-model's vectors live in another space: mixing them would silently break a client's index)."""
+"""The embeddings use case: routing, breaker, key pool (with the key cooldowns other processes
+saw) and retries as for chat, and the tenant's usage and budget; no cache (a vector is cheap and
+exact, and clients that embed want their own model's), no fallback (another model's vectors live
+in another space: mixing them would silently break a client's index)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 
-from application.ports import AttributeValue, Clock, Metrics, RandomSource, Sleeper, Tracer
+from application.metering import Metering
+from application.ports import (
+    AttributeValue,
+    Clock,
+    KeyCooldowns,
+    Metrics,
+    RandomSource,
+    Sleeper,
+    Tracer,
+)
 from application.resilience import GEN_AI_SYSTEM, Attempts, Observers, Upstream
 from domain.backoff import BackoffPolicy
 from domain.errors import DeadlineExceeded, ProviderFailure, UpstreamFault
@@ -34,11 +44,14 @@ class EmbeddingService:
         metrics: Metrics,
         tracer: Tracer,
         upstream_timeout: float | None = None,
+        cooldowns: KeyCooldowns | None = None,
+        metering: Metering | None = None,
     ) -> None:
         self._router, self._upstreams, self._backoff = router, upstreams, backoff
         self._request_timeout, self._upstream_timeout = request_timeout, upstream_timeout
         self._clock, self._sleeper, self._random = clock, sleeper, random
         self._metrics, self._tracer = metrics, tracer
+        self._cooldowns, self._metering = cooldowns, metering
 
     async def embed(self, request: EmbeddingRequest, time_left: float | None = None) -> Embeddings:
         own = time_left is None or time_left >= self._request_timeout
@@ -54,17 +67,22 @@ class EmbeddingService:
             "llm_proxy.inputs": len(request.inputs),
         }
         with self._tracer.span("embeddings", attributes) as span:
-            observers = Observers(self._metrics, self._tracer)
+            observers = Observers(self._metrics, self._tracer, self._cooldowns)
             attempts = Attempts(
                 upstream, asked, self._backoff, self._clock, self._random, observers, span,
                 lambda: deadline,
             )  # fmt: skip
             try:
                 async with asyncio.timeout(deadline - self._clock.now()):
+                    if self._metering is not None:
+                        await self._metering.check(request.tenant)
                     embeddings = await self._attempts(upstream, asked, attempts, own)
             except TimeoutError:
                 raise DeadlineExceeded(DEADLINE_PASSED) from None
-        self._metrics.tokens(upstream.name, request.model, Usage(embeddings.input_tokens, 0))
+        usage = Usage(embeddings.input_tokens, 0)
+        self._metrics.tokens(upstream.name, request.model, usage)
+        if self._metering is not None:
+            await self._metering.record(request.tenant, request.model, usage, cached=False)
         return embeddings
 
     async def _attempts(
@@ -73,7 +91,11 @@ class EmbeddingService:
         """`own`: the deadline is the proxy's REQUEST_TIMEOUT (a provider still silent when it
         passes has failed), not a client's shorter one."""
         while True:
-            await self._sleep(attempts.key_wait())
+            await attempts.refresh()
+            wait = attempts.key_wait()
+            if wait > 0:
+                await self._sleep(wait)
+                await attempts.refresh()
             key = attempts.start()
             try:
                 async with asyncio.timeout(self._upstream_timeout):

@@ -190,9 +190,16 @@ async def _refused(proxy: Replica) -> None:
             json={"model": "gpt-4o", "messages": [{"role": "user", "content": "more"}]},
             headers={"Authorization": f"Bearer {TOKENS['team-a']}"},
         )
-    assert answer.status_code == 429
-    assert answer.json()["error"]["code"] == "insufficient_quota"
-    assert int(answer.headers["Retry-After"]) > 0
+        assert answer.status_code == 429
+        assert answer.json()["error"]["code"] == "insufficient_quota"
+        assert int(answer.headers["Retry-After"]) > 0
+        embedded = await http.post(  # embeddings spend the same budget
+            f"http://127.0.0.1:{proxy.http_port}/v1/embeddings",
+            json={"model": "text-embedding-3-small", "input": "more"},
+            headers={"Authorization": f"Bearer {TOKENS['team-a']}"},
+        )
+    assert embedded.status_code == 429, embedded.text
+    assert embedded.json()["error"]["code"] == "insufficient_quota"
 
 
 async def test_redis_stopped_and_restarted_under_traffic_loses_no_request(

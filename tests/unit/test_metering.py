@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from application.embeddings import EmbeddingService
 from application.inference import InferenceService
 from application.metering import Metering
 from application.resilience import Upstream
@@ -11,7 +12,7 @@ from domain.backoff import BackoffPolicy
 from domain.circuit_breaker import CircuitBreaker
 from domain.errors import BudgetExhausted, NoUsableKey, RateLimited
 from domain.key_pool import ApiKey, KeyPool
-from domain.model import CacheStatus, InferenceRequest, Message, Role
+from domain.model import CacheStatus, EmbeddingRequest, InferenceRequest, Message, Role
 from domain.routing import ModelRouter
 from domain.usage import Budget, Budgets, Window
 from tests.fakes import (
@@ -53,6 +54,13 @@ class Process:
         self.metering = Metering(ledger, budgets or Budgets(), clock, self.metrics)
         self.service = InferenceService(
             router=ModelRouter(upstreams), upstreams=upstreams, cache=cache,
+            backoff=BackoffPolicy(2, wait_initial=1.0, wait_max=8.0), request_timeout=30.0,
+            clock=clock, sleeper=FakeSleeper(clock), random=FixedRandom(0.5),
+            metrics=self.metrics, tracer=RecordingTracer(), cooldowns=board,
+            metering=self.metering,
+        )  # fmt: skip
+        self.embeddings = EmbeddingService(
+            router=ModelRouter(upstreams), upstreams=upstreams,
             backoff=BackoffPolicy(2, wait_initial=1.0, wait_max=8.0), request_timeout=30.0,
             clock=clock, sleeper=FakeSleeper(clock), random=FixedRandom(0.5),
             metrics=self.metrics, tracer=RecordingTracer(), cooldowns=board,
@@ -184,3 +192,42 @@ async def test_a_broken_ledger_never_fails_a_request(clock: FakeClock) -> None:
     await process.service.infer(ask("b"))
     await process.service.drain()
     assert len(process.provider.calls) == 2
+
+
+def embed(text: str = "hello", tenant: str = "team-a") -> EmbeddingRequest:
+    return EmbeddingRequest("text-embedding-3-small", (text,), tenant=tenant)
+
+
+async def test_embeddings_never_use_a_key_another_process_saw_cooling(clock: FakeClock) -> None:
+    board = SharedCooldowns(clock)
+    first = Process(
+        FakeProvider("openai", Fail(RateLimited("slow", retry_after=30.0)), Reply("ok")),
+        clock, board, MemoryLedger(),
+    )  # fmt: skip
+    second = Process(FakeProvider("openai"), clock, board, MemoryLedger())
+    await first.embeddings.embed(embed())
+    cooled = first.provider.embedded[0][0]
+    for text in "abcd":
+        await second.embeddings.embed(embed(text))
+    assert {fingerprint for fingerprint, _ in second.provider.embedded} == {
+        k.fingerprint for k in KEYS
+    } - {cooled}
+
+
+async def test_embeddings_are_metered_and_refused_past_the_budget(clock: FakeClock) -> None:
+    ledger = MemoryLedger()
+    budgets = Budgets(None, {"team-a": Budget(8, Window.HOUR)})
+    process = Process(FakeProvider("openai"), clock, None, ledger, budgets)
+    await process.embeddings.embed(embed("12345678"))  # the fake counts a token per character
+    spent = await process.metering.spent("team-a")
+    assert (spent.tokens, spent.period) == (8, "hour:2027-01-16T01")
+    assert ledger.counts[("team-a", spent.period)] == {
+        ("text-embedding-3-small", "prompt"): 8, ("text-embedding-3-small", "requests"): 1,
+    }  # fmt: skip
+    with pytest.raises(BudgetExhausted):
+        await process.embeddings.embed(embed("again"))
+    with pytest.raises(BudgetExhausted):  # chat shares the budget
+        await process.service.infer(ask("a chat"))
+    assert len(process.provider.embedded) == 1
+    await process.embeddings.embed(embed("other", tenant="team-b"))  # no budget: unaffected
+    assert len(process.provider.embedded) == 2
