@@ -59,6 +59,7 @@ async def test_metrics_after_a_scripted_sequence(tmp_path: Path) -> None:
         cache_mode="embedded",
         cache_dir=str(tmp_path),
         cb_failure_threshold=2,
+        cb_cooldown="60s",  # the gemini breaker must still read open when scraped, under load too
         max_retries=1,
         **SLACK,
     ) as s:

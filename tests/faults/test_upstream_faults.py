@@ -156,7 +156,10 @@ async def test_a_hang_ends_with_deadline_exceeded_within_request_timeout() -> No
 @pytest.mark.parametrize("model", MODELS)
 async def test_hangs_open_the_breaker(model: str) -> None:
     # REQUEST_TIMEOUT expiring on a silent provider is the provider's failure (DESIGN §4).
-    async with stack(request_timeout="500ms", max_retries=0, cb_failure_threshold=2) as s:
+    # a cooldown no test can outlive: under load the 300 ms default can pass before the read
+    async with stack(
+        request_timeout="500ms", max_retries=0, cb_failure_threshold=2, cb_cooldown="60s"
+    ) as s:
         hangs = [
             await failure(s.stub.Infer(ask(f"Hang {i}. [[sim:stall]]", model))) for i in (1, 2)
         ]
