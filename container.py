@@ -103,7 +103,9 @@ def local_embedder(settings: Settings) -> Embedder:
 
     # a lookup arriving during a pass of the index backlog waits a fifth of its budget at most
     return LocalMiniLMEmbedder(
-        background_pass=settings.cache_timeout / 5, max_busy=settings.cache_embed_max_cpu
+        background_pass=settings.cache_timeout / 5,
+        max_busy=settings.cache_embed_max_cpu,
+        nice=settings.cache_embed_nice,
     )
 
 

@@ -283,6 +283,7 @@ class Settings(BaseSettings):
     cache_timeout: PositiveDuration = 0.25
     cache_index_backlog: int = Field(10_000, ge=1)
     cache_embed_max_cpu: float = Field(0.5, gt=0.0, le=1.0)
+    cache_embed_nice: int = Field(10, ge=0, le=19)
     model_routes: Annotated[dict[str, Route], NoDecode, BeforeValidator(_parse_routes)] = Field(
         default_factory=dict
     )

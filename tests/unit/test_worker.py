@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 import pytest
@@ -36,3 +37,17 @@ async def test_close_runs_last_after_queued_calls_and_refuses_more() -> None:
     worker.submit(order.append, "background")  # ignored once closed
     await worker.close()  # twice is fine
     assert order == ["call", "close"]
+
+
+async def test_a_niced_worker_runs_at_a_lower_priority_than_the_loop() -> None:
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, 0)  # the calling thread's
+
+    before = own_nice()
+    niced = WorkerThread("test-niced", "closed", nice=5)
+    plain = WorkerThread("test-plain", "closed")
+    assert await niced.run(own_nice) == min(19, before + 5)
+    assert await plain.run(own_nice) == before
+    assert own_nice() == before  # the loop's thread is untouched
+    await niced.close()
+    await plain.close()

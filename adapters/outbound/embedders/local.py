@@ -150,7 +150,9 @@ class LocalMiniLMEmbedder(Embedder):
         batch_size: int = 32,
         background_pass: float = 0.05,
         max_busy: float = 1.0,
+        nice: int = 0,
     ) -> None:
+        """`nice`: how much lower than the event loop the model's thread runs (worker.py)."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         self.model_dir = Path(model_dir) if model_dir is not None else bundled_model_dir()
@@ -165,7 +167,7 @@ class LocalMiniLMEmbedder(Embedder):
         self._model: MiniLM | None = None
         self._counter: Tokenizer | None = None
         self._lock = threading.Lock()
-        self._worker = WorkerThread("minilm", "the local embedder is closed")
+        self._worker = WorkerThread("minilm", "the local embedder is closed", nice=nice)
         self._batcher = MicroBatcher(
             lambda texts: self.model().encode(texts, self._batch_size).tolist(),
             self._worker,
