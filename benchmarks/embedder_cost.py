@@ -1,6 +1,6 @@
-"""CPU cost of the local embedder per text: the old NumPy forward pass (benchmarks/numpy_minilm.py)
-against the product's onnxruntime graph (adapters/outbound/embedders/local.py, float32), and the
-int8 graph that was measured and not chosen (docs/decisions.md), in one run.
+"""CPU cost of the local embedder per text: the old NumPy forward pass (benchmarks/numpy_minilm.py),
+the onnxruntime float32 graph that ran before, and the product's int8 graph (quantised per token,
+adapters/outbound/embedders/minilm_graph.py), in one run.
 
     .venv/bin/python benchmarks/embedder_cost.py [--rounds 5] [--repeats 100]
 
@@ -12,8 +12,7 @@ hold is not counted; their cache and memory traffic still is: compare the ratios
 - single: one 20-token text ([CLS] and [SEP] included), embedded alone, `--repeats` times;
 - batch32: the distinct prompts of benchmarks/cache_pairs.jsonl as the cache embeds them
   (the judge's embedding_text), shuffled, in batches of 32 (as the micro-batcher hands
-  them over: the model sorts each batch by length and pads little); int8 runs one text per pass
-  (its activation scales are per pass: a batch would change a text's vector).
+  them over: the model sorts each batch by length and pads little).
 
 The embedders take turns within each round, so that a noisy neighbour hits them alike; the
 figure is the median over `--rounds`.
@@ -71,8 +70,8 @@ def main() -> None:
     model_dir = bundled_model_dir()
     models: dict[str, tuple[MiniLM, int]] = {
         "numpy float32 (old)": (NumpyMiniLM(model_dir), 32),
-        "onnxruntime float32 (new)": (MiniLM(model_dir), 32),
-        "onnxruntime int8 (rejected)": (MiniLM(model_dir, quantized=True), 1),
+        "onnxruntime float32 (before)": (MiniLM(model_dir, quantized=False), 32),
+        "onnxruntime int8 (new)": (MiniLM(model_dir), 32),
     }
     texts = prompts()
     tokens = [len(ids) for ids in models["numpy float32 (old)"][0].token_ids(texts)]

@@ -1,6 +1,6 @@
 """`llm-proxy calibrate` with several local embedders in one run, so that each sees the same
 same-question judge and the same pairs: the old NumPy MiniLM (benchmarks/numpy_minilm.py), the
-product's onnxruntime float32 graph, and the int8 graph that was measured and not chosen.
+onnxruntime float32 graph that ran before, and the product's int8 graph (quantised per token).
 
     .venv/bin/python benchmarks/embedder_quality.py [benchmarks/cache_pairs.jsonl] [--half check]
 
@@ -81,8 +81,10 @@ def main() -> None:
     model_dir = window.model_dir
     embedders = [
         ModelEmbedder("numpy float32 (old)", NumpyMiniLM(model_dir), 32, window),
-        ModelEmbedder("onnxruntime float32 (new)", MiniLM(model_dir), 32, window),
-        ModelEmbedder("onnxruntime int8 (rejected)", MiniLM(model_dir, quantized=True), 1, window),
+        ModelEmbedder(
+            "onnxruntime float32 (before)", MiniLM(model_dir, quantized=False), 32, window
+        ),
+        ModelEmbedder("onnxruntime int8 (new)", MiniLM(model_dir), 32, window),
     ]
     reports = {e.identity: calibration(settings, pairs, thresholds, e) for e in embedders}
     print(f"{len(pairs)} pairs from {args.pairs}; the same judge for every embedder")

