@@ -151,7 +151,7 @@ async def _load(load: Load) -> dict[str, Any]:
 
     try:
         for i in range(20):  # connections up, code paths warm
-            await unary(-i - 1)
+            await unary(10**9 + i)  # never one of the measured prompts
         await asyncio.sleep(max(0.0, load.start - time.time()))
         if load.mode == "closed":
             return await _closed(load, unary)

@@ -18,9 +18,10 @@ read as words, differ in nothing that can change the answer:
    one side only is a different question: that one rule catches antonyms (open/closed), prefix
    polarity (safe/unsafe), swapped entities (Paris/Rome), scope qualifiers (full-time/part-time),
    times and dates (August/October, weekdays/weekends) without listing them as pairs.
-3. Never set aside: negations, numbers (7am/7pm, 2/two), question words (where/when), the
-   prepositions and comparatives that order things (to/from, before/after, under/over, within,
-   than), and what the auxiliaries mark (did/will, must/have to).
+3. Never set aside: negations, numbers (7am/7pm, 2/two), the signs of a formula (5-1 / 5--1,
+   (2+3)*4 / 2+3*4, <= / >=; punctuation and emoji in prose are nothing), question words
+   (where/when), the prepositions and comparatives that order things (to/from, before/after,
+   under/over, within, than), and what the auxiliaries mark (did/will, must/have to).
 4. Same words, other order: accepted when one block of words moved past at least two others
    ("On my phone, how do I set up voicemail?"), refused when a relation changed side ("Word to
    PDF" / "PDF to Word": what follows "to" differs) or words swapped places ("dog chases cat" /
@@ -35,18 +36,31 @@ the cache, but a different question never is.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from domain.lexicon import Lexicon
 
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'"})
+# one way to write each: apostrophes, the minus sign, degrees ("20°C" = "20 degrees C")
+_APOSTROPHES = str.maketrans(
+    {"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'", "\u2212": "-", "\u00b0": " degree "}
+)
 _ARROWS = re.compile(r"\s*(?:->|=>|\u2192|\u27f6|\u21d2)\s*")
-# Letters and digits of any script (a run of CJK characters is one word), the symbols that
-# carry meaning in a question, and a minus before a digit (-5 is not 5; a dash in prose is
-# nothing).
-_TOKEN = re.compile(r"[^\W_]+(?:'[^\W_]+)?|[%$\u00a3\u20ac&+*/=<>#@]|[-\u2212](?=\d)")
+# Letters and digits of any script (a run of CJK characters is one word); the signs of a
+# formula, where punctuation in prose is nothing: a minus next to a number, a bracket or another
+# operator (-5 is not 5, 5--1 is not 5-1, x -= 1 is not x = 1; a dash in prose is nothing), "!"
+# in "!=" or after a number, a bracket that opens or closes a formula ((2+3)*4 is not 2+3*4);
+# then any other symbol, kept when it is one of _SIGNS (below) and dropped otherwise (emoji,
+# bullets, a dash, quotes).
+_TOKEN = re.compile(
+    r"[^\W_]+(?:'[^\W_]+)?"
+    r"|-(?=\s*[\d(.=-])|(?<=[\d)])\s*-"
+    r"|!(?==)|(?<=\d)!"
+    r"|\((?=\s*[-\d(.])|(?<=[\d)])\)"
+    r"|[^\w\s!()-]"
+)
 _NUMBER_PART = re.compile(r"(\d+)([a-z]+)$")
 
 _CONTRACTIONS = {
@@ -388,6 +402,9 @@ def _words(text: str) -> list[str]:
     text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)  # non-refundable, part-time, check-in
     words: list[str] = []
     for token in _TOKEN.findall(text):
+        token = token.strip()
+        if len(token) == 1 and not token.isalnum() and token not in "-!()" and not _is_sign(token):
+            continue
         token = _expand(token)
         words.extend(token.split())
     joined = " ".join(words)
@@ -402,6 +419,16 @@ def _words(text: str) -> list[str]:
         else:
             out.append(_NUMBER_WORDS.get(word, word))
     return out
+
+
+def _is_sign(char: str) -> bool:
+    """A symbol that carries meaning in a question: a mathematical or currency sign (+ = < >,
+    the multiplication and division signs, not-equal, square root, $ £ €) or one of ASCII's
+    operators; not an emoji, a bullet or a dash."""
+    return char in _SIGNS or unicodedata.category(char) in ("Sm", "Sc")
+
+
+_SIGNS = frozenset("%&*/\\^#@")
 
 
 def _expand(token: str) -> str:

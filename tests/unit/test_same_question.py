@@ -109,6 +109,40 @@ def test_swapped_entities_and_directions_are_different_questions(a: str, b: str)
 
 
 @different(
+    ("What is 5--1?", "What is 5-1?"),
+    ("What is 5 - -1?", "What is 5 - 1?"),
+    ("What is 5-(-1)?", "What is 5-1?"),
+    ("What is (2+3)*4?", "What is 2+3*4?"),
+    ("What does x -= 1 do?", "What does x = 1 do?"),
+    ("Is a != b here?", "Is a = b here?"),
+    ("What is 3 \u00d7 2?", "What is 3 - 2?"),
+    ("What is 2^3?", "What is 2\u00d73?"),
+    ("What is √16?", "What is 16?"),
+    ("What is 5!", "What is 5?"),
+    ("Is x ≤ 5 allowed?", "Is x ≥ 5 allowed?"),
+    ("Is 12 ÷ 4 an integer?", "Is 12 4 an integer?"),
+)
+def test_the_signs_of_a_formula_are_content(a: str, b: str) -> None:
+    """A sign the tokenizer does not keep would make two formulas one question."""
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What is 3 \u2212 2?", "What is 3 - 2?"),  # the minus sign and the hyphen
+        ("Is 20°C warm?", "Is 20 degrees C warm?"),
+        ("Hi! 😊 How do I reset my password?", "How do I reset my password?"),
+        ("Quick one - how do I reset my password?", "How do I reset my password?"),
+        ("What's the price (in euros)?", "What is the price in euros?"),
+        ("Opening hours — Mon to Fri?", "Opening hours Mon to Fri?"),
+    ],
+)
+def test_punctuation_and_emoji_in_prose_are_not_content(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
     ("Как дела?", "Где вокзал?"),
     ("¿Dónde está la estación?", "¿Cuándo abre la estación?"),
     ("你好吗", "火车站在哪里"),
