@@ -74,6 +74,7 @@ BAD: dict[str, dict[str, str]] = {
     "cache_timeout": {"CACHE_TIMEOUT": "0"},
     "cache_index_backlog": {"CACHE_INDEX_BACKLOG": "0"},
     "cache_embed_max_cpu": {"CACHE_EMBED_MAX_CPU": "1.5"},
+    "cache_embed_nice": {"CACHE_EMBED_NICE": "20"},
     "workers": {"WORKERS": "0"},
     "model_routes": {"MODEL_ROUTES": "fast=bedrock"},
     "model_fallbacks": {"MODEL_FALLBACKS": "gpt-4o=llama-3"},  # llama-3 routes nowhere
