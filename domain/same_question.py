@@ -113,7 +113,9 @@ _PHRASES = [
         (r"\bwhich\b", "what"),
         (r"\bwhom\b", "who"),
         (
-            r"\bwhat (is|are) the (best |easiest |simplest |quickest |fastest )?(way|steps) to\b",
+            # "best", "easiest", "simplest" ask for a good way; "quickest", "cheapest",
+            # "safest" ask for one measure of it and stay content
+            r"\bwhat (is|are) the (best |easiest |simplest )?(way|steps) to\b",
             "how do i",
         ),
         (r"\bhow come\b", "why"),
@@ -127,6 +129,7 @@ _PHRASES = [
         (r"\bwhat is the meaning of\b", "what does mean"),
         (r"\bwhat are the signs\b", "what are the symptoms"),
         (r"\bin order to\b", "to"),
+        (r" or not$", ""),  # "Is the deposit refundable or not?" asks if it is
         (r"\bfor (?:good|ever)\b|\bforever\b", "permanently"),
         (r"\b(?:have|has|had|need|needs|ought) to\b", "must"),
         (r"\b(?:am|is|are) (?:i |we |they |you |it )?required to\b", "must"),
@@ -134,7 +137,13 @@ _PHRASES = [
         (r"\bhow to\b", "how do i"),
         (r"\bhow (do|can|would|should) you\b", r"how \1 i"),  # the generic "you"
         (
-            r"\b(?:(?:can|could|would) you )?(?:tell|give|show) me (the|a|an|your|my|some)\b",
+            r"\b(?:(?:can|could|would) you )?tell me (the|a|an|your|my|some)\b",
+            r"what is \1",
+        ),
+        # "give me the number" and "give me some tips" ask for them; "give me a refund" asks for
+        # a refund, not what one is
+        (
+            r"\b(?:(?:can|could|would) you )?(?:give|show) me (the|your|my|some)\b",
             r"what is \1",
         ),
         (r"\b(tell|give|show|send) me\b", r"\1"),
@@ -144,6 +153,12 @@ _PHRASES = [
         (r"\bwi fi\b", "wifi"),
         (r"\be mail\b", "email"),
         (r"\bmoney back\b", "refund"),
+        # "reach support" is "contact support", "reach the airport" is getting there
+        (
+            r"\breach (you|us|someone|somebody|anyone|anybody|support|customer|an agent"
+            r"|a person|a human)\b",
+            r"contact \1",
+        ),
         (r"\bturn on\b", "enable"),
         (r"\bswitch on\b", "enable"),
         (r"\bturn off\b", "disable"),
@@ -163,9 +178,9 @@ _PHRASES = [
 _FORM = frozenset(
     """a an the this that these those it its you your yours is are be been being am do
     does doing done have has had having can could would should may might please kindly
-    tell show explain describe let know like help assist really actually quickly briefly
-    simply possible way ways best good some any there here so and or but if then also still
-    yet about regarding hi hello hey thanks thank exactly quite very much many own of for""".split()  # noqa: SIM905
+    tell explain describe let know like help assist really actually quickly briefly
+    simply possible best good some any there here so and but if then also still yet about
+    regarding exactly quite very much many own of for""".split()  # noqa: SIM905
 )
 _NEGATIONS = frozenset({"not", "no", "never", "without"})
 # What the auxiliaries mark, compared once each: tense ("when did it open" / "when will it
@@ -181,7 +196,7 @@ _ORDERING = frozenset(
     in out up down by at for of with""".split()  # noqa: SIM905
 )  # "of" and "for" are form words, but still relate their objects when on both sides
 _NUMBER_WORDS = {
-    "zero": "0", "one": "1", "single": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+    "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
     "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11",
     "twelve": "12", "twenty": "20", "thirty": "30", "fifty": "50", "hundred": "100",
     "thousand": "1000", "half": "0.5", "double": "x2", "twice": "x2", "dozen": "12",
@@ -194,7 +209,7 @@ _SYNONYMS = [
     "symptom sign",
     "shipping delivery",
     "make create",
-    "contact reach",
+    "contact",
     "see view",
     "sea ocean",
     "mean meaning",
@@ -277,11 +292,34 @@ def _without_pleasantries(text: str) -> str:
     is if nothing else would remain."""
     core = text.strip()
     while True:
-        shorter = _TRAILING.sub("", _LEADING.sub("", core + " ")).strip()
+        shorter = _without_sign_off(_LEADING.sub("", core + " ")).strip()
         if shorter == core:
             break
         core = shorter
     return core if any(c.isalnum() for c in core) else text
+
+
+def _without_sign_off(text: str) -> str:
+    """`text` without the thanks or sign-off at its end, unless a word before it makes it what
+    is asked about: "how do you say thank you", "is it rude not to say please", "what is the
+    Japanese for thanks", "end an email with kind regards" (no punctuation between)."""
+    match = _TRAILING.search(text)
+    if match is None:
+        return text
+    before = text[: match.start()]
+    last_word = before.split()[-1] if before.split() else ""
+    if last_word in _NAMING and re.match(r"\s+\w", match.group()):
+        return text  # only spaces between: the pleasantry is in the sentence
+    return before
+
+
+# Words after which a pleasantry is named, not said: verbs of saying, and the words that put
+# it in a sentence ("the word for", "end with").
+_NAMING = frozenset(
+    """say says said saying write writes wrote writing reply replied respond answer mean means
+    word words spell spelt spelled pronounce translate type text sign end start use for of
+    with is not as like than""".split()  # noqa: SIM905
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,9 +342,20 @@ class Reading:
 
 def _content(words: Sequence[str]) -> list[str]:
     """The content words in order, then the tenses the auxiliaries mark ("when did it open" /
-    "when will it open"), once each."""
+    "when will it open") and the advice "should" asks for, once each."""
     content = [w for w in words if w not in _FORM and w not in _TENSES]
-    return content + sorted({_TENSES[w] for w in words if w in _TENSES})
+    marks = {_TENSES[w] for w in words if w in _TENSES} | _advice(words)
+    return content + sorted(marks)
+
+
+def _advice(words: Sequence[str]) -> set[str]:
+    """ "Should I tip?" asks for advice where "Can I tip?" asks for leave: a "should" with no
+    question word before it is content. After one ("what should I do", "how long should I boil
+    it") the question word asks, and "should" is form, as "do" is."""
+    for i, word in enumerate(words):
+        if word == "should" and _QUESTION_WORDS.isdisjoint(words[:i]):
+            return {"(should)"}
+    return set()
 
 
 class QuestionJudge:

@@ -374,3 +374,108 @@ def test_the_embedder_sees_a_typo_corrected_and_the_filler_gone() -> None:
     assert embedding_text("How do I renew my perscription?") == embedding_text(
         "How do I renew my prescription?"
     )
+
+
+@different(
+    ("What is the quickest way to the station?", "What is the easiest way to the station?"),
+    ("What is the fastest way to learn to swim?", "How do I learn to swim?"),
+    ("What's the cheapest way to heat my home?", "What's the best way to heat my home?"),
+)
+def test_a_way_measured_by_speed_or_cost_is_content(a: str, b: str) -> None:
+    """ "best", "easiest", "simplest" ask how; "quickest", "cheapest" ask for one measure."""
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What's the simplest way to clear my cache?", "How do I clear my cache?"),
+        ("What is the fastest way to learn to swim?", "What's the quickest way to learn to swim?"),
+        ("Give me the phone number for support", "What is the phone number for support?"),
+        ("Give me some ideas for dinner", "What are some ideas for dinner?"),
+        ("How can I reach customer support?", "How do I contact customer support?"),
+        ("Can I reach someone by phone?", "Can I contact someone by phone?"),
+    ],
+)
+def test_a_stock_phrasing_is_merged_where_it_asks_the_same(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
+    ("Can you give me a refund?", "What is a refund?"),
+    ("Could you give me a discount?", "What is a discount?"),
+    ("Can you explain my bill?", "Can you show my bill?"),
+    ("What's the best way to reach the airport?", "What's the best way to contact the airport?"),
+    ("How do I reach the city centre?", "How do I contact the city centre?"),
+    ("How much is a single ticket to Leeds?", "How much is one ticket to Leeds?"),
+    ("Do you have a single room?", "Do you have one room?"),
+    ("How much is a one-way ticket to Paris?", "How much is one ticket to Paris?"),
+)
+def test_a_word_is_merged_only_in_the_sense_both_share(a: str, b: str) -> None:
+    """A request is not a definition, reaching a place is not contacting it, a single ticket is
+    one way, not one ticket."""
+    assert not judged_same(a, b)
+
+
+@different(
+    ("Should I tip in Japan?", "Can I tip in Japan?"),
+    ("Can I eat eggs after the best before date?", "Should I eat eggs after the best before date?"),
+    ("Should I bring my passport?", "Do I need to bring my passport?"),
+    ("If it rains, should I cancel?", "If it rains, can I cancel?"),
+)
+def test_should_in_a_yes_no_question_asks_for_advice_not_leave(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What should I do if I lose my card?", "What do I do if I lose my card?"),
+        ("How long should I boil an egg?", "How long do I boil an egg?"),
+        ("Should I tip in Japan?", "should i tip in japan"),
+    ],
+)
+def test_should_after_a_question_word_is_form(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
+    ("Can I pay with card and cash?", "Can I pay with card or cash?"),
+    ("Can I bring a dog and a cat?", "Can I bring a dog or a cat?"),
+)
+def test_or_is_content(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Is the deposit refundable or not?", "Is the deposit refundable?"),
+        ("can I park here or not", "Can I park here?"),
+    ],
+)
+def test_or_not_at_the_end_asks_nothing_more(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
+    ("In Spanish, how do you say thank you?", "In Spanish, how do you say please?"),
+    ("Is it rude not to say thank you?", "Is it rude not to say please?"),
+    ("What's the German for thanks?", "What's the German for hello?"),
+    ("Can I end a letter with kind regards?", "Can I end a letter with best wishes?"),
+    ("How do you say hello in Italian?", "How do you say goodbye in Italian?"),
+)
+def test_a_pleasantry_the_question_is_about_is_content(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("How do I track my parcel thanks", "How do I track my parcel?"),
+        ("Can I check in online please", "Can I check in online?"),
+        ("How do I say no to overtime? Thanks", "How do I say no to overtime?"),
+    ],
+)
+def test_a_pleasantry_that_ends_the_message_is_still_form(a: str, b: str) -> None:
+    assert judged_same(a, b)
