@@ -53,9 +53,10 @@ _ARROWS = re.compile(r"\s*(?:->|=>|\u2192|\u27f6|\u21d2)\s*")
 # operator (-5 is not 5, 5--1 is not 5-1, x -= 1 is not x = 1; a dash in prose is nothing), "!"
 # in "!=" or after a number, a bracket that opens or closes a formula ((2+3)*4 is not 2+3*4);
 # then any other symbol, kept when it is one of _SIGNS (below) and dropped otherwise (emoji,
-# bullets, a dash, quotes).
+# bullets, a dash, quotes). A dash or two that start a word are an option ("ls -a" is not "ls").
 _TOKEN = re.compile(
     r"[^\W_]+(?:'[^\W_]+)?"
+    r"|(?<!\S)--?(?=[^\W\d_])"
     r"|-(?=\s*[\d(.=-])|(?<=[\d)])\s*-"
     r"|!(?==)|(?<=\d)!"
     r"|\((?=\s*[-\d(.])|(?<=[\d)])\)"
@@ -115,7 +116,7 @@ _PHRASES = [
         (
             # "best", "easiest", "simplest" ask for a good way; "quickest", "cheapest",
             # "safest" ask for one measure of it and stay content
-            r"\bwhat (is|are) the (best |easiest |simplest )?(way|steps) to\b",
+            r"\bwhat (is|are) (?:the (?:best |easiest |simplest )?|a good )(way|steps) to\b",
             "how do i",
         ),
         (r"\bhow come\b", "why"),
@@ -179,7 +180,7 @@ _FORM = frozenset(
     """a an the this that these those it its you your yours is are be been being am do
     does doing done have has had having can could would should may might please kindly
     tell explain describe let know like help assist really actually quickly briefly
-    simply possible best good some any there here so and but if then also still yet about
+    simply possible some any there here so and but if then also still yet about
     regarding exactly quite very much many own of for""".split()  # noqa: SIM905
 )
 _NEGATIONS = frozenset({"not", "no", "never", "without"})
@@ -411,12 +412,14 @@ class QuestionJudge:
 
 
 _DETERMINERS = frozenset("the a an this that my your our their its".split())  # noqa: SIM905
+_COPULAS = frozenset("is are am be been being was were".split())  # noqa: SIM905
 
 
 def _genitive_first(words: list[str]) -> list[str]:
     """ "the language of the app" -> "the app language", as "the app's language" and "the app
     language" read: one word on each side of "of" / "for", so the two readings of one phrase
-    meet, and "mother of the child" still differs from "child of the mother"."""
+    meet, and "mother of the child" still differs from "child of the mother". A word after "is"
+    is not a noun but what is said of one ("which plan is best for a family"): it stays."""
     out = list(words)
     i = 1
     while i < len(out) - 1:
@@ -425,7 +428,9 @@ def _genitive_first(words: list[str]) -> list[str]:
             x, y = out[i - 1], out[j]
             before = out[i - 2] if i >= 2 else ""
             after = out[j + 1] if j + 1 < len(out) else ""
-            single = (not before or _is_form(before)) and (not after or _is_form(after))
+            single = (not before or (_is_form(before) and before not in _COPULAS)) and (
+                not after or _is_form(after)
+            )
             if single and not _is_form(x) and not _is_form(y) and y not in _ORDERING:
                 out[i - 1 : j + 1] = [y, x]
                 continue

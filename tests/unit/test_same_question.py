@@ -479,3 +479,34 @@ def test_a_pleasantry_the_question_is_about_is_content(a: str, b: str) -> None:
 )
 def test_a_pleasantry_that_ends_the_message_is_still_form(a: str, b: str) -> None:
     assert judged_same(a, b)
+
+
+@different(
+    ("What's a good credit score?", "What's a credit score?"),
+    ("What is a good resting heart rate?", "What is the best resting heart rate?"),
+    ("Is this a good time to buy a house?", "Is this the time to buy a house?"),
+)
+def test_good_and_best_are_content(a: str, b: str) -> None:
+    """A good score is a threshold, a score is a definition, the best one a maximum."""
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("What's a good way to save money?", "How do I save money?"),
+        ("Which laptop is best for students?", "For students, which laptop is best?"),
+        ("Is it cheaper for a family of four?", "For a family of four, is it cheaper?"),
+    ],
+)
+def test_good_and_best_in_stock_phrasings_and_moved_clauses(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
+    ("What does ls -a do?", "What does ls do?"),
+    ("What does git push --force do?", "What does git push do?"),
+    ("What does rm -rf do?", "What does rm -r do?"),
+)
+def test_a_command_line_option_is_content(a: str, b: str) -> None:
+    assert not judged_same(a, b)
