@@ -75,8 +75,19 @@ _CONTRACTIONS = {
     "what's": "what is", "where's": "where is", "who's": "who is", "how's": "how is",
     "when's": "when is", "why's": "why is", "that's": "that is", "it's": "it is",
     "there's": "there is", "here's": "here is", "he's": "he is", "she's": "she is",
-    "let's": "let us",
+    "let's": "let us", "whens": "when is", "whys": "why is", "theres": "there is",
+    "theyre": "they are", "youve": "you have", "weve": "we have", "theyve": "they have",
+    "wouldve": "would have", "couldve": "could have", "shouldve": "should have",
+    "wanna": "want to", "gonna": "going to",
 }  # fmt: skip
+# Chat shorthand for "you", "your" and "are": form words, whichever they stand for ("ur" is
+# also "you're"). Not a letter of a word or a name: "U-turn", "U.S.", "R packages".
+_SHORTHAND = [
+    (re.compile(r"(?<![\w'.-])u(?![\w'.-])"), "you"),
+    (re.compile(r"(?<![\w'.-])ur(?![\w'.-])"), "your"),
+    (re.compile(r"(?<![\w'.-])r(?= (?:u|you|ur|your|we|they|there|these|those)\b)"), "are"),
+    (re.compile(r"\b(what|where|when|how|who|why|which) r\b"), r"\1 are"),
+]
 _SUFFIXES = {"n't": " not", "'re": " are", "'m": " am", "'ve": " have", "'ll": " will",
              "'d": " would", "'s": ""}  # fmt: skip
 
@@ -256,6 +267,9 @@ _LEADING_PHRASES = [
     "(?:(?:morning|afternoon|evening)(?: all| team| everyone)?|sorry|ok|okay|so|right|well|um"
     "|uh|erm|hmm)(?=[~]*[-,!.:;\u2013\u2014])",
     "(?:a |one |just a )?(?:quick|small|simple|short|random|silly) (?:question|one|q)(?: for you)?",
+    "(?:sorry if this is|this (?:is|might be|may be)|(?:it's |it is )?probably) a (?:silly|stupid"
+    "|dumb|daft|basic) question(?:[~]*but)?",
+    "(?:ok|okay) so",
     "one more (?:question|thing)|(?:i have|i've got|i've|got) a (?:quick )?question",
     "(?:can|may) i ask(?: you)?(?: a (?:quick )?question)?",
     "(?:i )?hope you can help(?: me)?|(?:can|could) you help(?: me)?(?: please)?",
@@ -274,11 +288,11 @@ _LEADING_PHRASES = [
     "any ?idea(?: if| whether)?",
 ]
 _TRAILING_PHRASES = [
-    "(?:many |big |huge )?thanks(?: a lot| a million| so much| very much| again| in advance"
+    "(?:many |big |huge )?thanks(?: a lot| a million| so much| very much| heaps| again| in advance"
     "| guys| team| all| everyone"
     "| for (?:your|the|any) help)?",
     "thank you(?: so much| very much| again| in advance| for (?:your|the|any) help)?",
-    "thx|thnx|thanx|tia|ty|cheers(?: mate)?|please|pls|plz|please advise",
+    "thx|thnx|thanx|tia|ty|ta|cheers(?: mate)?|please|pls|plz|please advise",
     "(?:any help (?:is |would be )?)?(?:much |greatly )?appreciated|appreciate it",
     "(?:kind |best |warm )?regards|best wishes",
     "have a (?:good|nice|great|lovely) (?:day|one|evening|weekend)",
@@ -452,7 +466,9 @@ def _without(words: frozenset[str], sequence: list[str]) -> list[str]:
 
 
 def _words(text: str) -> list[str]:
-    text = _ARROWS.sub(" to ", _without_pleasantries(text.translate(_APOSTROPHES).lower()))
+    text = _ARROWS.sub(
+        " to ", _without_pleasantries(_spelt_out(text.translate(_APOSTROPHES).lower()))
+    )
     text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)  # non-refundable, part-time, check-in
     words: list[str] = []
     for token in _TOKEN.findall(text):
@@ -473,6 +489,15 @@ def _words(text: str) -> list[str]:
         else:
             out.append(_NUMBER_WORDS.get(word, word))
     return out
+
+
+def _spelt_out(text: str) -> str:
+    """`text` with chat shorthand ("r u open", "ur address") in full words."""
+    if not re.search(r"\b(?:u|ur|r)\b", text):
+        return text  # the common case: nothing to do
+    for pattern, replacement in _SHORTHAND:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def _is_sign(char: str) -> bool:

@@ -510,3 +510,45 @@ def test_good_and_best_in_stock_phrasings_and_moved_clauses(a: str, b: str) -> N
 )
 def test_a_command_line_option_is_content(a: str, b: str) -> None:
     assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Do you deliver on Sundays?", "do u deliver on sundays"),
+        ("Are you open late tonight?", "r u open late tonight"),
+        ("Where are your toilets?", "where r ur toilets"),
+        ("Can you resend your confirmation email?", "can u resend ur confirmation email pls"),
+        ("I want to cancel my plan", "i wanna cancel my plan"),
+        ("When is the next bus?", "whens the next bus"),
+        ("There is a problem with my order", "theres a problem with my order"),
+        ("We have paid twice", "weve paid twice"),
+    ],
+)
+def test_chat_shorthand_and_contractions_without_apostrophes_are_form(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+@different(
+    ("Can I do a U-turn here?", "Can I do a turn here?"),
+    ("Do I need a visa for the U.S.?", "Do I need a visa?"),
+    ("How do I install R packages?", "How do I install packages?"),
+    ("r u open on sunday", "r u closed on sunday"),
+    ("do u deliver", "dont u deliver"),
+)
+def test_shorthand_never_swallows_a_letter_that_names_something(a: str, b: str) -> None:
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("Can I freeze soup?", "Hey guys! Can I freeze soup? ta"),
+        ("Can I change my email?", "Can I change my email? Thanks heaps"),
+        ("How do I close my account?", "ok so how do I close my account"),
+        ("How do I change my GP?", "Sorry if this is a silly question, but how do I change my GP?"),
+        ("What is a mortgage?", "This might be a stupid question but what is a mortgage?"),
+    ],
+)
+def test_more_everyday_greetings_and_sign_offs_are_not_content(a: str, b: str) -> None:
+    assert judged_same(a, b)
