@@ -133,6 +133,10 @@ _PHRASES = [
         (r"\bhow come\b", "why"),
         (r"\bam i allowed to\b", "can i"),
         (r"\bam i able to\b", "can i"),
+        # form to the judge already, but the embedder sees them; "may" only where it opens the
+        # question: "open in May? We arrive then" keeps its month
+        (r"\bcould (i|we)\b", r"can \1"),
+        (r"(^|\b(?:what|how|where|when|who|why) )may (i|we)\b", r"\1can \2"),
         (r"\b(?:is|are) (you|we|it|they) able to\b", r"can \1"),
         (r"\bis there (?:a|any) way (?:to|i can)\b", "how do i"),
         (r"\bis it possible to\b", "can i"),

@@ -21,9 +21,22 @@ _NOT_VARIANTS = frozenset({"tonne", "tonnes", "buses", "busing"})
 def english_lexicon() -> Lexicon:
     frequencies = _word_frequencies()
     spellings = {b: a for b, a in BRITISH_ENGLISH_SPELLINGS.items() if b not in _NOT_VARIANTS}
+    spellings |= _derived(spellings, frequencies)
     for word in (*spellings, *spellings.values(), *_embedder_words()):
         frequencies.setdefault(word, 1)
     return Lexicon(frequencies, spellings)
+
+
+def _derived(spellings: dict[str, str], frequencies: dict[str, int]) -> dict[str, str]:
+    """The nouns and adjectives breame leaves out of a pair it lists: "enrol" -> "enroll" but
+    not "enrolment" -> "enrollment", "flavour" -> "flavor" but not "flavourful". Only when the
+    American word is in the frequency list."""
+    derived = {}
+    for british, american in spellings.items():
+        for suffix in ("ment", "ments", "ful"):
+            if british + suffix not in spellings and american + suffix in frequencies:
+                derived[british + suffix] = american + suffix
+    return derived
 
 
 def _word_frequencies() -> dict[str, int]:

@@ -552,3 +552,23 @@ def test_shorthand_never_swallows_a_letter_that_names_something(a: str, b: str) 
 )
 def test_more_everyday_greetings_and_sign_offs_are_not_content(a: str, b: str) -> None:
     assert judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("When is the enrolment deadline?", "When is the enrollment deadline?"),
+        ("Is the sauce flavourful?", "Is the sauce flavorful?"),
+    ],
+)
+def test_the_nouns_of_a_british_spelling_are_one_word_too(a: str, b: str) -> None:
+    assert judged_same(a, b)
+
+
+def test_the_embedder_sees_may_and_could_i_as_can_i() -> None:
+    assert embedding_text("May I bring my dog?") == embedding_text("Can I bring my dog?")
+    assert embedding_text("Could we pay later?") == embedding_text("Can we pay later?")
+
+
+def test_may_the_month_stays_a_month() -> None:
+    assert "may" in embedding_text("Is the pool open in May? We arrive then").split()
