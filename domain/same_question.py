@@ -88,6 +88,7 @@ _SHORTHAND = [
     (re.compile(r"(?<![\w'.-])r(?= (?:u|you|ur|your|we|they|there|these|those)\b)"), "are"),
     (re.compile(r"\b(what|where|when|how|who|why|which) r\b"), r"\1 are"),
 ]
+_ANY_SHORTHAND = re.compile(r"\b(?:u|ur|r)\b")
 _SUFFIXES = {"n't": " not", "'re": " are", "'m": " am", "'ve": " have", "'ll": " will",
              "'d": " would", "'s": ""}  # fmt: skip
 
@@ -371,6 +372,8 @@ def _advice(words: Sequence[str]) -> set[str]:
     """ "Should I tip?" asks for advice where "Can I tip?" asks for leave: a "should" with no
     question word before it is content. After one ("what should I do", "how long should I boil
     it") the question word asks, and "should" is form, as "do" is."""
+    if "should" not in words:
+        return set()
     for i, word in enumerate(words):
         if word == "should" and _QUESTION_WORDS.isdisjoint(words[:i]):
             return {"(should)"}
@@ -497,7 +500,7 @@ def _words(text: str) -> list[str]:
 
 def _spelt_out(text: str) -> str:
     """`text` with chat shorthand ("r u open", "ur address") in full words."""
-    if not re.search(r"\b(?:u|ur|r)\b", text):
+    if not _ANY_SHORTHAND.search(text):
         return text  # the common case: nothing to do
     for pattern, replacement in _SHORTHAND:
         text = pattern.sub(replacement, text)
