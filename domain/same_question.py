@@ -360,6 +360,31 @@ class Reading:
         return cls(tuple(words), body, tuple(spelt))
 
 
+def _one_against_many(a: Sequence[str], b: Sequence[str]) -> bool:
+    """One side asks about "a" thing, the other about the same things in the plural ("can an
+    adult bring a child in free" / "…children…", "a fee for a bag" / "…for bags"): how many
+    may be the question. "a savings account" is neither: only the word after "a" counts."""
+    one_a, many_a = _numbers(a)
+    one_b, many_b = _numbers(b)
+    return bool(one_a & many_b or one_b & many_a)
+
+
+def _numbers(spelt: Sequence[str]) -> tuple[set[str], set[str]]:
+    """The words written in the singular in the two words after "a" / "an" ("a checked bag"),
+    and those written in the plural outside them, merged as the judge reads them."""
+    one, many = set(), set()
+    for i, word in enumerate(spelt):
+        if word in _FORM or word in _ORDERING:
+            continue
+        plural = word == "children" or _singular(word) != word
+        after_a = any(w in ("a", "an") for w in spelt[max(0, i - 2) : i])
+        if after_a and not plural:
+            one.add(_canonical(word))
+        elif plural and not after_a:
+            many.add(_canonical(word))
+    return one, many
+
+
 def _content(words: Sequence[str]) -> list[str]:
     """The content words in order, then the tenses the auxiliaries mark ("when did it open" /
     "when will it open") and the advice "should" asks for, once each."""
@@ -414,7 +439,7 @@ class QuestionJudge:
         content_a, content_b = _content(words_a), _content(words_b)
         if Counter(content_a) != Counter(content_b):
             return False
-        if not _same_relations(words_a, words_b):
+        if not _same_relations(words_a, words_b) or _one_against_many(a.spelt, b.spelt):
             return False
         # where "not" stands follows the auxiliary ("isn't the tap" / "is the tap not"): its
         # count is compared above, its position is not

@@ -572,3 +572,31 @@ def test_the_embedder_sees_may_and_could_i_as_can_i() -> None:
 
 def test_may_the_month_stays_a_month() -> None:
     assert "may" in embedding_text("Is the pool open in May? We arrive then").split()
+
+
+@different(
+    ("Can an adult bring a child in for free?", "Can an adult bring children in for free?"),
+    ("Is there a fee for a checked bag?", "Is there a fee for checked bags?"),
+    ("Can I bring a guest to the gym?", "Can I bring guests to the gym?"),
+)
+def test_one_thing_and_the_same_things_in_the_plural_are_different_questions(
+    a: str, b: str
+) -> None:
+    """How many may be the question (one free child per adult); the judge cannot tell where it
+    is not, so it errs towards a miss."""
+    assert not judged_same(a, b)
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (
+            "What's the minimum balance for a savings account?",
+            "whats the minimum balance for a savings account",
+        ),
+        ("Do you have a kids menu?", "Good evening, do you have a kids menu?"),
+        ("Are bikes allowed on trains?", "Are bikes allowed on the train?"),
+    ],
+)
+def test_a_plural_word_after_a_is_not_counted(a: str, b: str) -> None:
+    assert judged_same(a, b)
