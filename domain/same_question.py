@@ -6,10 +6,12 @@ Word", "7am" and "7pm". So a candidate above the threshold is served only when t
 read as words, differ in nothing that can change the answer:
 
 1. Both are normalised first, so that form does not count: case, punctuation, contractions
-   ("can't" = "cannot" = "can not"), plurals, number words, a few stock phrasings ("what time"
-   = "when", "how to" = "how do I", "the language of the app" = "the app language", "have you
-   got" = "do you have"), greetings, thanks and filler at either end ("Hi, quick one:", "…
-   Cheers"), British spellings (colour = color, from the `Lexicon`). A word the `Lexicon`
+   with or without the apostrophe ("can't" = "cant" = "cannot" = "can not"), chat shorthand
+   ("r u" = "are you", "ur" = "your"), plurals, number words, a few stock phrasings ("what
+   time" = "when", "how to" = "how do I", "the language of the app" = "the app language",
+   "have you got" = "do you have"), greetings, thanks and filler at either end ("Hi, quick
+   one:", "… Cheers"; not when the question names them: "how do you say thank you"), British
+   spellings (colour = color, from the `Lexicon`). A word the `Lexicon`
    does not know may be a typo of a known word on the other side, one or two edits away
    ("chnage" / "change"); a known word is never a typo of another (debt/debit, form/from).
 2. Words that only carry the form of a question (articles, auxiliaries, "you", "please",
@@ -21,7 +23,10 @@ read as words, differ in nothing that can change the answer:
 3. Never set aside: negations, numbers (7am/7pm, 2/two), the signs of a formula (5-1 / 5--1,
    (2+3)*4 / 2+3*4, <= / >=; punctuation and emoji in prose are nothing), question words
    (where/when), the prepositions and comparatives that order things (to/from, before/after,
-   under/over, within, than), and what the auxiliaries mark (did/will, must/have to).
+   under/over, within, than), what the auxiliaries mark (did/will, must/have to, and "should"
+   opening a yes/no question: "Should I tip?" asks for advice, "Can I tip?" for leave), "or"
+   (card and cash / card or cash), "good" and "best" (a good credit score / a credit score),
+   and how many: "a" thing is not the same things in the plural ("a child" / "children").
 4. Same words, other order: accepted when one block of words moved past at least two others
    ("On my phone, how do I set up voicemail?"), refused when a relation changed side ("Word to
    PDF" / "PDF to Word": what follows "to" differs) or words swapped places ("dog chases cat" /
