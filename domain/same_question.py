@@ -245,7 +245,6 @@ _SYNONYMS = [
     "summary summarize summarise",
     "pick choose select",
     "large big",
-    "small little",
     "begin start",
     "photo picture",
     "movie film",
@@ -258,7 +257,6 @@ _SYNONYMS = [
     "doctor physician",
     "child kid children",
     "holiday vacation",
-    "flat apartment",
     "bill invoice",
     "ok okay",
 ]

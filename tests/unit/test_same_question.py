@@ -359,6 +359,10 @@ def test_light_rephrasings_that_ask_the_same_in_every_context(a: str, b: str) ->
     ("Am I able to bring food in?", "Are you able to bring food in?"),
     ("Is there a way to recover deleted photos?", "Is there a way to lose deleted photos?"),
     ("Evening appointments?", "Appointments?"),
+    # a synonym only in some contexts is none: "a flat fee" is not "an apartment fee", "a little
+    # milk" (an amount) is not "a small milk" (a size)
+    ("Is there a flat fee for cleaning?", "Is there an apartment fee for cleaning?"),
+    ("Can I have a little milk in it?", "Can I have a small milk in it?"),
 )
 def test_light_rephrasings_keep_what_they_do_not_cover(a: str, b: str) -> None:
     assert not judged_same(a, b)
