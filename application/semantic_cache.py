@@ -309,7 +309,7 @@ class SemanticCache(ResponseCache):
                 self._index_ready = False
             raise BackendDown(backend) from None
         self._set_state(backend, "up")
-        self._log(backend, self._health[backend].succeeded())
+        self._log(backend, self._health[backend].succeeded(self._clock.now()))
         return result
 
     def _set_state(self, backend: str, state: str) -> None:
@@ -327,6 +327,10 @@ class SemanticCache(ResponseCache):
         elif report.event is HealthEvent.STILL_DOWN:
             log.warning("cache %s still down: %d more failed calls (last: %s)", backend,
                         report.failures, report.reason)  # fmt: skip
+        elif report.event is HealthEvent.FLAPPING:
+            log.warning("cache %s is flapping: down %d more times, %d failed calls (last: %s); "
+                        "those lookups missed", backend, report.outages, report.failures,
+                        report.reason)  # fmt: skip
         else:
             log.warning("cache %s is back after %d failed calls", backend, report.failures)
 

@@ -123,16 +123,19 @@ class Reachability:
         except Exception as error:
             reason = "timeout" if isinstance(error, TimeoutError) else type(error).__name__
             self._retry_at = self._clock.now() + self._retry_every
+            if self.up:
+                self._metrics.state_backend(False)
             self._report(self._health.failed(self._clock.now(), reason))
             raise Unreachable from error
-        self._report(self._health.succeeded())
+        if not self.up:
+            self._metrics.state_backend(True)
+        self._report(self._health.succeeded(self._clock.now()))
         return result
 
     def _report(self, report: Report | None) -> None:
         if report is None:
             return
         if report.event is HealthEvent.WENT_DOWN:
-            self._metrics.state_backend(False)
             log.warning(
                 "shared state (Redis) unreachable (%s): each process goes on with its own key "
                 "cooldowns, rate limits and usage counts until it is back",
@@ -146,8 +149,16 @@ class Reachability:
                 report.failures,
                 extra={"backend": "state", "reason": report.reason},
             )
+        elif report.event is HealthEvent.FLAPPING:
+            log.warning(
+                "shared state (Redis) flapping (%s): unreachable %d more times, %d calls used "
+                "local state",
+                report.reason,
+                report.outages,
+                report.failures,
+                extra={"backend": "state", "reason": report.reason},
+            )
         else:
-            self._metrics.state_backend(True)
             log.info(
                 "shared state (Redis) is back after %d calls used local state",
                 report.failures,
