@@ -151,6 +151,12 @@ _PHRASES = [
         (r"\bwhat is the meaning of\b", "what does mean"),
         (r"\bwhat are the signs\b", "what are the symptoms"),
         (r"\bin order to\b", "to"),
+        # "quickly" asks for a short answer only before the verb that asks for it ("can you
+        # quickly explain"); elsewhere it asks for a fast way ("cook rice quickly")
+        (
+            r"\b(?:quickly|briefly) (?=(?:tell|explain|describe|summarize|summarise|show|check)\b)",
+            "",
+        ),
         (r" or not$", ""),  # "Is the deposit refundable or not?" asks if it is
         (r"\bfor (?:good|ever)\b|\bforever\b", "permanently"),
         (r"\b(?:have|has|had|need|needs|ought) to\b", "must"),
@@ -200,7 +206,7 @@ _PHRASES = [
 _FORM = frozenset(
     """a an the this that these those it its you your yours is are be been being am do
     does doing done have has had having can could would should may might please kindly
-    tell explain describe let know like help assist really actually quickly briefly
+    tell explain describe let know like help assist really actually briefly
     simply possible some any there here so and but if then also still yet about
     regarding exactly quite very much many own of for""".split()  # noqa: SIM905
 )
@@ -251,7 +257,7 @@ _SYNONYMS = [
     "problem issue",
     "receive get",
     "delete remove erase",
-    "fast quick",
+    "fast quick quickly",
     "fastest quickest",
     "shop store",
     "doctor physician",

@@ -344,6 +344,8 @@ def test_a_british_word_that_is_not_the_same_thing_in_america_stays_apart() -> N
         ("Are you able to deliver on Sunday?", "Can you deliver on Sunday?"),
         ("Is there a way to recover deleted photos?", "How do I recover deleted photos?"),
         ("Evening all, how do I book a table?", "How do I book a table?"),
+        ("Can you quickly explain recursion?", "Explain recursion."),
+        ("How can I lose weight quickly?", "How can I lose weight fast?"),
     ],
 )
 def test_light_rephrasings_that_ask_the_same_in_every_context(a: str, b: str) -> None:
@@ -363,6 +365,9 @@ def test_light_rephrasings_that_ask_the_same_in_every_context(a: str, b: str) ->
     # milk" (an amount) is not "a small milk" (a size)
     ("Is there a flat fee for cleaning?", "Is there an apartment fee for cleaning?"),
     ("Can I have a little milk in it?", "Can I have a small milk in it?"),
+    # "quickly" asks for a fast way, except before the verb that asks for a short answer
+    ("How do I cook rice quickly?", "How do I cook rice?"),
+    ("How do I get to the airport quickly?", "How do I get to the airport?"),
 )
 def test_light_rephrasings_keep_what_they_do_not_cover(a: str, b: str) -> None:
     assert not judged_same(a, b)
