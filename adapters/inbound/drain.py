@@ -9,8 +9,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from contextvars import ContextVar
 
 from domain.errors import ShuttingDown
+
+_SCOPE: ContextVar[asyncio.Timeout | None] = ContextVar("drain_scope", default=None)
+
+
+def cut_here() -> bool:
+    """Whether the drain scope this code runs in has been cut: the cancellation it sees is the
+    shutdown's (its client gets UNAVAILABLE), not its client's or its deadline's."""
+    scope = _SCOPE.get()
+    return scope is not None and scope.expired()
 
 
 def cut_margin(grace: float) -> float:
@@ -48,9 +58,11 @@ class Drain:
                 if self._cut:
                     timeout.reschedule(asyncio.get_running_loop().time())
                 self._scopes.add(timeout)
+                token = _SCOPE.set(timeout)
                 try:
                     yield
                 finally:
+                    _SCOPE.reset(token)
                     self._scopes.discard(timeout)
         except TimeoutError:
             if timeout.expired():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -173,6 +174,13 @@ async def test_sigterm_ends_calls_outliving_the_grace_with_errors_within_one_gra
     assert "shutting down" in events[-1]  # an SSE error event, not a silent end
     assert '"error"' in events[-1]
     assert "[DONE]" not in http_stream.text
+    # counted as what their clients got, on both APIs (gRPC's were counted "cancelled")
+    outcomes = [
+        json.loads(line)["outcome"]
+        for line in log.read_text().splitlines()
+        if '"llm_proxy.requests"' in line
+    ]
+    assert outcomes == ["unavailable"] * 4, outcomes
 
 
 async def test_redis_lost_under_traffic_fails_open_is_counted_and_recovers(

@@ -8,6 +8,7 @@ from typing import Any
 import grpc
 
 from adapters.inbound.admission import ClientAuth
+from adapters.inbound.drain import cut_here
 from adapters.inbound.grpc import mapping
 from adapters.inbound.grpc.generated import proxy_pb2 as pb
 from adapters.inbound.grpc.generated import proxy_pb2_grpc as pb_grpc
@@ -96,11 +97,15 @@ class InferenceServicer(pb_grpc.InferenceServiceServicer):
             raise
         except (asyncio.CancelledError, GeneratorExit):
             # A client's deadline ends the call as a cancellation: the client's timer fires
-            # first (the server's deadline is later by the transit time), or the server's.
+            # first (the server's deadline is later by the transit time), or the server's. So
+            # does the shutdown's cut, after which the client gets UNAVAILABLE.
             left = context.time_remaining()
-            status = (
-                "deadline_exceeded" if left is not None and left <= DEADLINE_SLACK else "cancelled"
-            )
+            if cut_here():
+                status = "unavailable"
+            elif left is not None and left <= DEADLINE_SLACK:
+                status = "deadline_exceeded"
+            else:
+                status = "cancelled"
             raise
         finally:
             seconds = self._clock.now() - started
