@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from domain.lexicon import Lexicon
 
 # one way to write each: apostrophes, the minus sign, degrees ("20°C" = "20 degrees C")
-_APOSTROPHES = str.maketrans(
+_ONE_SPELLING = str.maketrans(
     {"\u2019": "'", "\u2018": "'", "`": "'", "\u00b4": "'", "\u2212": "-", "\u00b0": " degree "}
 )
 _ARROWS = re.compile(r"\s*(?:->|=>|\u2192|\u27f6|\u21d2)\s*")
@@ -237,7 +237,6 @@ _SYNONYMS = [
     "symptom sign",
     "shipping delivery",
     "make create",
-    "contact",
     "see view",
     "sea ocean",
     "mean meaning",
@@ -508,7 +507,7 @@ def _without(words: frozenset[str], sequence: list[str]) -> list[str]:
 
 def _words(text: str) -> list[str]:
     text = _ARROWS.sub(
-        " to ", _without_pleasantries(_spelt_out(text.translate(_APOSTROPHES).lower()))
+        " to ", _without_pleasantries(_spelt_out(text.translate(_ONE_SPELLING).lower()))
     )
     text = re.sub(r"(?<=[a-z])-(?=[a-z])", " ", text)  # non-refundable, part-time, check-in
     words: list[str] = []

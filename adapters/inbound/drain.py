@@ -58,11 +58,13 @@ class Drain:
                 if self._cut:
                     timeout.reschedule(asyncio.get_running_loop().time())
                 self._scopes.add(timeout)
-                token = _SCOPE.set(timeout)
+                _SCOPE.set(timeout)
                 try:
                     yield
                 finally:
-                    _SCOPE.reset(token)
+                    # not reset(token): a stream's generator may be closed from another task
+                    # (another Context), where reset raises; scopes are never nested
+                    _SCOPE.set(None)
                     self._scopes.discard(timeout)
         except TimeoutError:
             if timeout.expired():
