@@ -184,7 +184,8 @@ class SemanticCache(ResponseCache):
         completion = await self._call("response_store", "get", self._store.get(key), deadline)
         if completion is not None:
             return Answer(completion, CacheInfo(CacheStatus.EXACT, 1.0))
-        seen = self._judge.embedding_text(prompt)
+        asked = self._judge.read(prompt)  # once for the embedder and every candidate
+        seen = self._judge.embedding_text(asked)
         if not self._embedder.fits(seen):
             self._metrics.cache_semantic_skip("beyond_window")
             return None
@@ -198,7 +199,7 @@ class SemanticCache(ResponseCache):
         for match in await self._call("vector_index", "search", search, deadline):
             if match.similarity < self._policy.threshold:
                 break
-            if not self._judge.same(prompt, match.text, match.similarity, self._policy.threshold):
+            if not self._judge.same(asked, match.text, match.similarity, self._policy.threshold):
                 self._metrics.cache_semantic_skip("different_question")
                 continue
             found = self._store.get(match.entry_key)

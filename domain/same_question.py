@@ -355,6 +355,7 @@ class Reading:
     """A prompt as the judge reads it: its words in order (normalised, spelling and synonyms
     merged), and the body of a multi-line prompt verbatim."""
 
+    text: str
     words: tuple[str, ...]
     body: tuple[str, ...]
     spelt: tuple[str, ...]  # the words before synonyms were merged (a typo is of one of them)
@@ -365,7 +366,7 @@ class Reading:
         body = tuple(line.rstrip() for line in rest.split("\n") if line.strip())
         spelt = [lexicon.spelling(w) for w in _words(text if not body else head)]
         words = _genitive_first([_canonical(w) for w in spelt])
-        return cls(tuple(words), body, tuple(spelt))
+        return cls(text, tuple(words), body, tuple(spelt))
 
 
 def _one_against_many(a: Sequence[str], b: Sequence[str]) -> bool:
@@ -421,25 +422,30 @@ class QuestionJudge:
     def __init__(self, lexicon: Lexicon | None = None) -> None:
         self._lexicon = lexicon or Lexicon()
 
-    def embedding_text(self, prompt: str) -> str:
+    def read(self, prompt: str) -> Reading:
+        """`prompt` read once, for `embedding_text` and every `same` of one lookup."""
+        return Reading.of(prompt, self._lexicon)
+
+    def embedding_text(self, prompt: str | Reading) -> str:
         """What the embedder is given for `prompt`: the words the judge reads, a typo replaced
         by the commonest word one edit away, so that form (case, punctuation, contractions,
         greetings, spelling: "?" alone moves MiniLM's cosine by 0.1) does not move the vector.
         A multi-line prompt is given as it is (its layout is its meaning)."""
-        reading = Reading.of(prompt, self._lexicon)
+        reading = prompt if isinstance(prompt, Reading) else self.read(prompt)
         if reading.body:
-            return prompt
+            return reading.text
         guessed = [_canonical(self._lexicon.correction(w)) for w in reading.spelt]
-        return " ".join(_genitive_first(guessed)) or prompt
+        return " ".join(_genitive_first(guessed)) or reading.text
 
-    def same(self, asked: str, stored: str, similarity: float, threshold: float) -> bool:
+    def same(self, asked: str | Reading, stored: str, similarity: float, threshold: float) -> bool:
         """Whether `stored`'s answer answers `asked`: cosine at least `threshold`, and no
         difference the embedding blurs (see the module docstring)."""
         if similarity < threshold:
             return False
-        if asked == stored:
+        a = asked if isinstance(asked, Reading) else self.read(asked)
+        if a.text == stored:
             return True
-        a, b = Reading.of(asked, self._lexicon), Reading.of(stored, self._lexicon)
+        b = self.read(stored)
         if a.body != b.body or not a.words or not b.words:
             return False  # nothing to compare but the bytes (emoji, symbols): those differ
         words_a = self._typos_mended(a.words, b)
